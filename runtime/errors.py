@@ -1,0 +1,39 @@
+"""Typed errors shared by the whole toolchain.
+
+Library code raises these; the ``sed-trt`` command turns them into one-line messages
+and a non-zero exit status. Every class derives from :class:`SedTrtError`.
+"""
+
+from __future__ import annotations
+
+
+class SedTrtError(Exception):
+    """Base class for every user-facing error of sed-trt."""
+
+
+class ConfigError(SedTrtError, ValueError):
+    """An unknown backbone, a malformed model config or an invalid option."""
+
+
+class CheckpointError(SedTrtError, ValueError):
+    """A missing, unreadable or mismatched weights file."""
+
+
+class VocabularyError(SedTrtError, ValueError):
+    """An empty, duplicated or unreadable class vocabulary."""
+
+
+class ImageError(SedTrtError, ValueError):
+    """An unreadable or non-RGB input image."""
+
+
+class EngineError(SedTrtError, RuntimeError):
+    """An engine directory that is missing, incomplete or built for something else."""
+
+
+class BackendUnavailableError(SedTrtError, RuntimeError):
+    """A backend whose packages or hardware are not present on this machine."""
+
+
+class DatasetError(SedTrtError, ValueError):
+    """A missing or malformed dataset on disk."""

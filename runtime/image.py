@@ -1,0 +1,132 @@
+"""Image pre- and post-processing in numpy + Pillow, as the official pipeline does it.
+
+Pre-processing: RGB uint8 -> ResizeShortestEdge(640, max 2560) with PIL bilinear
+(antialiased), then the graphs normalise with CLIP statistics and resize to 768x768.
+Post-processing: sigmoid probabilities (T, 192, 192) -> bilinear (align_corners=False)
+resize to the original size -> argmax over T.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import ImageError
+
+SHORT_SIDE = 640
+MAX_SIDE = 2560
+# OpenAI CLIP statistics in the 0-255 scale, RGB.
+CLIP_PIXEL_MEAN = (122.7709383, 116.7460125, 104.09373615)
+CLIP_PIXEL_STD = (68.5005327, 66.6321579, 70.3231630)
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an RGB image file (EXIF orientation applied) as uint8 (H, W, 3)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            mode = im.mode
+            if mode != "RGB":
+                raise ImageError(
+                    f"image {str(path)!r} has mode {mode!r}; expected an RGB image (convert it first, e.g. Image.convert('RGB'))"
+                )
+            return np.asarray(im, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise ImageError(f"image {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise ImageError(f"image {str(path)!r} is a directory") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, ImageError):
+            raise
+        raise ImageError(f"cannot read image {str(path)!r}: not a readable image file") from None
+
+
+def check_image(image: np.ndarray) -> np.ndarray:
+    """Validate an in-memory image: uint8 (H, W, 3)."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", None)
+        raise ImageError(f"image | got shape {shape} | expected (H, W, 3) RGB")
+    if image.dtype != np.uint8:
+        raise ImageError(f"image | got dtype {image.dtype} | expected uint8")
+    if min(image.shape[:2]) < 1:
+        raise ImageError(f"image | got shape {image.shape} | expected a non-empty image")
+    return image
+
+
+def shortest_edge_size(h: int, w: int, short: int = SHORT_SIDE, max_size: int = MAX_SIDE) -> tuple[int, int]:
+    """detectron2 ResizeShortestEdge output size (rounding int(x + 0.5))."""
+    scale = short / min(h, w)
+    newh, neww = (short, scale * w) if h < w else (scale * h, short)
+    if max(newh, neww) > max_size:
+        rescale = max_size / max(newh, neww)
+        newh, neww = newh * rescale, neww * rescale
+    return int(newh + 0.5), int(neww + 0.5)
+
+
+def resize_shortest_edge(image: np.ndarray, short: int = SHORT_SIDE, max_size: int = MAX_SIDE) -> np.ndarray:
+    """PIL bilinear resize (antialiased when shrinking), as detectron2's ResizeTransform."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    newh, neww = shortest_edge_size(h, w, short, max_size)
+    if (newh, neww) == (h, w):
+        return image
+    return np.asarray(Image.fromarray(image).resize((neww, newh), Image.BILINEAR))
+
+
+def to_network_input(image: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) -> float32 (1, 3, H, W) raw 0-255 values (the graphs normalise)."""
+    return np.ascontiguousarray(image.transpose(2, 0, 1)[None].astype(np.float32))  # H W 3 -> 1 3 H W
+
+
+def preprocess(image: np.ndarray) -> np.ndarray:
+    """Full host-side pre-processing: validate, shortest-edge resize, to (1, 3, H1, W1)."""
+    return to_network_input(resize_shortest_edge(check_image(image)))
+
+
+def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
+    """(out, in) interpolation matrix of torch bilinear, align_corners=False, no antialias."""
+    dst = np.arange(out_size, dtype=np.float64)
+    src = np.maximum((dst + 0.5) * (in_size / out_size) - 0.5, 0.0)
+    i0 = np.floor(src).astype(np.int64)
+    i0 = np.minimum(i0, in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    l1 = src - i0
+    m = np.zeros((out_size, in_size), dtype=np.float64)
+    m[np.arange(out_size), i0] += 1.0 - l1
+    m[np.arange(out_size), i1] += l1
+    return m.astype(np.float32)
+
+
+def labels_from_probs(probs: np.ndarray, out_hw: tuple[int, int], classes: np.ndarray | None = None, chunk: int = 16) -> np.ndarray:
+    """Argmax over T of the probabilities resized to ``out_hw``, without holding (T, H0, W0).
+
+    Args:
+        probs: (T, h, w) sigmoid probabilities.
+        out_hw: original image size (H0, W0).
+        classes: optional subset of class indices to consider (CER survivors: rejected
+            classes are exactly 0 and can never win against a kept class).
+        chunk: classes resized at once.
+
+    Returns:
+        int32 (H0, W0) label map.
+    """
+    h0, w0 = out_hw
+    ry = bilinear_matrix(h0, probs.shape[1])
+    rx = bilinear_matrix(w0, probs.shape[2]).T.copy()
+    idx = np.arange(probs.shape[0]) if classes is None else np.asarray(classes)
+    best = np.full((h0, w0), -np.inf, dtype=np.float32)
+    labels = np.zeros((h0, w0), dtype=np.int32)
+    for start in range(0, len(idx), chunk):
+        sel = idx[start : start + chunk]
+        resized = ry[None] @ probs[sel] @ rx[None]  # c h w -> c H0 W0
+        arg = resized.argmax(axis=0)
+        val = np.take_along_axis(resized, arg[None], axis=0)[0]
+        better = val > best
+        best = np.where(better, val, best)
+        labels = np.where(better, sel[arg], labels).astype(np.int32)
+    return labels

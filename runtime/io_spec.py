@@ -1,0 +1,218 @@
+"""The one I/O contract of every exported graph, read by export and runtime alike.
+
+Shapes are templates: an int is fixed, a string names a dynamic axis. The axes are
+B (images), T (categories, shrinks under CER), Q (prompts), L (token columns) and
+H, W (input image size after the shortest-edge resize). Export generates dynamic-shape
+declarations from here; the TensorRT builder generates optimisation profiles from here;
+the runtime validates feeds against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+IMAGE_ENCODER = "image_encoder"
+TEXT_ENCODER = "text_encoder"
+DECODER_STAGES = ("decoder_stage0", "decoder_stage1", "decoder_stage2", "decoder_stage3")
+GRAPH_NAMES = (IMAGE_ENCODER, TEXT_ENCODER, *DECODER_STAGES)
+
+Dim = int | str
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, dtype and shape template of one graph input or output."""
+
+    name: str
+    dtype: str
+    shape: tuple[Dim, ...]
+
+    def dynamic_axes(self) -> dict[int, str]:
+        """Axis index -> axis name, for the dynamic axes of this tensor."""
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+    def concrete(self, sizes: dict[str, int]) -> tuple[int, ...]:
+        """The shape with every named axis replaced by its size from ``sizes``."""
+        return tuple(sizes[d] if isinstance(d, str) else d for d in self.shape)
+
+    def check(self, shape: tuple[int, ...], dtype: str, sizes: dict[str, int]) -> None:
+        """Validate an actual array against this spec; binds unseen axis names into ``sizes``."""
+        expected = "(" + ", ".join(str(d) for d in self.shape) + ")"
+        if dtype != self.dtype:
+            raise ValueError(f"input {self.name!r} | got dtype {dtype} | expected {self.dtype}")
+        if len(shape) != len(self.shape):
+            raise ValueError(f"input {self.name!r} | got shape {tuple(shape)} | expected {expected}")
+        for want, got in zip(self.shape, shape):
+            if isinstance(want, str):
+                if sizes.setdefault(want, int(got)) != int(got):
+                    raise ValueError(f"input {self.name!r} | got shape {tuple(shape)} | expected {expected} with {want}={sizes[want]}")
+            elif want != got:
+                raise ValueError(f"input {self.name!r} | got shape {tuple(shape)} | expected {expected}")
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """Inputs and outputs of one exported graph."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def dynamic_axis_names(self) -> list[str]:
+        """Named axes used by the inputs, in first-seen order."""
+        names: list[str] = []
+        for t in self.inputs:
+            names += [d for d in t.shape if isinstance(d, str) and d not in names]
+        return names
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The sizes that fix every graph's static axes (from the model config)."""
+
+    embed_dim: int
+    num_templates: int = 80
+    hidden_dim: int = 128
+    decoder_dims: tuple[int, int, int] = (64, 32, 16)
+    guidance_dims: tuple[int, int, int] = (32, 16, 8)
+    corr_guidance_dims: tuple[int, int, int] = (32, 16, 8)
+    feature_size: int = 24
+    image_size: int = 768
+
+    @property
+    def stage_channels(self) -> tuple[int, int, int, int]:
+        """Per-class feature channels entering stage 1, 2, 3 and leaving stage 3."""
+        return (self.hidden_dim, *self.decoder_dims)
+
+    def stage_size(self, k: int) -> int:
+        """Spatial size of the per-class features entering decoder stage k (1..3)."""
+        return self.feature_size * 2 ** (k - 1)
+
+    @property
+    def output_size(self) -> int:
+        return self.feature_size * 8
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelDims:
+        d = dict(d)
+        for key in ("decoder_dims", "guidance_dims", "corr_guidance_dims"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class DynamicRange:
+    """min / opt / max of one named axis (TensorRT optimisation profiles use these)."""
+
+    min: int
+    opt: int
+    max: int
+
+
+@dataclass(frozen=True)
+class ExportLimits:
+    """Ranges of the dynamic axes that exported graphs and engines promise to accept."""
+
+    max_batch: int = 1
+    max_classes: int = 1000
+    opt_classes: int = 150
+    max_prompts: int = 1024
+    opt_prompts: int = 80
+    min_image_side: int = 32
+    opt_image_hw: tuple[int, int] = (640, 853)
+    max_image_side: int = 2560
+
+    def range_of(self, axis: str) -> DynamicRange:
+        """The min/opt/max of a named axis."""
+        table = {
+            "B": DynamicRange(1, 1, self.max_batch),
+            "T": DynamicRange(1, min(self.opt_classes, self.max_classes), self.max_classes),
+            "Q": DynamicRange(1, min(self.opt_prompts, self.max_prompts), self.max_prompts),
+            "L": DynamicRange(2, 16, 77),
+            "H": DynamicRange(self.min_image_side, self.opt_image_hw[0], self.max_image_side),
+            "W": DynamicRange(self.min_image_side, self.opt_image_hw[1], self.max_image_side),
+        }
+        if axis not in table:
+            raise KeyError(f"unknown dynamic axis {axis!r}; known: {sorted(table)}")
+        return table[axis]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ExportLimits:
+        d = dict(d)
+        if "opt_image_hw" in d:
+            d["opt_image_hw"] = tuple(d["opt_image_hw"])
+        return cls(**d)
+
+
+def graph_specs(dims: ModelDims) -> dict[str, GraphSpec]:
+    """The I/O contract of every graph, for a model of the given sizes."""
+    f32, i64 = "float32", "int64"
+    s = dims.feature_size
+    c0, c1, c2, c3 = dims.stage_channels
+    g1, g2, g3 = dims.guidance_dims
+    k1, k2, k3 = dims.corr_guidance_dims
+    specs = {
+        IMAGE_ENCODER: GraphSpec(
+            IMAGE_ENCODER,
+            inputs=(TensorSpec("image", f32, ("B", 3, "H", "W")),),
+            outputs=(
+                TensorSpec("clip_dense", f32, ("B", dims.embed_dim, s, s)),
+                TensorSpec("guidance1", f32, ("B", g1, 2 * s, 2 * s)),
+                TensorSpec("guidance2", f32, ("B", g2, 4 * s, 4 * s)),
+                TensorSpec("guidance3", f32, ("B", g3, 8 * s, 8 * s)),
+            ),
+        ),
+        TEXT_ENCODER: GraphSpec(
+            TEXT_ENCODER,
+            inputs=(TensorSpec("tokens", i64, ("Q", "L")),),
+            outputs=(TensorSpec("text_embeddings", f32, ("Q", dims.embed_dim)),),
+        ),
+        "decoder_stage0": GraphSpec(
+            "decoder_stage0",
+            inputs=(
+                TensorSpec("clip_dense", f32, ("B", dims.embed_dim, s, s)),
+                TensorSpec("text_features", f32, ("T", dims.num_templates, dims.embed_dim)),
+            ),
+            outputs=(
+                TensorSpec("next_features", f32, ("B", "T", c0, s, s)),
+                TensorSpec("next_corr_guidance", f32, ("B", "T", k1, 2 * s, 2 * s)),
+                TensorSpec("aux_logits", f32, ("B", "T", s, s)),
+            ),
+        ),
+    }
+    chans = (c0, c1, c2, c3)
+    guid = (g1, g2, g3)
+    corr = (k1, k2, k3)
+    for k in (1, 2, 3):
+        size = dims.stage_size(k)
+        name = f"decoder_stage{k}"
+        inputs = (
+            TensorSpec("features", f32, ("B", "T", chans[k - 1], size, size)),
+            TensorSpec("corr_guidance", f32, ("B", "T", corr[k - 1], 2 * size, 2 * size)),
+            TensorSpec("guidance", f32, ("B", guid[k - 1], 2 * size, 2 * size)),
+        )
+        if k < 3:
+            outputs = (
+                TensorSpec("next_features", f32, ("B", "T", chans[k], 2 * size, 2 * size)),
+                TensorSpec("next_corr_guidance", f32, ("B", "T", corr[k], 4 * size, 4 * size)),
+                TensorSpec("aux_logits", f32, ("B", "T", 2 * size, 2 * size)),
+            )
+        else:
+            outputs = (TensorSpec("probs", f32, ("B", "T", 2 * size, 2 * size)),)
+        specs[name] = GraphSpec(name, inputs=inputs, outputs=outputs)
+    return specs

@@ -1,0 +1,124 @@
+"""Loading official SED checkpoints and open_clip CLIP weights, strictly.
+
+Official files are ``{"model": state_dict, ...}`` (detectron2) or a bare state dict with
+keys ``sem_seg_head.predictor.clip_model.*`` and ``sem_seg_head.predictor.transformer.*``.
+A missing, unexpected or mis-shaped key is an error that names the keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from runtime.errors import CheckpointError
+from sed.config import OFFICIAL_WEIGHTS_HINT
+
+OFFICIAL_PREFIX = "sem_seg_head.predictor."
+
+
+def _read(path: str | Path, what: str) -> Mapping[str, object]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {str(path)!r} does not exist; {OFFICIAL_WEIGHTS_HINT}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read {what} {str(path)!r}: {reason[:200]}") from None
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{what} {str(path)!r} holds a {type(obj).__name__}, expected a state dict")
+    return obj
+
+
+def extract_state_dict(obj: Mapping[str, object]) -> dict[str, torch.Tensor]:
+    """The tensors of ``{"model": sd}``, ``{"state_dict": sd}`` or a bare state dict."""
+    for key in ("model", "state_dict"):
+        if key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]  # type: ignore[assignment]
+            break
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        raise CheckpointError("the file holds no tensors: not a model checkpoint")
+    return sd
+
+
+def remap_official_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official key layout -> this model's keys (drop ``sem_seg_head.predictor.`` and DDP's ``module.``)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        k = key[len("module.") :] if key.startswith("module.") else key
+        k = k[len(OFFICIAL_PREFIX) :] if k.startswith(OFFICIAL_PREFIX) else k
+        out[k] = value
+    assert len(out) == len(sd), "key remapping collapsed distinct keys"
+    return out
+
+
+def to_official_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """This model's state dict in the official key layout (what our training saves)."""
+    return {OFFICIAL_PREFIX + k: v for k, v in model.state_dict().items()}
+
+
+def _format_keys(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{shown}{', ...' if len(keys) > limit else ''} ({len(keys)} in all)"
+
+
+def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], *, what: str) -> None:
+    """Copy ``sd`` into ``module`` after checking names and shapes match one-to-one."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    mismatched = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_format_keys(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_format_keys(unexpected)}")
+    if mismatched:
+        detail = [f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched]
+        problems.append(f"shape mismatches: {_format_keys(detail, 4)}")
+    if problems:
+        raise CheckpointError(f"{what} does not match the model: " + "; ".join(problems))
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+
+
+def load_sed_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load an official (or our own) SED checkpoint into ``model`` strictly."""
+    sd = remap_official_state_dict(extract_state_dict(_read(path, "SED checkpoint")))
+    if not any(k.startswith("transformer.") for k in sd):
+        raise CheckpointError(
+            f"{str(path)!r} has no decoder weights (sem_seg_head.predictor.transformer.*): not a SED checkpoint"
+            " (for CLIP initial weights use --clip-weights)"
+        )
+    load_strict(model, sd, what=f"SED checkpoint {str(path)!r}")
+
+
+def load_clip_weights(model: nn.Module, path: str | Path) -> None:
+    """Load open_clip CLIP weights (e.g. ``open_clip_pytorch_model.bin``) into ``model.clip_model``."""
+    sd = extract_state_dict(_read(path, "CLIP weights"))
+    sd = {k[len("clip_model.") :] if k.startswith("clip_model.") else k: v for k, v in sd.items()}
+    load_strict(model.clip_model, sd, what=f"CLIP weights {str(path)!r}")
+
+
+def text_tower_fingerprint(model: nn.Module) -> str:
+    """sha256 over the text-tower tensors: the identity that cached text features depend on."""
+    h = hashlib.sha256()
+    for key, value in sorted(model.clip_model.state_dict().items()):
+        if key.startswith("visual.") or key == "logit_scale":
+            continue
+        h.update(key.encode())
+        h.update(value.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Content hash of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

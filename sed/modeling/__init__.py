@@ -1,0 +1,1 @@
+"""SED modules, one file per paper component."""

@@ -1,0 +1,139 @@
+"""Gradual fusion decoder: cost-map embedding, three FAM+SFM stages, CER auxiliary heads.
+
+Module attribute names are the official ones (``conv1``, ``decoder_guidance_projection``,
+``decoder_corr_guidance_projection``, ``decoder1..3``, ``head0..2``, ``head``). The per-class
+tensors are laid out (B, T, C, H, W) at every stage boundary so that CER can select
+classes on axis 1 for any batch size; each stage method is one exported graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sed.config import DecoderConfig
+from sed.modeling.fam import ClassFusion, SpatialFusion
+from sed.modeling.sfm import DoubleConv, skip_fuse
+
+
+@dataclass
+class StageOutput:
+    """Per-class tensors leaving a decoder stage (all with a dynamic class axis T).
+
+    features: (B, T, C, H, W); corr_guidance: cost-map guidance for the next stage
+    (B, T, Gc, 2H, 2W), None after the last stage; aux_logits: (B, T, H, W) logits of the
+    stage's head (the CER auxiliary head, or the final head after stage 3).
+    """
+
+    features: torch.Tensor
+    corr_guidance: torch.Tensor | None
+    aux_logits: torch.Tensor
+
+
+class DecoderStage(nn.Module):
+    """One gradual-fusion stage (official ``Up``): FAM (spatial, then class-level), then SFM."""
+
+    def __init__(self, in_dim: int, out_dim: int, *, guidance_dim: int, corr_guidance_dim: int, kernel_size: int = 9, num_heads: int = 4) -> None:
+        super().__init__()
+        self.cnext = SpatialFusion(in_dim, kernel_size=kernel_size)
+        self.attention = ClassFusion(in_dim, num_heads=num_heads)
+        self.up = nn.ConvTranspose2d(in_dim, in_dim - guidance_dim, 2, stride=2)
+        self.conv = DoubleConv(in_dim - guidance_dim + guidance_dim + corr_guidance_dim, out_dim)
+
+    def forward(self, x: torch.Tensor, guidance: torch.Tensor, corr_guidance: torch.Tensor, pooling: int = 1) -> torch.Tensor:
+        """(B, T, C, H, W) -> (B, T, out, 2H, 2W)."""
+        b, t, c, h, w = x.shape
+        y = self.cnext(x.reshape(b * t, c, h, w))  # B T C H W -> (B T) C H W
+        y = self.attention(y.reshape(b, t, c, h, w), pooling)  # (B T) C H W -> B T C H W
+        y = self.up(y.reshape(b * t, c, h, w))  # (B T) C' 2H 2W
+        y = self.conv(skip_fuse(y.reshape(b, t, *y.shape[1:]), guidance, corr_guidance))
+        return y.reshape(b, t, *y.shape[1:])  # (B T) out 2H 2W -> B T out 2H 2W
+
+
+def _per_class_conv(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a per-class module to (B, T, C, H, W) by folding T into the batch."""
+    b, t = x.shape[:2]
+    y = conv(x.reshape(b * t, *x.shape[2:]))  # B T C H W -> (B T) C H W
+    return y.reshape(b, t, *y.shape[1:])  # (B T) C' H' W' -> B T C' H' W'
+
+
+class GradualFusionDecoder(nn.Module):
+    """The decoder of SED (official ``Aggregator``), exposed stage by stage."""
+
+    def __init__(self, cfg: DecoderConfig, *, encoder_dims: tuple[int, int, int]) -> None:
+        """encoder_dims: channels of res4, res3, res2 (the guidance inputs of stages 1..3)."""
+        super().__init__()
+        hidden = cfg.hidden_dim
+        p = cfg.num_templates
+        self.conv1 = nn.Conv2d(p, hidden, kernel_size=7, stride=1, padding=3)
+        self.decoder_guidance_projection = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(d, dp, kernel_size=3, stride=1, padding=1), nn.ReLU())
+            for d, dp in zip(encoder_dims, cfg.guidance_proj_dims)
+        )
+        corr_in = (p, *cfg.corr_guidance_dims[:-1])
+        self.decoder_corr_guidance_projection = nn.ModuleList(
+            nn.Sequential(nn.ConvTranspose2d(d, dp, kernel_size=2, stride=2), nn.ReLU())
+            for d, dp in zip(corr_in, cfg.corr_guidance_dims)
+        )
+        dims = (hidden, *cfg.decoder_dims)
+        for k in range(3):
+            stage = DecoderStage(
+                dims[k],
+                dims[k + 1],
+                guidance_dim=cfg.guidance_proj_dims[k],
+                corr_guidance_dim=cfg.corr_guidance_dims[k],
+                kernel_size=cfg.kernel_size,
+                num_heads=cfg.num_heads,
+            )
+            self.add_module(f"decoder{k + 1}", stage)
+        self.head0 = nn.Conv2d(hidden, 1, kernel_size=3, stride=1, padding=1)
+        self.head1 = nn.Conv2d(dims[1], 1, kernel_size=3, stride=1, padding=1)
+        self.head2 = nn.Conv2d(dims[2], 1, kernel_size=3, stride=1, padding=1)
+        self.head = nn.Conv2d(dims[3], 1, kernel_size=3, stride=1, padding=1)
+
+    @property
+    def stages(self) -> tuple[DecoderStage, DecoderStage, DecoderStage]:
+        return (self.decoder1, self.decoder2, self.decoder3)
+
+    @property
+    def heads(self) -> tuple[nn.Conv2d, nn.Conv2d, nn.Conv2d, nn.Conv2d]:
+        """Heads applied after stage 0..3 (head0..2 are the CER auxiliary heads)."""
+        return (self.head0, self.head1, self.head2, self.head)
+
+    def project_guidance(self, res4: torch.Tensor, res3: torch.Tensor, res2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encoder guidance of stages 1..3: (B, 32, 2s, 2s), (B, 16, 4s, 4s), (B, 8, 8s, 8s)."""
+        proj = self.decoder_guidance_projection
+        return proj[0](res4), proj[1](res3), proj[2](res2)
+
+    def embed_cost_map(self, cost: torch.Tensor, *, detach_aux: bool = False) -> StageOutput:
+        """Stage 0: cost map (B, T, P, s, s) -> embedding (B, T, 128, s, s), cg for stage 1, aux logits."""
+        x = _per_class_conv(self.conv1, cost)
+        cg = _per_class_conv(self.decoder_corr_guidance_projection[0], cost)
+        aux = _per_class_conv(self.head0, x.detach() if detach_aux else x)
+        return StageOutput(features=x, corr_guidance=cg, aux_logits=aux.squeeze(2))
+
+    def stage(self, k: int, features: torch.Tensor, corr_guidance: torch.Tensor, guidance: torch.Tensor, *, pooling: int = 1, detach_aux: bool = False) -> StageOutput:
+        """Decoder stage k in 1..3 on the classes present in ``features`` (T dynamic).
+
+        Args:
+            features: (B, T, C_k, s_k, s_k).
+            corr_guidance: cost-map guidance (B, T, Gc_k, 2s_k, 2s_k).
+            guidance: encoder guidance (B, G_k, 2s_k, 2s_k).
+            pooling: class-attention pooling (1 at evaluation, 2 in training).
+
+        Returns:
+            features (B, T, C_{k+1}, 2s_k, 2s_k), cost-map guidance for stage k+1 (computed
+            per class from ``corr_guidance``; None for k = 3) and the head's logits.
+        """
+        x = self.stages[k - 1](features, guidance, corr_guidance, pooling)
+        cg = _per_class_conv(self.decoder_corr_guidance_projection[k], corr_guidance) if k < 3 else None
+        aux = _per_class_conv(self.heads[k], x.detach() if detach_aux and k < 3 else x)
+        return StageOutput(features=x, corr_guidance=cg, aux_logits=aux.squeeze(2))
+
+
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear (align_corners=False) resize of (B, T, h, w) logits, as the training loss does."""
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)

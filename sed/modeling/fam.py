@@ -1,0 +1,104 @@
+"""FAM: spatial-level fusion (a ConvNeXt block) and class-level fusion (linear attention over T).
+
+Attribute names are the official checkpoint names (``cnext.dwconv``, ``attention.attention.q``,
+``attention.MLP``...), so official weights load strictly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ChannelsLastLayerNorm(nn.Module):
+    """LayerNorm over the last axis, as the official decoder's own (non-``nn.LayerNorm``) module.
+
+    Kept as a distinct class because the official optimiser applies weight decay to it
+    (it is not an ``nn.LayerNorm``), and training reproduces that.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+        self.normalized_shape = (dim,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+class SpatialFusion(nn.Module):
+    """FAM spatial-level fusion: ConvNeXt block (9x9 depthwise, layer scale 1.0), per class."""
+
+    def __init__(self, dim: int, *, kernel_size: int = 9) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.norm = ChannelsLastLayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, C, H, W), N = B*T."""
+        y = self.dwconv(x).permute(0, 2, 3, 1)  # N C H W -> N H W C
+        y = self.pwconv2(self.act(self.pwconv1(self.norm(y)))) * self.gamma
+        return x + y.permute(0, 3, 1, 2)  # N H W C -> N C H W
+
+
+class LinearAttention(nn.Module):
+    """Linear attention ("Transformers are RNNs", phi = elu + 1) over the category axis."""
+
+    def __init__(self, dim: int, *, num_heads: int = 4, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.num_heads = num_heads
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, T, C) -> (N, T, C); every row n is an independent sequence over T classes."""
+        n, t, c = x.shape
+        h = self.num_heads
+        q = (F.elu(self.q(x)) + 1).reshape(n, t, h, c // h).transpose(1, 2)  # N T (H D) -> N H T D
+        k = (F.elu(self.k(x)) + 1).reshape(n, t, h, c // h).transpose(1, 2)  # N T (H D) -> N H T D
+        # The official code scales v by 1/T before the KV product and by T after (fp16 headroom).
+        v = self.v(x).reshape(n, t, h, c // h).transpose(1, 2) / t  # N T (H D) -> N H T D
+        kv = k.transpose(2, 3) @ v  # N H D D
+        z = 1.0 / (q @ k.sum(dim=2).unsqueeze(-1) + self.eps)  # N H T 1
+        out = (q @ kv) * z * t  # N H T D
+        return out.transpose(1, 2).reshape(n, t, c)  # N H T D -> N T (H D)
+
+
+class ClassFusion(nn.Module):
+    """FAM class-level fusion (official ``ClassTransformerLayer``): pool, attend over T, MLP, upsample.
+
+    Reproduces the official double residual: output = x + up(pool(x) + attn + mlp), which
+    with pooling 1 is 2x + attn + mlp. The released checkpoints depend on it.
+    """
+
+    def __init__(self, dim: int, *, num_heads: int = 4) -> None:
+        super().__init__()
+        self.attention = LinearAttention(dim, num_heads=num_heads)
+        self.MLP = nn.Sequential(nn.Linear(dim, 4 * dim), nn.ReLU(), nn.Linear(4 * dim, dim))
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, pooling: int = 1) -> torch.Tensor:
+        """(B, T, C, H, W) -> (B, T, C, H, W); T is dynamic."""
+        b, t, c, h, w = x.shape
+        xp = x.reshape(b * t, c, h, w)  # B T C H W -> (B T) C H W
+        if pooling > 1:
+            xp = F.avg_pool2d(xp, pooling, stride=pooling)
+        hp, wp = xp.shape[-2:]
+        tok = xp.reshape(b, t, c, hp, wp).permute(0, 3, 4, 1, 2).reshape(b * hp * wp, t, c)  # -> (B Hp Wp) T C
+        tok = tok + self.attention(self.norm1(tok))
+        tok = tok + self.MLP(self.norm2(tok))
+        xp = tok.reshape(b, hp, wp, t, c).permute(0, 3, 4, 1, 2)  # (B Hp Wp) T C -> B T C Hp Wp
+        if pooling > 1:
+            up = F.interpolate(xp.reshape(b * t, c, hp, wp), size=(h, w), mode="bilinear", align_corners=True)
+            xp = up.reshape(b, t, c, h, w)  # (B T) C H W -> B T C H W
+        return x + xp

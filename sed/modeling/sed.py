@@ -1,0 +1,115 @@
+"""SED: HECG encoder -> cost map -> gradual fusion decoder with CER.
+
+State-dict keys are ``clip_model.*`` and ``transformer.*``: the official checkpoint's
+``sem_seg_head.predictor.`` prefix removed (see :mod:`sed.checkpoint`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from runtime.image import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD
+from sed.config import SEDConfig
+from sed.modeling.cer import select_categories
+from sed.modeling.clip_encoder import ImageFeatures, encode_image_dense, encode_text_tokens
+from sed.modeling.cost_map import cost_map
+from sed.modeling.decoder import GradualFusionDecoder, StageOutput
+
+
+@dataclass
+class EncodedImage:
+    """Image-only inputs of the decoder: clip_dense (B, E, s, s) and guidance of stages 1..3."""
+
+    clip_dense: torch.Tensor
+    guidance: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    features: ImageFeatures | None = None
+
+
+@dataclass
+class SEDOutput:
+    """probs (B, T, 8s, 8s): sigmoid probabilities, exact zeros for rejected classes;
+    logits: final logits of the kept classes (B, T', 8s, 8s); kept: (T,) bool."""
+
+    probs: torch.Tensor
+    logits: torch.Tensor
+    kept: torch.Tensor
+
+
+class SED(nn.Module):
+    """A Simple Encoder-Decoder for open-vocabulary semantic segmentation."""
+
+    def __init__(self, cfg: SEDConfig, *, clip_model: nn.Module, decoder: GradualFusionDecoder) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.clip_model = clip_model
+        self.transformer = decoder
+        self.register_buffer("pixel_mean", torch.tensor(CLIP_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(CLIP_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+
+    # --- HECG encoder ---------------------------------------------------------------
+    def to_canvas(self, image: torch.Tensor) -> torch.Tensor:
+        """Raw RGB 0-255 (B, 3, H, W) -> normalised (B, 3, 768, 768); aspect ratio not kept (official)."""
+        x = (image - self.pixel_mean) / self.pixel_std
+        size = self.cfg.image_size
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+    def encode_image(self, image: torch.Tensor, *, keep_features: bool = False) -> EncodedImage:
+        """Raw RGB image (B, 3, H, W), H and W dynamic -> dense CLIP embedding and decoder guidance."""
+        feats = encode_image_dense(self.clip_model.visual, self.to_canvas(image))
+        guidance = self.transformer.project_guidance(feats.res4, feats.res3, feats.res2)
+        return EncodedImage(clip_dense=feats.clip_dense, guidance=guidance, features=feats if keep_features else None)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens (Q, L) -> text embeddings (Q, E), not normalised."""
+        return encode_text_tokens(self.clip_model, tokens)
+
+    # --- decoder -------------------------------------------------------------------
+    def decode_stage0(self, clip_dense: torch.Tensor, text_features: torch.Tensor) -> StageOutput:
+        """Cost map of (B, E, s, s) with (T, P, E), then its embedding (stage 0)."""
+        return self.transformer.embed_cost_map(cost_map(clip_dense, text_features))
+
+    def decode_stage(self, k: int, features: torch.Tensor, corr_guidance: torch.Tensor, guidance: torch.Tensor, pooling: int = 1) -> StageOutput:
+        """Decoder stage k in 1..3 (see :meth:`GradualFusionDecoder.stage`)."""
+        return self.transformer.stage(k, features, corr_guidance, guidance, pooling=pooling)
+
+    @torch.no_grad()
+    def forward(self, image: torch.Tensor, text_features: torch.Tensor, *, topk: int | None = None, pooling: int = 1) -> SEDOutput:
+        """Inference: raw image (B, 3, H, W) and text features (T, P, E) -> SEDOutput.
+
+        With ``topk`` set, CER keeps at each of the three rejection points the classes in
+        the per-pixel top-k of the auxiliary logits (union over pixels and batch).
+        """
+        enc = self.encode_image(image)
+        out = self.decode_stage0(enc.clip_dense, text_features)
+        kept = torch.arange(text_features.shape[0], device=image.device)
+        for k in (1, 2, 3):
+            # Run CER: reject classes absent from every pixel's top-k
+            sel = select_categories(out.aux_logits, topk)
+            kept = kept[sel]
+            out = self.decode_stage(k, out.features[:, sel], out.corr_guidance[:, sel], enc.guidance[k - 1], pooling)
+        b, _, h, w = out.aux_logits.shape
+        probs = image.new_zeros(b, text_features.shape[0], h, w)
+        probs[:, kept] = out.aux_logits.sigmoid()
+        mask = torch.zeros(text_features.shape[0], dtype=torch.bool, device=image.device)
+        mask[kept] = True
+        return SEDOutput(probs=probs, logits=out.aux_logits, kept=mask)
+
+    def forward_train(self, image: torch.Tensor, text_features: torch.Tensor, *, pooling: int | None = None) -> tuple[torch.Tensor, ...]:
+        """Training forward (no CER): final logits and the three auxiliary logits, each (B, T, h, w).
+
+        As in the official code, the auxiliary heads see detached features and the
+        skip features res2..res4 are detached, so the encoder learns only through the cost map.
+        """
+        pooling = self.cfg.decoder.train_pooling if pooling is None else pooling
+        feats = encode_image_dense(self.clip_model.visual, self.to_canvas(image))
+        guidance = self.transformer.project_guidance(feats.res4.detach(), feats.res3.detach(), feats.res2.detach())
+        out = self.transformer.embed_cost_map(cost_map(feats.clip_dense, text_features), detach_aux=True)
+        aux = [out.aux_logits]
+        for k in (1, 2, 3):
+            out = self.transformer.stage(k, out.features, out.corr_guidance, guidance[k - 1], pooling=pooling, detach_aux=True)
+            aux.append(out.aux_logits)
+        return aux[3], aux[0], aux[1], aux[2]
