@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from runtime.image import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD
+from runtime.io_spec import ModelDims
 from sed.config import SEDConfig
 from sed.modeling.cer import select_categories
 from sed.modeling.clip_encoder import ImageFeatures, encode_image_dense, encode_text_tokens
@@ -49,6 +50,20 @@ class SED(nn.Module):
         self.transformer = decoder
         self.register_buffer("pixel_mean", torch.tensor(CLIP_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(CLIP_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+
+    def io_dims(self) -> ModelDims:
+        """The static sizes of this model's graphs (the I/O contract of runtime.io_spec)."""
+        dec = self.cfg.decoder
+        return ModelDims(
+            embed_dim=self.cfg.clip.embed_dim,
+            num_templates=dec.num_templates,
+            hidden_dim=dec.hidden_dim,
+            decoder_dims=dec.decoder_dims,
+            guidance_dims=dec.guidance_proj_dims,
+            corr_guidance_dims=dec.corr_guidance_dims,
+            feature_size=self.cfg.image_size // 32,
+            image_size=self.cfg.image_size,
+        )
 
     # --- HECG encoder ---------------------------------------------------------------
     def to_canvas(self, image: torch.Tensor) -> torch.Tensor:

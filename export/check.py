@@ -1,0 +1,114 @@
+"""CPU check that an ONNX graph stays inside what TensorRT's ONNX parser accepts.
+
+There is no official CPU-only TensorRT lint. This check encodes the facts we rely on
+(onnx-tensorrt operators.md for TensorRT 10.x/11.x): opset 17-20, an op allow-list,
+attribute restrictions, constant reduction axes, static ranks everywhere, and none of the
+data-dependent or unsupported ops (NonZero, Unique, Compress, Sequence*, Loop/If/Scan).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnx.numpy_helper
+from onnx import shape_inference
+
+MIN_OPSET, MAX_OPSET = 17, 20
+
+# Ops TensorRT 10.x/11.x imports (subset relevant to SED graphs; operators.md).
+TRT_ALLOWED_OPS = frozenset(
+    """Abs Add And ArgMax ArgMin AveragePool Cast Ceil Clip Concat Constant ConstantOfShape Conv ConvTranspose
+    Cos Div Einsum Elu Equal Erf Exp Expand Flatten Floor Gather GatherElements GatherND Gelu Gemm
+    GlobalAveragePool Greater GreaterOrEqual GroupNormalization Identity InstanceNormalization LayerNormalization
+    Less LessOrEqual Log MatMul Max MaxPool Mean Min Mod Mul Neg Not Or Pad Pow Range Reciprocal ReduceL2
+    ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum Relu Reshape Resize ScatterElements ScatterND Shape Sigmoid
+    Sin Slice Softmax Split Sqrt Squeeze Sub Sum Tanh Tile TopK Transpose Trilu Unsqueeze Where Xor""".split()
+)
+# Present in ONNX, refused here: data-dependent shapes, sequences or control flow inside an engine.
+TRT_BANNED_OPS = frozenset(
+    """NonZero Unique Compress Loop If Scan SequenceAt SequenceConstruct SequenceEmpty SequenceErase SequenceInsert
+    SequenceLength SplitToSequence ConcatFromSequence StringNormalizer""".split()
+)
+RESIZE_MODES = {"nearest", "linear"}
+RESIZE_COORD_MODES = {"half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn"}
+TOPK_MAX_K = 3840  # ITopKLayer: larger K is a runtime error
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One reason TensorRT would refuse (or mis-handle) a graph."""
+
+    node: str
+    op: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.op} node {self.node!r}: {self.reason}"
+
+
+def _attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def check_trt_compatible(model: onnx.ModelProto | str | Path) -> list[Violation]:
+    """Every TensorRT-parser problem found in ``model`` (empty list: the graph passes)."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model))
+    out: list[Violation] = []
+    opsets = {imp.domain: imp.version for imp in model.opset_import}
+    main_opset = opsets.get("", opsets.get("ai.onnx", 0))
+    if not MIN_OPSET <= main_opset <= MAX_OPSET:
+        out.append(Violation("<model>", "opset", f"opset {main_opset} outside {MIN_OPSET}-{MAX_OPSET}"))
+    if model.functions:
+        out.append(Violation("<model>", "functions", f"{len(model.functions)} local functions remain (inline them)"))
+    onnx.checker.check_model(model, full_check=False)
+    inferred = shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    constants = {i.name for i in inferred.graph.initializer}
+    for node in inferred.graph.node:
+        if node.op_type == "Constant":
+            constants.update(node.output)
+    for node in inferred.graph.node:
+        name, op = node.name or "<unnamed>", node.op_type
+        if node.domain not in ("", "ai.onnx"):
+            out.append(Violation(name, op, f"custom domain {node.domain!r} has no TensorRT importer"))
+            continue
+        if op in TRT_BANNED_OPS:
+            out.append(Violation(name, op, "data-dependent or unsupported op; keep it out of engine graphs"))
+            continue
+        if op not in TRT_ALLOWED_OPS:
+            out.append(Violation(name, op, "op not on the TensorRT allow-list"))
+            continue
+        if op == "TopK":
+            if _attr(node, "sorted", 1) != 1:
+                out.append(Violation(name, op, "TensorRT requires sorted=1"))
+            k_init = next((i for i in inferred.graph.initializer if len(node.input) > 1 and i.name == node.input[1]), None)
+            if k_init is not None and int(onnx.numpy_helper.to_array(k_init).max()) >= TOPK_MAX_K:
+                out.append(Violation(name, op, f"K must be < {TOPK_MAX_K}"))
+        elif op == "Resize":
+            mode = _attr(node, "mode", b"nearest")
+            mode = mode.decode() if isinstance(mode, bytes) else mode
+            ctm = _attr(node, "coordinate_transformation_mode", b"half_pixel")
+            ctm = ctm.decode() if isinstance(ctm, bytes) else ctm
+            if mode not in RESIZE_MODES:
+                out.append(Violation(name, op, f"mode {mode!r} unsupported (nearest/linear only)"))
+            if ctm not in RESIZE_COORD_MODES:
+                out.append(Violation(name, op, f"coordinate_transformation_mode {ctm!r} unsupported"))
+            if _attr(node, "antialias", 0):
+                out.append(Violation(name, op, "antialias is unsupported"))
+        elif op == "LayerNormalization":
+            if len([o for o in node.output if o]) != 1:
+                out.append(Violation(name, op, "only the first output (Y) is supported"))
+        elif op.startswith("Reduce") and len(node.input) > 1 and node.input[1] and node.input[1] not in constants:
+            out.append(Violation(name, op, "reduction axes must be a constant"))
+        elif op == "ScatterND" and _attr(node, "reduction", b"none") not in (b"none", "none"):
+            out.append(Violation(name, op, "ScatterND reduction must be 'none'"))
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+        tt = vi.type.tensor_type
+        if vi.type.HasField("tensor_type") and not tt.HasField("shape"):
+            out.append(Violation(vi.name, "value", "unknown rank (TensorRT needs static ranks)"))
+    return out

@@ -1,0 +1,223 @@
+"""Export SED to ONNX graphs (dynamo exporter, single files) and validate them in ONNX Runtime.
+
+The chain is ``export_graph -> check_trt_compatible -> validate_graph`` per graph, then the
+manifest; ``run_export`` drives it for a whole model (``make engine`` / ``sed-trt export``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.check import check_trt_compatible
+from export.wrappers import wrapper_for
+from runtime.errors import EngineError
+from runtime.io_spec import DECODER_STAGES, GRAPH_NAMES, IMAGE_ENCODER, TEXT_ENCODER, ExportLimits, GraphSpec, ModelDims, graph_specs
+from runtime.manifest import Manifest
+from runtime.progress import step
+from runtime.tokenizer import default_bpe_path
+from sed.checkpoint import file_sha256, text_tower_fingerprint
+from sed.modeling.sed import SED
+
+DEFAULT_OPSET = 20
+# Example sizes used for tracing: >= 2 on every dynamic axis so none is specialised.
+TRACE_SIZES = {"B": 2, "T": 3, "Q": 4, "L": 7, "H": 64, "W": 96}
+
+
+def model_dims(model: SED) -> ModelDims:
+    """The static sizes of a model's graphs."""
+    return model.io_dims()
+
+
+def example_inputs(spec: GraphSpec, sizes: dict[str, int], *, seed: int = 0, vocab_size: int = 49408) -> dict[str, np.ndarray]:
+    """Random feeds for a graph at the given axis sizes (tokens end with EOT, as real ones do)."""
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for t in spec.inputs:
+        shape = t.concrete(sizes)
+        if t.dtype == "int64":
+            arr = rng.integers(1, vocab_size - 2, size=shape, dtype=np.int64)
+            arr[:, 0] = vocab_size - 2  # SOT
+            arr[:, -1] = vocab_size - 1  # EOT (the largest id: where the encoder pools)
+        elif t.name == "image":
+            arr = rng.uniform(0, 255, size=shape).astype(np.float32)
+        else:
+            arr = rng.standard_normal(shape).astype(np.float32)
+        feeds[t.name] = arr
+    return feeds
+
+
+def _dynamic_shapes(spec: GraphSpec, limits: ExportLimits) -> dict[str, dict[int, object]]:
+    dims: dict[str, object] = {}
+    out: dict[str, dict[int, object]] = {}
+    for t in spec.inputs:
+        axes = {}
+        for ax, name in t.dynamic_axes().items():
+            r = limits.range_of(name)
+            # torch.export cannot bound an axis below 2 without specialising 0/1 cases; the
+            # exported ONNX has no bound at all, the limits are enforced by the runtime.
+            axes[ax] = dims.setdefault(name, torch.export.Dim(name, min=1, max=max(r.max, 4096)))
+        out[t.name] = axes
+    return out
+
+
+def export_graph(module: torch.nn.Module, spec: GraphSpec, path: Path, *, limits: ExportLimits, opset: int = DEFAULT_OPSET) -> Path:
+    """Export one wrapper to a single-file ONNX graph with the spec's names and dynamic axes."""
+    feeds = example_inputs(spec, TRACE_SIZES)
+    args = tuple(torch.from_numpy(feeds[n]) for n in spec.input_names)
+    log = io.StringIO()
+    with torch.no_grad(), contextlib.redirect_stdout(log), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module,
+            args,
+            dynamo=True,
+            external_data=False,
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            dynamic_shapes=_dynamic_shapes(spec, limits),
+            opset_version=opset,
+            optimize=True,
+            verbose=False,
+        )
+    if program is None:
+        raise EngineError(f"torch.onnx.export returned nothing for {spec.name}: {log.getvalue()[-500:]}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program.save(str(path), external_data=False)
+    return path
+
+
+@dataclass
+class ValidationResult:
+    """Largest error of an ONNX Runtime run against PyTorch, relative to the output scale."""
+
+    graph: str
+    sizes: dict[str, int]
+    max_abs_err: float
+    max_rel_err: float
+
+
+def run_torch(module: torch.nn.Module, spec: GraphSpec, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Outputs of a wrapper module as numpy, named per the spec."""
+    with torch.no_grad():
+        outs = module(*(torch.from_numpy(feeds[n]) for n in spec.input_names))
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    return {n: o.numpy() for n, o in zip(spec.output_names, outs)}
+
+
+def validate_graph(module: torch.nn.Module, spec: GraphSpec, path: Path, sizes: dict[str, int], *, rtol: float = 1e-4, threads: int | None = None) -> ValidationResult:
+    """Run the ONNX file in ONNX Runtime (CPU) and compare every output with PyTorch.
+
+    The error is max|ort - torch| / max(1, max|torch|) per output; it must stay below ``rtol``.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feeds = example_inputs(spec, sizes, seed=1)
+    got = dict(zip(spec.output_names, sess.run(spec.output_names, feeds)))
+    want = run_torch(module, spec, feeds)
+    worst_abs = worst_rel = 0.0
+    for name in spec.output_names:
+        if got[name].shape != want[name].shape:
+            raise EngineError(f"{spec.name}: output {name!r} has shape {got[name].shape} in ONNX Runtime, {want[name].shape} in PyTorch")
+        err = float(np.abs(got[name] - want[name]).max()) if got[name].size else 0.0
+        scale = max(1.0, float(np.abs(want[name]).max())) if want[name].size else 1.0
+        worst_abs, worst_rel = max(worst_abs, err), max(worst_rel, err / scale)
+    if not worst_rel <= rtol:
+        raise EngineError(f"{spec.name}: ONNX Runtime differs from PyTorch at {sizes}: relative error {worst_rel:.2e} > {rtol:.0e}")
+    return ValidationResult(spec.name, dict(sizes), worst_abs, worst_rel)
+
+
+def validation_sizes(graph: str, dims: ModelDims, limits: ExportLimits) -> list[dict[str, int]]:
+    """Axis sizes each graph is validated at: small, and the export maximum where cheap."""
+    if graph == IMAGE_ENCODER:
+        return [{"B": 1, "H": 480, "W": 640}]
+    if graph == TEXT_ENCODER:
+        return [{"Q": 5, "L": 9}, {"Q": 1, "L": 77}]
+    sizes = [{"B": 1, "T": 1}, {"B": 1, "T": 7}]
+    if graph == DECODER_STAGES[0]:
+        sizes.append({"B": 1, "T": limits.max_classes})  # cheap at 1/32 scale
+    return sizes
+
+
+def _sha256_bytes(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import open_clip
+
+    try:
+        from importlib.metadata import version
+
+        ours = version("sed-trt")
+    except Exception:
+        ours = "unknown"
+    return {"sed_trt": ours, "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "open_clip": open_clip.__version__}
+
+
+def run_export(
+    model: SED,
+    out_dir: str | Path,
+    *,
+    backbone: str,
+    weights: str | Path | None,
+    limits: ExportLimits | None = None,
+    pooling: int = 1,
+    opset: int = DEFAULT_OPSET,
+    validate: bool = True,
+    progress: bool = True,
+) -> Manifest:
+    """Export every graph of ``model`` into ``out_dir``, check and validate each, write the manifest."""
+    limits = limits or ExportLimits()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dims = model_dims(model)
+    specs = graph_specs(dims)
+    model = model.eval()
+    files: dict[str, str] = {}
+    graphs = GRAPH_NAMES
+    for i, name in enumerate(graphs, 1):
+        spec = specs[name]
+        module = wrapper_for(model, name, pooling).eval()
+        path = out / f"{name}.onnx"
+        step(f"[{i}/{len(graphs)}] exporting {name} -> {path}", enabled=progress)
+        export_graph(module, spec, path, limits=limits, opset=opset)
+        problems = check_trt_compatible(path)
+        if problems:
+            raise EngineError(f"{name}: {len(problems)} TensorRT-parser problems: " + "; ".join(map(str, problems[:5])))
+        if validate:
+            for sizes in validation_sizes(name, dims, limits):
+                res = validate_graph(module, spec, path, sizes)
+                step(f"      {name} ok in ONNX Runtime at {sizes}: max abs err {res.max_abs_err:.2e}, rel {res.max_rel_err:.2e}", enabled=progress)
+        files[name] = path.name
+    shutil.copyfile(default_bpe_path(), out / "bpe_simple_vocab_16e6.txt.gz")
+    manifest = Manifest(
+        backbone=backbone,
+        model_config={"embed_dim": model.cfg.clip.embed_dim, "vision_cfg": model.cfg.clip.vision_cfg, "text_cfg": model.cfg.clip.text_cfg},
+        dims=dims,
+        limits=limits,
+        pooling=pooling,
+        opset=opset,
+        checkpoint_sha256=file_sha256(weights) if weights is not None else None,
+        text_fingerprint=text_tower_fingerprint(model),
+        graphs=files,
+        graph_sha256={n: _sha256_bytes(out / f) for n, f in files.items()},
+        versions=_versions(),
+    )
+    manifest.save(out)
+    step(f"wrote {out / 'manifest.json'}", enabled=progress)
+    return manifest

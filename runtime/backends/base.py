@@ -1,0 +1,136 @@
+"""Backend interface (runner lifecycle) and the array operations CER needs between graphs."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import numpy as np
+
+from runtime.io_spec import ExportLimits, GraphSpec, ModelDims, graph_specs
+
+Array = Any  # np.ndarray for host backends, torch.Tensor for device backends
+
+
+class ArrayOps(abc.ABC):
+    """Array primitives the shared CER orchestration calls; survivor indices live on the host."""
+
+    @abc.abstractmethod
+    def from_numpy(self, a: np.ndarray) -> Array: ...
+
+    @abc.abstractmethod
+    def to_numpy(self, x: Array) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def take(self, x: Array, idx: np.ndarray, axis: int) -> Array:
+        """Gather ``idx`` along ``axis`` (contiguous result)."""
+
+    @abc.abstractmethod
+    def topk_union(self, logits: Array, k: int) -> np.ndarray:
+        """Sorted classes that are in the per-pixel top-k of any pixel and image of (B, T, H, W)."""
+
+    @abc.abstractmethod
+    def scatter_classes(self, probs: Array, kept: np.ndarray, num_classes: int) -> Array:
+        """(B, T', H, W) -> (B, T, H, W) with exact zeros outside ``kept``."""
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (timing); a no-op on the host."""
+
+    def select(self, logits: Array, topk: int | None) -> np.ndarray:
+        """CER selection rule; None (or k >= T) keeps every class."""
+        t = int(logits.shape[1])
+        if topk is None or topk >= t:
+            return np.arange(t)
+        return self.topk_union(logits, topk)
+
+
+class NumpyOps(ArrayOps):
+    """Host arrays."""
+
+    def from_numpy(self, a: np.ndarray) -> np.ndarray:
+        return a
+
+    def to_numpy(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x)
+
+    def take(self, x: np.ndarray, idx: np.ndarray, axis: int) -> np.ndarray:
+        return np.ascontiguousarray(np.take(x, idx, axis=axis))
+
+    def topk_union(self, logits: np.ndarray, k: int) -> np.ndarray:
+        t = logits.shape[1]
+        top = np.argpartition(-logits, k - 1, axis=1)[:, :k]  # B K H W, unordered
+        keep = np.zeros(t, dtype=bool)
+        keep[top.ravel()] = True
+        return np.flatnonzero(keep)
+
+    def scatter_classes(self, probs: np.ndarray, kept: np.ndarray, num_classes: int) -> np.ndarray:
+        out = np.zeros((probs.shape[0], num_classes, *probs.shape[2:]), dtype=probs.dtype)
+        out[:, kept] = probs
+        return out
+
+
+class Backend(abc.ABC):
+    """A runner: ``__init__`` stores options, ``activate`` loads, ``run`` executes one graph, ``deactivate`` frees."""
+
+    name: str = "base"
+
+    def __init__(self) -> None:
+        self.active = False
+
+    # Set by subclasses in __init__ or activate().
+    dims: ModelDims
+    limits: ExportLimits | None
+    pooling: int
+    ops: ArrayOps
+
+    @property
+    def specs(self) -> dict[str, GraphSpec]:
+        return graph_specs(self.dims)
+
+    @property
+    @abc.abstractmethod
+    def text_fingerprint(self) -> str:
+        """Identity of the text tower (keys the text-feature cache)."""
+
+    @property
+    def tokenizer_path(self) -> str | None:
+        """BPE merges file to use (None: the one installed with open_clip)."""
+        return None
+
+    @property
+    def max_classes(self) -> int | None:
+        """Largest vocabulary the graphs/engines accept (None: unbounded)."""
+        return None if self.limits is None else self.limits.max_classes
+
+    def activate(self) -> Backend:
+        self.active = True
+        return self
+
+    def deactivate(self) -> None:
+        self.active = False
+
+    def __enter__(self) -> Backend:
+        return self.activate()
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    def run(self, graph: str, feeds: dict[str, Array]) -> dict[str, Array]:
+        """Validate ``feeds`` against the I/O spec, then execute ``graph``."""
+        if not self.active:
+            raise RuntimeError(f"{self.name} backend is not active: call activate() (or use it as a context manager) first")
+        spec = self.specs[graph]
+        sizes: dict[str, int] = {}
+        for t in spec.inputs:
+            if t.name not in feeds:
+                raise ValueError(f"graph {graph!r} | missing input {t.name!r} | expected {spec.input_names}")
+            x = feeds[t.name]
+            t.check(tuple(x.shape), _dtype_name(x), sizes)
+        return self._run(graph, feeds)
+
+    @abc.abstractmethod
+    def _run(self, graph: str, feeds: dict[str, Array]) -> dict[str, Array]: ...
+
+
+def _dtype_name(x: Array) -> str:
+    return str(x.dtype).replace("torch.", "")

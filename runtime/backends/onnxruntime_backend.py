@@ -1,0 +1,68 @@
+"""ONNX Runtime backend: runs the exported graphs with numpy only (no torch at run time)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from runtime.backends.base import Backend, NumpyOps
+from runtime.errors import BackendUnavailableError, EngineError
+from runtime.manifest import Manifest
+
+
+class OnnxRuntimeBackend(Backend):
+    """One ``InferenceSession`` per graph of an engine directory."""
+
+    name = "onnxruntime"
+
+    def __init__(self, engine_dir: str | Path, *, providers: list[str] | None = None, threads: int | None = None, backbone: str | None = None) -> None:
+        super().__init__()
+        self.engine_dir = Path(engine_dir)
+        self.manifest = Manifest.load(self.engine_dir)
+        self.manifest.check_backbone(backbone)
+        self.dims = self.manifest.dims
+        self.limits = self.manifest.limits
+        self.pooling = self.manifest.pooling
+        self.ops = NumpyOps()
+        self.providers = providers or ["CPUExecutionProvider"]
+        self.threads = threads
+        self._sessions: dict[str, object] = {}
+
+    @property
+    def text_fingerprint(self) -> str:
+        return self.manifest.text_fingerprint
+
+    @property
+    def tokenizer_path(self) -> str | None:
+        path = self.engine_dir / self.manifest.tokenizer_file
+        return str(path) if path.is_file() else None
+
+    def activate(self) -> OnnxRuntimeBackend:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendUnavailableError("the onnxruntime backend needs onnxruntime: pip install onnxruntime") from None
+        unknown = [p for p in self.providers if p not in ort.get_available_providers()]
+        if unknown:
+            raise BackendUnavailableError(f"ONNX Runtime providers {unknown} are not available here (available: {ort.get_available_providers()})")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        for name, rel in self.manifest.graphs.items():
+            try:
+                self._sessions[name] = ort.InferenceSession(str(self.engine_dir / rel), opts, providers=self.providers)
+            except Exception as exc:
+                raise EngineError(f"ONNX Runtime cannot load {rel!r}: {str(exc).splitlines()[0][:200]}") from None
+        self.active = True
+        return self
+
+    def deactivate(self) -> None:
+        self._sessions.clear()
+        self.active = False
+
+    def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        spec = self.specs[graph]
+        outs = self._sessions[graph].run(spec.output_names, {n: feeds[n] for n in spec.input_names})  # type: ignore[attr-defined]
+        return dict(zip(spec.output_names, outs))

@@ -1,0 +1,41 @@
+"""Array ops on torch tensors (CPU or CUDA): CER stays on the device, only survivor ids come back."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from runtime.backends.base import ArrayOps
+
+
+class TorchOps(ArrayOps):
+    """torch tensors on one device; ``stream`` (CUDA) orders our ops with the engines'."""
+
+    def __init__(self, device: str | torch.device = "cpu", stream: torch.cuda.Stream | None = None) -> None:
+        self.device = torch.device(device)
+        self.stream = stream
+
+    def from_numpy(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=False)
+
+    def to_numpy(self, x: torch.Tensor) -> np.ndarray:
+        return x.detach().cpu().numpy()
+
+    def take(self, x: torch.Tensor, idx: np.ndarray, axis: int) -> torch.Tensor:
+        return x.index_select(axis, torch.from_numpy(np.asarray(idx, dtype=np.int64)).to(x.device)).contiguous()
+
+    def topk_union(self, logits: torch.Tensor, k: int) -> np.ndarray:
+        t = logits.shape[1]
+        top = logits.topk(k, dim=1).indices  # B K H W
+        keep = torch.zeros(t, dtype=torch.bool, device=logits.device)
+        keep[top.flatten()] = True
+        return keep.nonzero().squeeze(1).cpu().numpy()  # the one small device-to-host read per stage
+
+    def scatter_classes(self, probs: torch.Tensor, kept: np.ndarray, num_classes: int) -> torch.Tensor:
+        out = probs.new_zeros(probs.shape[0], num_classes, *probs.shape[2:])
+        out[:, torch.from_numpy(np.asarray(kept, dtype=np.int64)).to(probs.device)] = probs
+        return out
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)

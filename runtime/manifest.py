@@ -1,0 +1,116 @@
+"""``manifest.json``: what an engine directory holds, written by export, read by every backend."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import EngineError
+from runtime.io_spec import GRAPH_NAMES, ExportLimits, GraphSpec, ModelDims, TensorSpec, graph_specs
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 1
+
+
+@dataclass
+class EngineEntry:
+    """A TensorRT plan built from one graph, and what it is tied to."""
+
+    file: str
+    precision: str
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    profiles: dict[str, list[list[int]]] = field(default_factory=dict)
+    onnx_file: str = ""
+
+
+@dataclass
+class Manifest:
+    """Everything the runtime needs to trust and drive the graphs of an engine directory."""
+
+    backbone: str
+    model_config: dict[str, Any]
+    dims: ModelDims
+    limits: ExportLimits
+    pooling: int
+    opset: int
+    checkpoint_sha256: str | None
+    text_fingerprint: str
+    graphs: dict[str, str]
+    graph_sha256: dict[str, str] = field(default_factory=dict)
+    tokenizer_file: str = "bpe_simple_vocab_16e6.txt.gz"
+    versions: dict[str, str] = field(default_factory=dict)
+    engines: dict[str, EngineEntry] = field(default_factory=dict)
+    format: int = MANIFEST_FORMAT
+
+    @property
+    def specs(self) -> dict[str, GraphSpec]:
+        return graph_specs(self.dims)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["dims"] = self.dims.to_dict()
+        d["limits"] = self.limits.to_dict()
+        d["io"] = {name: {"inputs": [_tensor(t) for t in s.inputs], "outputs": [_tensor(t) for t in s.outputs]} for name, s in self.specs.items()}
+        return d
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / MANIFEST_NAME
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Manifest:
+        """Read and sanity-check ``DIR/manifest.json``; every problem is an :class:`EngineError`."""
+        directory = Path(directory)
+        path = directory / MANIFEST_NAME
+        if not directory.is_dir():
+            raise EngineError(f"engine directory {str(directory)!r} does not exist; create it with 'sed-trt export' or 'make engine'")
+        if not path.is_file():
+            raise EngineError(f"{str(path)!r} is missing: {str(directory)!r} is not an engine directory made by 'sed-trt export'")
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise EngineError(f"cannot read {str(path)!r}: {exc}") from None
+        if d.get("format") != MANIFEST_FORMAT:
+            raise EngineError(f"{str(path)!r} has manifest format {d.get('format')!r}; this sed-trt reads format {MANIFEST_FORMAT}: re-export the engines")
+        try:
+            engines = {k: EngineEntry(**v) for k, v in d.get("engines", {}).items()}
+            m = cls(
+                backbone=d["backbone"],
+                model_config=d["model_config"],
+                dims=ModelDims.from_dict(d["dims"]),
+                limits=ExportLimits.from_dict(d["limits"]),
+                pooling=int(d["pooling"]),
+                opset=int(d["opset"]),
+                checkpoint_sha256=d.get("checkpoint_sha256"),
+                text_fingerprint=d["text_fingerprint"],
+                graphs=dict(d["graphs"]),
+                graph_sha256=dict(d.get("graph_sha256", {})),
+                tokenizer_file=d.get("tokenizer_file", "bpe_simple_vocab_16e6.txt.gz"),
+                versions=dict(d.get("versions", {})),
+                engines=engines,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EngineError(f"{str(path)!r} is malformed ({type(exc).__name__}: {exc}); re-export the engines") from None
+        missing = [g for g in GRAPH_NAMES if g not in m.graphs]
+        if missing:
+            raise EngineError(f"{str(path)!r} lists no graph for {missing}; re-export the engines")
+        for name, rel in m.graphs.items():
+            if not (directory / rel).is_file():
+                raise EngineError(f"engine directory {str(directory)!r} is incomplete: {rel!r} ({name}) is missing")
+        return m
+
+    def check_backbone(self, backbone: str | None) -> None:
+        """Refuse an engine directory exported for another backbone."""
+        if backbone is not None and Path(backbone).stem != self.backbone:
+            raise EngineError(f"engine directory was exported for backbone {self.backbone!r}, not {Path(backbone).stem!r}")
+
+
+def _tensor(t: TensorSpec) -> dict[str, Any]:
+    return {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)}
