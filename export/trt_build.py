@@ -1,0 +1,157 @@
+"""TensorRT engines from the exported graphs (TensorRT 10.12+ and 11.x Python API).
+
+Written from ../shared/spec/tensorrt_facts.md: strongly typed networks
+(``1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED)``), ``parse_from_file`` with every
+parser error reported, one optimisation profile per engine generated from the I/O spec
+(T: min 1, opt the vocabulary size, max the exported maximum), a persistent timing cache,
+``build_serialized_network`` checked for None. ``trt`` is injectable so CI tests the whole
+builder against a fake of this API surface; nothing here has run on a real GPU yet.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import ModuleType
+
+from runtime.errors import BackendUnavailableError, EngineError
+from runtime.io_spec import ExportLimits, GraphSpec
+from runtime.manifest import EngineEntry, Manifest
+from runtime.progress import step
+
+TIMING_CACHE = "timing.cache"
+
+
+def import_tensorrt() -> ModuleType:
+    """``import tensorrt`` with a one-line error that says what to install."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise BackendUnavailableError(f"TensorRT is not installed ({exc}); on a machine with an NVIDIA GPU: pip install 'sed-trt[trt]'") from None
+    return trt
+
+
+def gpu_info() -> tuple[str, str]:
+    """(GPU name, compute capability 'major.minor') of device 0; raises without a GPU."""
+    try:
+        import torch
+    except ImportError:
+        torch = None  # type: ignore[assignment]
+    if torch is not None and torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(0)
+        return torch.cuda.get_device_name(0), f"{major}.{minor}"
+    raise BackendUnavailableError("no CUDA GPU is visible (torch.cuda.is_available() is False)")
+
+
+def tensorrt_unavailable_reason() -> str | None:
+    """Why engines cannot be built here, or None when TensorRT and a GPU are present."""
+    try:
+        import_tensorrt()
+        gpu_info()
+    except BackendUnavailableError as exc:
+        return str(exc)
+    return None
+
+
+def profile_shapes(spec: GraphSpec, limits: ExportLimits) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """min/opt/max shape of every input, from the named dynamic axes of the spec."""
+    out = {}
+    for t in spec.inputs:
+        ranges = {name: limits.range_of(name) for name in t.dynamic_axes().values()}
+        out[t.name] = tuple(t.concrete({n: getattr(r, which) for n, r in ranges.items()}) for which in ("min", "opt", "max"))
+    return out  # type: ignore[return-value]
+
+
+def _parser_errors(parser: object) -> str:
+    msgs = []
+    for i in range(parser.num_errors):  # type: ignore[attr-defined]
+        err = parser.get_error(i)  # type: ignore[attr-defined]
+        msgs.append(f"{err.node_operator()} node {err.node_name()!r}: {err.desc()}")
+    return "; ".join(msgs) or "no parser error recorded"
+
+
+def build_engine(
+    onnx_path: str | Path,
+    spec: GraphSpec,
+    limits: ExportLimits,
+    *,
+    precision: str = "fp32",
+    timing_cache: bytes = b"",
+    workspace_bytes: int | None = None,
+    trt: ModuleType | None = None,
+) -> tuple[bytes, bytes]:
+    """Build one serialized engine. Returns (plan bytes, updated timing-cache bytes)."""
+    trt = trt or import_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    if precision == "fp32":
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    elif precision == "fp16" and hasattr(trt.BuilderFlag, "FP16"):
+        flags = 0  # TensorRT 10.x: weakly typed network + FP16 builder flag
+    else:
+        raise EngineError(
+            "fp16 on TensorRT 11 needs fp16 types inside the ONNX (strong typing; e.g. ModelOpt AutoCast); "
+            "this release builds fp16 only on TensorRT 10.x: use --precision fp32"
+        )
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        raise EngineError(f"TensorRT cannot parse {Path(onnx_path).name}: {_parser_errors(parser)}")
+    config = builder.create_builder_config()
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    if workspace_bytes:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    profile = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in profile_shapes(spec, limits).items():
+        profile.set_shape(name, lo, opt, hi)
+    if config.add_optimization_profile(profile) < 0:
+        raise EngineError(f"TensorRT rejected the optimisation profile of {spec.name}")
+    cache = config.create_timing_cache(timing_cache)
+    config.set_timing_cache(cache, False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EngineError(f"TensorRT failed to build {spec.name} (see the TensorRT log above)")
+    return bytes(plan), bytes(config.get_timing_cache().serialize())
+
+
+def build_engines(
+    engine_dir: str | Path,
+    *,
+    precision: str = "fp32",
+    opt_classes: int | None = None,
+    workspace_bytes: int | None = None,
+    trt: ModuleType | None = None,
+    gpu: tuple[str, str] | None = None,
+    progress: bool = True,
+) -> Manifest:
+    """Build an engine for every graph of an engine directory and record them in its manifest."""
+    trt = trt or import_tensorrt()
+    gpu_name, capability = gpu or gpu_info()
+    directory = Path(engine_dir)
+    manifest = Manifest.load(directory)
+    limits = manifest.limits
+    if opt_classes is not None:
+        limits = ExportLimits.from_dict({**limits.to_dict(), "opt_classes": min(opt_classes, limits.max_classes)})
+    cache_path = directory / TIMING_CACHE
+    cache = cache_path.read_bytes() if cache_path.is_file() else b""
+    specs = manifest.specs
+    for i, (name, onnx_file) in enumerate(manifest.graphs.items(), 1):
+        step(f"[{i}/{len(manifest.graphs)}] building TensorRT engine {name} ({precision})", enabled=progress)
+        plan, cache = build_engine(directory / onnx_file, specs[name], limits, precision=precision, timing_cache=cache, workspace_bytes=workspace_bytes, trt=trt)
+        plan_file = f"{name}.{precision}.plan"
+        (directory / plan_file).write_bytes(plan)
+        shapes = profile_shapes(specs[name], limits)
+        manifest.engines[name] = EngineEntry(
+            file=plan_file,
+            precision=precision,
+            tensorrt_version=str(trt.__version__),
+            gpu_name=gpu_name,
+            compute_capability=capability,
+            profiles={inp: [list(s) for s in triple] for inp, triple in shapes.items()},
+            onnx_file=onnx_file,
+        )
+    cache_path.write_bytes(cache)
+    manifest.save(directory)
+    step(f"engines recorded in {directory / 'manifest.json'}: {json.dumps({k: v.file for k, v in manifest.engines.items()})}", enabled=progress)
+    return manifest

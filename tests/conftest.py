@@ -1,0 +1,73 @@
+"""Shared fixtures: the official parity vectors, tiny models, and exported engine directories."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PARITY = Path(os.environ.get("SED_PARITY_DIR", ROOT.parent / "shared" / "parity" / "sed_tiny_linear"))
+
+
+@pytest.fixture(scope="session")
+def parity_dir() -> Path:
+    if not (PARITY / "expected.npz").is_file():
+        pytest.skip(f"missing parity data, expected at {PARITY} (set SED_PARITY_DIR)")
+    return PARITY
+
+
+@pytest.fixture(scope="session")
+def parity(parity_dir: Path) -> dict:
+    meta = json.loads((parity_dir / "meta.json").read_text())
+    return {"meta": meta, "classes": meta["classes"], "expected": dict(np.load(parity_dir / "expected.npz"))}
+
+
+@pytest.fixture(scope="session")
+def parity_model(parity_dir: Path):
+    from sed import load_sed
+
+    return load_sed(parity_dir / "cfg" / "sed_tiny_linear.json", parity_dir / "checkpoint.pth")
+
+
+@pytest.fixture(scope="session")
+def parity_image(parity_dir: Path) -> np.ndarray:
+    from runtime.image import load_image
+
+    return load_image(parity_dir / "image.png")
+
+
+@pytest.fixture(scope="session")
+def parity_engine_dir(tmp_path_factory: pytest.TempPathFactory, parity_dir: Path, parity_model) -> Path:
+    """The parity model exported to ONNX (768 input, like the real models)."""
+    from export.onnx_export import run_export
+    from runtime.io_spec import ExportLimits
+
+    out = tmp_path_factory.mktemp("engine_parity")
+    run_export(parity_model, out, backbone="sed_tiny_linear", weights=parity_dir / "checkpoint.pth", limits=ExportLimits(max_classes=64, opt_classes=24), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_model():
+    """sed_tiny_linear at a 64x64 canvas: decoder stages at 2/4/8/16 px, so large T stays cheap."""
+    from sed import build_sed, load_config
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(load_config("sed_tiny_linear"), image_size=64)
+    return build_sed(cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def small_engine_dir(tmp_path_factory: pytest.TempPathFactory, small_model) -> Path:
+    from export.onnx_export import run_export
+    from runtime.io_spec import ExportLimits
+
+    out = tmp_path_factory.mktemp("engine_small")
+    run_export(small_model, out, backbone="sed_tiny_linear", weights=None, limits=ExportLimits(max_classes=1000, opt_classes=150), validate=False, progress=False)
+    return out

@@ -1,0 +1,43 @@
+"""convnext_b / convnext_l build exactly the official checkpoint key layout (names and shapes)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sed import build_sed, load_config
+from sed.checkpoint import OFFICIAL_PREFIX, to_official_state_dict
+
+KEYS = Path(__file__).resolve().parents[3] / "shared" / "spec" / "official_state_dict_keys.json"
+
+
+def _official(backbone: str) -> dict[str, list[int]]:
+    if not KEYS.is_file():
+        pytest.skip(f"missing {KEYS}")
+    entry = json.loads(KEYS.read_text())[backbone]
+    assert entry["num_keys"] == len(entry["keys"])
+    return {k: list(v) for k, v in entry["keys"].items()}
+
+
+@pytest.mark.parametrize("backbone,count", [("convnext_b", 608), ("convnext_l", 658)])
+def test_state_dict_matches_official(backbone, count):
+    with torch.device("meta"):
+        model = build_sed(backbone)
+    ours = {k: list(v.shape) for k, v in to_official_state_dict(model).items()}
+    official = _official(backbone)
+    assert len(ours) == count
+    assert set(ours) == set(official), f"missing {sorted(set(official) - set(ours))[:5]} extra {sorted(set(ours) - set(official))[:5]}"
+    bad = {k: (ours[k], official[k]) for k in ours if ours[k] != official[k]}
+    assert not bad
+    assert all(k.startswith(OFFICIAL_PREFIX) for k in ours)
+
+
+def test_tiny_configs_build_fast():
+    for name in ("sed_tiny_linear", "sed_tiny_mlp"):
+        start = time.perf_counter()
+        build_sed(load_config(name))
+        assert time.perf_counter() - start < 1.0, f"{name} took more than 1 s to build"
