@@ -104,8 +104,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from runtime.predictor import Predictor
     from runtime.vocab import display_name, load_vocabulary
 
-    if args.out is None and args.save_npz is None:
-        print("sed-trt: note: neither --out nor --save-npz given; printing a summary only", file=sys.stderr)
     _check_writable(args.out, "--out")
     _check_writable(args.save_npz, "--save-npz")
     classes = load_vocabulary(args.classes)

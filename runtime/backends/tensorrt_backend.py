@@ -21,6 +21,18 @@ from runtime.manifest import Manifest
 ALIGNMENT = 256  # setTensorAddress: pointers need 256-byte alignment
 
 
+def aligned_empty(torch: ModuleType, shape: tuple[int, ...], dtype: Any, device: str) -> Any:
+    """An uninitialised tensor whose data pointer is 256-byte aligned (CUDA's allocator already
+    aligns to 512; host allocators only to 64, hence the over-allocate-and-offset)."""
+    x = torch.empty(shape, dtype=dtype, device=device)
+    if x.data_ptr() % ALIGNMENT == 0:
+        return x
+    nbytes = max(x.numel() * x.element_size(), 1)
+    buf = torch.empty(nbytes + ALIGNMENT, dtype=torch.uint8, device=device)
+    offset = (-buf.data_ptr()) % ALIGNMENT
+    return buf[offset : offset + x.numel() * x.element_size()].view(dtype).view(shape)
+
+
 class TensorRTBackend(Backend):
     """Runs the TensorRT plans listed in an engine directory's manifest."""
 
@@ -134,7 +146,7 @@ class TensorRTBackend(Backend):
                 x = torch.from_numpy(x)
             x = x.to(self.device).contiguous()
             if x.data_ptr() % ALIGNMENT:
-                x = x.clone()
+                x = aligned_empty(torch, tuple(x.shape), x.dtype, self.device).copy_(x)
             if not ctx.set_input_shape(name, tuple(x.shape)):
                 lo, _, hi = engine.get_tensor_profile_shape(name, 0)
                 raise EngineError(f"{graph}: input {name!r} shape {tuple(x.shape)} is outside the engine profile [{tuple(lo)} .. {tuple(hi)}]")
@@ -145,7 +157,7 @@ class TensorRTBackend(Backend):
             shape = tuple(int(d) for d in ctx.get_tensor_shape(name))
             if any(d < 0 for d in shape):
                 raise EngineError(f"{graph}: output {name!r} has unresolved shape {shape}")
-            out = torch.empty(shape, dtype=torch.float32, device=self.device)
+            out = aligned_empty(torch, shape, torch.float32, self.device)
             ctx.set_tensor_address(name, out.data_ptr())
             outputs[name] = out
         if not ctx.execute_async_v3(self._stream_handle()):
