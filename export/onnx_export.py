@@ -142,7 +142,7 @@ def validate_graph(module: torch.nn.Module, spec: GraphSpec, path: Path, sizes: 
 def validation_sizes(graph: str, dims: ModelDims, limits: ExportLimits) -> list[dict[str, int]]:
     """Axis sizes each graph is validated at: small, and the export maximum where cheap."""
     if graph == IMAGE_ENCODER:
-        return [{"B": 1, "H": 480, "W": 640}]
+        return [{"B": 1, "H": dims.image_size, "W": dims.image_size}]
     if graph == TEXT_ENCODER:
         return [{"Q": 5, "L": 9}, {"Q": 1, "L": 77}]
     sizes = [{"B": 1, "T": 1}, {"B": 1, "T": 7}]

@@ -136,7 +136,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.opt_classes > args.max_classes:
         raise ConfigError(f"--opt-classes {args.opt_classes} exceeds --max-classes {args.max_classes}")
-    model = load_sed(args.backbone, args.weights)
+    backbone = args.backbone
+    if args.image_size is not None:
+        import dataclasses
+
+        from sed.config import load_config
+
+        if args.image_size % 32:
+            raise ConfigError(f"--image-size must be a multiple of 32, got {args.image_size}")
+        backbone = dataclasses.replace(load_config(args.backbone), image_size=args.image_size)
+    model = load_sed(backbone, args.weights)
     limits = ExportLimits(max_batch=args.max_batch, max_classes=args.max_classes, opt_classes=args.opt_classes)
     run_export(model, args.out_dir, backbone=Path(args.backbone).stem, weights=args.weights, limits=limits, pooling=args.pooling, opset=args.opset, validate=not args.no_validate, progress=not args.quiet)
     if args.engines == "skip":
@@ -173,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opt-classes", type=_positive_int, default=150)
     p.add_argument("--max-batch", type=_positive_int, default=1)
     p.add_argument("--pooling", type=_positive_int, default=1)
+    p.add_argument("--image-size", type=_positive_int, default=None, help="network input side (default 768, the paper's; 384 for SED-fast style)")
     p.add_argument("--opset", type=int, default=20, choices=range(17, 21), metavar="{17..20}")
     p.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     p.add_argument("--engines", choices=["auto", "skip", "require"], default="auto", help="TensorRT engines: build if possible (auto), never, or fail without TensorRT")

@@ -1,0 +1,32 @@
+# sed-trt command index. Every target installs what it needs into .venv first.
+PY ?= .venv/bin/python
+BACKBONE ?= convnext_b
+WEIGHTS ?=
+IMAGE_SIZE ?=
+ENGINE_DIR ?= engines/$(BACKBONE)
+BENCH_ARGS ?=
+
+.PHONY: install test test-all engine bench help
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
+
+.venv/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: .venv/.installed ## create .venv and install sed-trt with the dev extra
+
+test: install ## run the CPU test suite (GPU/TensorRT tests skip with a reason)
+	$(PY) -m pytest -q
+
+test-all: install ## also run slow tests (full-size backbones)
+	$(PY) -m pytest -q -m "slow or not slow"
+
+engine: install ## export BACKBONE's ONNX graphs + manifest (and TensorRT engines where TensorRT and a GPU exist); WEIGHTS=ckpt
+	$(PY) -m runtime.cli export --backbone $(BACKBONE) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) --out-dir $(ENGINE_DIR)
+
+bench: install ## PyTorch vs ONNX Runtime (vs TensorRT) ms/image, with and without CER; writes results/
+	$(PY) -m runtime.cli bench --backbone $(BACKBONE) $(if $(WEIGHTS),--weights $(WEIGHTS)) --out-dir results $(BENCH_ARGS)

@@ -1,0 +1,1 @@
+"""Benchmarks of sed-trt backends."""

@@ -1,0 +1,267 @@
+"""PyTorch vs ONNX Runtime vs TensorRT: ms/image end to end and per part, with and without CER.
+
+Every backend sees the same synthetic image and the same text features. Random weights
+make CER keep an arbitrary number of classes, so each row reports the survivors per
+stage, and a controlled row times the decoder stages at a fixed survivor count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.progress import Progress, step
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    """What to measure."""
+
+    backbone: str = "convnext_b"
+    weights: str | None = None
+    image_sizes: tuple[int, ...] = (384,)
+    vocab_sizes: tuple[int, ...] = (20, 150, 847)
+    topks: tuple[int | None, ...] = (None, 8)
+    fixed_survivors: int = 16
+    backends: tuple[str, ...] = ("torch", "onnxruntime", "tensorrt")
+    repeats: int = 3
+    warmup: int = 1
+    threads: int | None = None
+    out_dir: str = "results"
+
+
+def _stats(xs: list[float]) -> dict[str, float]:
+    xs = sorted(xs)
+    p90 = xs[min(len(xs) - 1, int(round(0.9 * (len(xs) - 1))))]
+    return {"median": statistics.median(xs), "p90": p90, "min": xs[0]}
+
+
+def _image(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:480, 0:640]
+    base = np.stack([xx / 640 * 255, yy / 480 * 255, (xx + yy) % 256], axis=-1)
+    return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+
+
+def _text(num_classes: int, dims: Any, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = rng.standard_normal((num_classes, dims.num_templates, dims.embed_dim)).astype(np.float32)
+    return t / np.linalg.norm(t, axis=-1, keepdims=True)
+
+
+def _peak_host_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _engine_dir(cfg: BenchConfig, image_size: int, model: Any) -> Path:
+    from export.onnx_export import run_export
+    from runtime.io_spec import ExportLimits
+    from runtime.manifest import Manifest
+
+    out = Path(cfg.out_dir) / "engines" / f"{Path(cfg.backbone).stem}_{image_size}"
+    try:
+        m = Manifest.load(out)
+        if m.dims.image_size == image_size and m.limits.max_classes >= max(cfg.vocab_sizes):
+            return out
+    except Exception:
+        pass
+    step(f"exporting {cfg.backbone} at {image_size}px for the ONNX Runtime/TensorRT rows -> {out}")
+    run_export(model, out, backbone=Path(cfg.backbone).stem, weights=cfg.weights, limits=ExportLimits(max_classes=max(1000, max(cfg.vocab_sizes)), opt_classes=150), validate=False)
+    return out
+
+
+def _backends(cfg: BenchConfig, model: Any, engine_dir: Path) -> list[Any]:
+    from runtime.backends import create_backend
+    from runtime.errors import SedTrtError
+
+    out = []
+    for name in cfg.backends:
+        try:
+            if name == "torch":
+                b = create_backend("torch", model=model, threads=cfg.threads)
+            elif name == "onnxruntime":
+                b = create_backend("onnxruntime", engine_dir=engine_dir, threads=cfg.threads)
+            else:
+                from export.trt_build import build_engines, tensorrt_unavailable_reason
+
+                reason = tensorrt_unavailable_reason()
+                if reason:
+                    step(f"tensorrt rows skipped: {reason}")
+                    continue
+                if not _has_engines(engine_dir):
+                    build_engines(engine_dir)
+                b = create_backend("tensorrt", engine_dir=engine_dir)
+            out.append(b.activate())
+        except SedTrtError as exc:
+            step(f"{name} rows skipped: {exc}")
+    return out
+
+
+def _has_engines(engine_dir: Path) -> bool:
+    from runtime.manifest import Manifest
+
+    return bool(Manifest.load(engine_dir).engines)
+
+
+def _time_predict(pred: Any, image: np.ndarray, repeats: int, warmup: int) -> tuple[list[float], dict[str, list[float]], list[int]]:
+    for _ in range(warmup):
+        pred.predict(image)
+    totals, parts = [], {}
+    survivors: list[int] = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        r = pred.predict(image)
+        totals.append((time.perf_counter() - start) * 1e3)
+        for k, v in r.timings.items():
+            parts.setdefault(k, []).append(v)
+        survivors = r.survivors
+    return totals, parts, survivors
+
+
+def _time_fixed_survivors(backend: Any, text: np.ndarray, image: np.ndarray, survivors: int, repeats: int) -> dict[str, float]:
+    """Decoder stages 1-3 on exactly ``survivors`` classes (the controlled CER setting)."""
+    from runtime.image import preprocess
+    from runtime.io_spec import DECODER_STAGES, IMAGE_ENCODER
+
+    ops = backend.ops
+    enc = backend.run(IMAGE_ENCODER, {"image": ops.from_numpy(preprocess(image))})
+    out = backend.run(DECODER_STAGES[0], {"clip_dense": enc["clip_dense"], "text_features": ops.from_numpy(text)})
+    keep = np.arange(min(survivors, text.shape[0]))
+    feats, cg = ops.take(out["next_features"], keep, 1), ops.take(out["next_corr_guidance"], keep, 1)
+    times = []
+    for _ in range(repeats + 1):
+        ops.synchronize()
+        start = time.perf_counter()
+        f, c = feats, cg
+        for k in (1, 2, 3):
+            res = backend.run(DECODER_STAGES[k], {"features": f, "corr_guidance": c, "guidance": enc[f"guidance{k}"]})
+            f, c = res.get("next_features"), res.get("next_corr_guidance")
+        ops.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return _stats(times[1:])
+
+
+def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    """Measure every configuration; write bench.json, bench.md and bench.png under ``cfg.out_dir``."""
+    import dataclasses as dc
+
+    import torch
+
+    from runtime.predictor import Predictor
+    from sed.build import load_sed
+    from sed.config import load_config
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    image = _image()
+    rows: list[dict[str, Any]] = []
+    text_rows: list[dict[str, Any]] = []
+    for size in cfg.image_sizes:
+        model = load_sed(dc.replace(load_config(cfg.backbone), image_size=size), cfg.weights)
+        engine_dir = _engine_dir(cfg, size, model)
+        backends = _backends(cfg, model, engine_dir)
+        total = len(backends) * len(cfg.vocab_sizes) * (len(cfg.topks) + 1)
+        bar = Progress(total, f"bench {size}px")
+        for backend in backends:
+            pred = Predictor(backend)
+            tokens = pred.tokenizer(["a photo of a cat."] * 80)
+            times = []
+            for _ in range(cfg.repeats + 1):
+                start = time.perf_counter()
+                pred.encode_text(tokens[:, :8])
+                times.append((time.perf_counter() - start) * 1e3)
+            text_rows.append({"backend": backend.name, "image_size": size, "prompts": 80, "ms": _stats(times[1:])})
+            for vocab in cfg.vocab_sizes:
+                text = _text(vocab, backend.dims)
+                for topk in cfg.topks:
+                    pred = Predictor(backend, topk=topk)
+                    pred.set_text_features([f"c{i}" for i in range(vocab)], text)
+                    totals, parts, survivors = _time_predict(pred, image, cfg.repeats, cfg.warmup)
+                    rows.append({
+                        "backend": backend.name, "image_size": size, "vocab": vocab, "topk": topk, "setting": "cer" if topk else "no_cer",
+                        "ms": _stats(totals), "parts_ms": {k: statistics.median(v) for k, v in parts.items()}, "survivors": survivors,
+                        "peak_host_mb_so_far": _peak_host_mb(),
+                    })
+                    bar.update(extra=f"{backend.name} T={vocab} topk={topk}: {statistics.median(totals):.0f} ms")
+                fixed = _time_fixed_survivors(backend, text, image, cfg.fixed_survivors, cfg.repeats)
+                rows.append({"backend": backend.name, "image_size": size, "vocab": vocab, "topk": None, "setting": f"fixed_{cfg.fixed_survivors}", "ms": fixed, "parts_ms": {}, "survivors": [min(cfg.fixed_survivors, vocab)] * 3, "peak_host_mb_so_far": _peak_host_mb()})
+                bar.update()
+            backend.deactivate()
+    machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpu_count": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    result = {"config": dc.asdict(cfg), "machine": machine, "rows": rows, "text_encoder": text_rows}
+    (out_dir / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / "bench.md").write_text(markdown_table(result))
+    plot(result, out_dir / "bench.png")
+    step(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'}, {out_dir / 'bench.png'}")
+    return result
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The people-facing table."""
+    m = result["machine"]
+    lines = [
+        f"Machine: {m['processor']}, {m['cpu_count']} CPUs, torch threads {m['torch_threads']}, GPU: {m['cuda'] or 'none'}; {m['platform']}",
+        f"Backbone {result['config']['backbone']} ({'random weights' if not result['config']['weights'] else 'trained weights'}); median of {result['config']['repeats']} runs after {result['config']['warmup']} warm-up.",
+        "",
+        "| backend | input | classes | setting | median ms | p90 ms | encoder ms | decoder ms | survivors per stage |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        parts = r["parts_ms"]
+        dec = sum(v for k, v in parts.items() if k.startswith(("decoder", "cer"))) if parts else r["ms"]["median"]
+        enc = f"{parts['image_encoder_ms']:.0f}" if parts else "-"
+        setting = {"no_cer": "no CER", "cer": f"CER top-{r['topk']}"}.get(r["setting"], r["setting"].replace("fixed_", "stages 1-3 at T'="))
+        lines.append(f"| {r['backend']} | {r['image_size']} | {r['vocab']} | {setting} | {r['ms']['median']:.0f} | {r['ms']['p90']:.0f} | {enc} | {dec:.0f} | {r['survivors']} |")
+    lines += ["", "| backend | text encoder, 80 prompts (ms) |", "|---|---|"]
+    lines += [f"| {t['backend']} ({t['image_size']}) | {t['ms']['median']:.0f} |" for t in result["text_encoder"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Latency vs vocabulary size per backend, with and without CER (Pillow line plot)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in result["rows"]:
+        if r["setting"].startswith("fixed"):
+            continue
+        key = f"{r['backend']} {r['image_size']}px {'CER top-%d' % r['topk'] if r['topk'] else 'no CER'}"
+        series.setdefault(key, []).append((r["vocab"], r["ms"]["median"]))
+    w, h, pad = 900, 560, 70
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    xs = sorted({v for s in series.values() for v, _ in s}) or [1]
+    ymax = max((ms for s in series.values() for _, ms in s), default=1.0) * 1.1
+    lx = lambda v: pad + (np.log(v) - np.log(xs[0])) / max(np.log(xs[-1]) - np.log(xs[0]), 1e-9) * (w - 2 * pad - 200)  # noqa: E731
+    ly = lambda ms: h - pad - ms / ymax * (h - 2 * pad)  # noqa: E731
+    d.line([(pad, h - pad), (w - pad - 200, h - pad)], fill="black")
+    d.line([(pad, pad), (pad, h - pad)], fill="black")
+    for v in xs:
+        d.text((lx(v) - 8, h - pad + 6), str(v), fill="black", font=font)
+    for i in range(6):
+        ms = ymax * i / 5
+        d.text((8, ly(ms) - 6), f"{ms:.0f}", fill="black", font=font)
+    d.text((w // 2 - 150, h - 25), "vocabulary size (classes, log scale)", fill="black", font=font)
+    d.text((8, 20), "ms / image (median)", fill="black", font=font)
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+    for i, (name, pts) in enumerate(sorted(series.items())):
+        pts = sorted(pts)
+        c = colors[i % len(colors)]
+        coords = [(lx(v), ly(ms)) for v, ms in pts]
+        if len(coords) > 1:
+            d.line(coords, fill=c, width=2)
+        for x, y in coords:
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=c)
+        d.text((w - pad - 190, pad + 16 * i), name, fill=c, font=font)
+    img.save(path)
