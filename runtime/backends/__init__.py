@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from runtime.backends.base import ArrayOps, Backend, NumpyOps
+from runtime.backends.base import ArrayOps, Backend, EngineDirBackend, NumpyOps
 from runtime.errors import ConfigError
 
 # name -> "module:Class"; imported only when chosen, so no backend library is needed to import runtime.
@@ -29,4 +29,4 @@ def create_backend(name: str, **kwargs: Any) -> Backend:
     return backend_class(name)(**kwargs)
 
 
-__all__ = ["BACKENDS", "ArrayOps", "Backend", "NumpyOps", "backend_class", "create_backend"]
+__all__ = ["BACKENDS", "ArrayOps", "Backend", "EngineDirBackend", "NumpyOps", "backend_class", "create_backend"]

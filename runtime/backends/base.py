@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -130,6 +131,30 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def _run(self, graph: str, feeds: dict[str, Array]) -> dict[str, Array]: ...
+
+
+class EngineDirBackend(Backend):
+    """A backend driven by an engine directory's manifest (ONNX Runtime, TensorRT)."""
+
+    def __init__(self, engine_dir: str | Path, *, backbone: str | None = None) -> None:
+        super().__init__()
+        from runtime.manifest import Manifest
+
+        self.engine_dir = Path(engine_dir)
+        self.manifest = Manifest.load(self.engine_dir)
+        self.manifest.check_backbone(backbone)
+        self.dims = self.manifest.dims
+        self.limits = self.manifest.limits
+        self.pooling = self.manifest.pooling
+
+    @property
+    def text_fingerprint(self) -> str:
+        return self.manifest.text_fingerprint
+
+    @property
+    def tokenizer_path(self) -> str | None:
+        path = self.engine_dir / self.manifest.tokenizer_file
+        return str(path) if path.is_file() else None
 
 
 def _dtype_name(x: Array) -> str:

@@ -6,37 +6,21 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.backends.base import Backend, NumpyOps
+from runtime.backends.base import EngineDirBackend, NumpyOps
 from runtime.errors import BackendUnavailableError, EngineError
-from runtime.manifest import Manifest
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(EngineDirBackend):
     """One ``InferenceSession`` per graph of an engine directory."""
 
     name = "onnxruntime"
 
     def __init__(self, engine_dir: str | Path, *, providers: list[str] | None = None, threads: int | None = None, backbone: str | None = None) -> None:
-        super().__init__()
-        self.engine_dir = Path(engine_dir)
-        self.manifest = Manifest.load(self.engine_dir)
-        self.manifest.check_backbone(backbone)
-        self.dims = self.manifest.dims
-        self.limits = self.manifest.limits
-        self.pooling = self.manifest.pooling
+        super().__init__(engine_dir, backbone=backbone)
         self.ops = NumpyOps()
         self.providers = providers or ["CPUExecutionProvider"]
         self.threads = threads
         self._sessions: dict[str, object] = {}
-
-    @property
-    def text_fingerprint(self) -> str:
-        return self.manifest.text_fingerprint
-
-    @property
-    def tokenizer_path(self) -> str | None:
-        path = self.engine_dir / self.manifest.tokenizer_file
-        return str(path) if path.is_file() else None
 
     def activate(self) -> OnnxRuntimeBackend:
         try:

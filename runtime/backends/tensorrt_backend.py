@@ -13,10 +13,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from runtime.backends.base import Backend
+from runtime.backends.base import EngineDirBackend
 from runtime.errors import BackendUnavailableError, EngineError
 from runtime.io_spec import GRAPH_NAMES
-from runtime.manifest import Manifest
 
 ALIGNMENT = 256  # setTensorAddress: pointers need 256-byte alignment
 
@@ -33,25 +32,19 @@ def aligned_empty(torch: ModuleType, shape: tuple[int, ...], dtype: Any, device:
     return buf[offset : offset + x.numel() * x.element_size()].view(dtype).view(shape)
 
 
-class TensorRTBackend(Backend):
+class TensorRTBackend(EngineDirBackend):
     """Runs the TensorRT plans listed in an engine directory's manifest."""
 
     name = "tensorrt"
 
     def __init__(self, engine_dir: str | Path, *, backbone: str | None = None, device: str = "cuda", trt_module: ModuleType | None = None, check_gpu: bool = True) -> None:
-        super().__init__()
-        self.engine_dir = Path(engine_dir)
-        self.manifest = Manifest.load(self.engine_dir)
-        self.manifest.check_backbone(backbone)
+        super().__init__(engine_dir, backbone=backbone)
         missing = [g for g in GRAPH_NAMES if g not in self.manifest.engines]
         if missing:
             raise EngineError(
                 f"{str(self.engine_dir)!r} has no TensorRT engines for {missing}: build them on a GPU machine with "
                 f"'sed-trt build-engines --engine-dir {self.engine_dir}' (or 'make engine')"
             )
-        self.dims = self.manifest.dims
-        self.limits = self.manifest.limits
-        self.pooling = self.manifest.pooling
         self.device = device
         self.check_gpu = check_gpu
         self._trt = trt_module
@@ -59,15 +52,6 @@ class TensorRTBackend(Backend):
         self._contexts: dict[str, Any] = {}
         self._stream: Any = None
         self.calls: int = 0
-
-    @property
-    def text_fingerprint(self) -> str:
-        return self.manifest.text_fingerprint
-
-    @property
-    def tokenizer_path(self) -> str | None:
-        path = self.engine_dir / self.manifest.tokenizer_file
-        return str(path) if path.is_file() else None
 
     def _import(self) -> tuple[ModuleType, ModuleType]:
         try:
