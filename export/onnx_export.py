@@ -7,7 +7,6 @@ manifest; ``run_export`` drives it for a whole model (``make engine`` / ``sed-tr
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import shutil
 import warnings
@@ -30,11 +29,6 @@ from sed.modeling.sed import SED
 DEFAULT_OPSET = 20
 # Example sizes used for tracing: >= 2 on every dynamic axis so none is specialised.
 TRACE_SIZES = {"B": 2, "T": 3, "Q": 4, "L": 7, "H": 64, "W": 96}
-
-
-def model_dims(model: SED) -> ModelDims:
-    """The static sizes of a model's graphs."""
-    return model.io_dims()
 
 
 def example_inputs(spec: GraphSpec, sizes: dict[str, int], *, seed: int = 0, vocab_size: int = 49408) -> dict[str, np.ndarray]:
@@ -151,10 +145,6 @@ def validation_sizes(graph: str, dims: ModelDims, limits: ExportLimits) -> list[
     return sizes
 
 
-def _sha256_bytes(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _versions() -> dict[str, str]:
     import onnx
     import onnxruntime
@@ -185,7 +175,7 @@ def run_export(
     limits = limits or ExportLimits()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dims = model_dims(model)
+    dims = model.io_dims()
     specs = graph_specs(dims)
     model = model.eval()
     files: dict[str, str] = {}
@@ -215,7 +205,7 @@ def run_export(
         checkpoint_sha256=file_sha256(weights) if weights is not None else None,
         text_fingerprint=text_tower_fingerprint(model),
         graphs=files,
-        graph_sha256={n: _sha256_bytes(out / f) for n, f in files.items()},
+        graph_sha256={n: file_sha256(out / f) for n, f in files.items()},
         versions=_versions(),
     )
     manifest.save(out)
