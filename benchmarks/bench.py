@@ -61,6 +61,60 @@ def _peak_host_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+class MemoryMonitor:
+    """Peak host RSS (sampled every 10 ms from /proc) and device memory over one configuration.
+
+    Device: the torch caching allocator's peak (torch tensors, TensorRT I/O buffers) and the
+    device-wide used memory at the end (adds TensorRT's and ONNX Runtime's own allocations).
+    """
+
+    def __init__(self, interval: float = 0.01) -> None:
+        import threading
+
+        self.interval = interval
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._page = __import__("os").sysconf("SC_PAGE_SIZE")
+
+    def _rss(self) -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * self._page
+        except OSError:
+            return int(_peak_host_mb() * 2**20)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_rss = max(self.peak_rss, self._rss())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> MemoryMonitor:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        self.peak_rss = self._rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_rss = max(self.peak_rss, self._rss())
+
+    def result(self) -> dict[str, float | None]:
+        import torch
+
+        out: dict[str, float | None] = {"peak_host_mb": self.peak_rss / 2**20, "peak_torch_device_mb": None, "device_used_mb": None}
+        if torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info()
+            out["peak_torch_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            out["device_used_mb"] = (total - free) / 2**20
+        return out
+
+
 def _engine_dir(cfg: BenchConfig, image_size: int, model: Any) -> Path:
     from export.onnx_export import run_export
     from runtime.io_spec import ExportLimits
@@ -186,15 +240,17 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 for topk in cfg.topks:
                     pred = Predictor(backend, topk=topk)
                     pred.set_text_features([f"c{i}" for i in range(vocab)], text)
-                    totals, parts, survivors = _time_predict(pred, image, cfg.repeats, cfg.warmup)
+                    with MemoryMonitor() as mem:
+                        totals, parts, survivors = _time_predict(pred, image, cfg.repeats, cfg.warmup)
                     rows.append({
                         "backend": backend.name, "image_size": size, "vocab": vocab, "topk": topk, "setting": "cer" if topk else "no_cer",
                         "ms": _stats(totals), "parts_ms": {k: statistics.median(v) for k, v in parts.items()}, "survivors": survivors,
-                        "peak_host_mb_so_far": _peak_host_mb(),
+                        **mem.result(),
                     })
                     bar.update(extra=f"{backend.name} T={vocab} topk={topk}: {statistics.median(totals):.0f} ms")
-                fixed = _time_fixed_survivors(backend, text, image, cfg.fixed_survivors, cfg.repeats)
-                rows.append({"backend": backend.name, "image_size": size, "vocab": vocab, "topk": None, "setting": f"fixed_{cfg.fixed_survivors}", "ms": fixed, "parts_ms": {}, "survivors": [min(cfg.fixed_survivors, vocab)] * 3, "peak_host_mb_so_far": _peak_host_mb()})
+                with MemoryMonitor() as mem:
+                    fixed = _time_fixed_survivors(backend, text, image, cfg.fixed_survivors, cfg.repeats)
+                rows.append({"backend": backend.name, "image_size": size, "vocab": vocab, "topk": None, "setting": f"fixed_{cfg.fixed_survivors}", "ms": fixed, "parts_ms": {}, "survivors": [min(cfg.fixed_survivors, vocab)] * 3, **mem.result()})
                 bar.update()
             backend.deactivate()
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpu_count": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
@@ -213,15 +269,17 @@ def markdown_table(result: dict[str, Any]) -> str:
         f"Machine: {m['processor']}, {m['cpu_count']} CPUs, torch threads {m['torch_threads']}, GPU: {m['cuda'] or 'none'}; {m['platform']}",
         f"Backbone {result['config']['backbone']} ({'random weights' if not result['config']['weights'] else 'trained weights'}); median of {result['config']['repeats']} runs after {result['config']['warmup']} warm-up.",
         "",
-        "| backend | input | classes | setting | median ms | p90 ms | encoder ms | decoder ms | survivors per stage |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| backend | input | classes | setting | median ms | p90 ms | encoder ms | decoder ms | survivors per stage | peak host MB | peak device MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         parts = r["parts_ms"]
         dec = sum(v for k, v in parts.items() if k.startswith(("decoder", "cer"))) if parts else r["ms"]["median"]
         enc = f"{parts['image_encoder_ms']:.0f}" if parts else "-"
         setting = {"no_cer": "no CER", "cer": f"CER top-{r['topk']}"}.get(r["setting"], r["setting"].replace("fixed_", "stages 1-3 at T'="))
-        lines.append(f"| {r['backend']} | {r['image_size']} | {r['vocab']} | {setting} | {r['ms']['median']:.0f} | {r['ms']['p90']:.0f} | {enc} | {dec:.0f} | {r['survivors']} |")
+        dev = r.get("peak_torch_device_mb")
+        dev_text = "-" if dev is None else f"{dev:.0f} (device used {r['device_used_mb']:.0f})"
+        lines.append(f"| {r['backend']} | {r['image_size']} | {r['vocab']} | {setting} | {r['ms']['median']:.0f} | {r['ms']['p90']:.0f} | {enc} | {dec:.0f} | {r['survivors']} | {r['peak_host_mb']:.0f} | {dev_text} |")
     lines += ["", "| backend | text encoder, 80 prompts (ms) |", "|---|---|"]
     lines += [f"| {t['backend']} ({t['image_size']}) | {t['ms']['median']:.0f} |" for t in result["text_encoder"]]
     return "\n".join(lines) + "\n"

@@ -54,6 +54,22 @@ def _atomic_write(path: str, write: callable) -> None:  # type: ignore[valid-typ
 def _add_model_args(p: argparse.ArgumentParser, *, weights_required: bool = False) -> None:
     p.add_argument("--backbone", default=None, help="convnext_b | convnext_l | sed_tiny_linear | PATH.json (open_clip model config)")
     p.add_argument("--weights", default=None, required=weights_required, help="SED checkpoint (.pth); the official ones are linked from github.com/xb534/SED")
+    p.add_argument("--image-size", type=_positive_int, default=None, help="network input side, a multiple of 32 (default 768, the paper's; 384 for SED-fast style)")
+
+
+def model_spec(args: argparse.Namespace):  # noqa: ANN201
+    """The model config the arguments name: ``--backbone`` with ``--image-size`` applied."""
+    if args.backbone is None:
+        raise ConfigError("--backbone is required")
+    if args.image_size is None:
+        return args.backbone
+    import dataclasses
+
+    from sed.config import load_config
+
+    if args.image_size % 32:
+        raise ConfigError(f"--image-size must be a multiple of 32, got {args.image_size}")
+    return dataclasses.replace(load_config(args.backbone), image_size=args.image_size)
 
 
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
@@ -75,7 +91,7 @@ def make_backend(args: argparse.Namespace):  # noqa: ANN201
     if args.backend == "torch":
         if args.backbone is None:
             raise ConfigError("--backbone is required with --backend torch")
-        return create_backend("torch", backbone=args.backbone, weights=args.weights, device=args.device, pooling=args.pooling, threads=args.threads)
+        return create_backend("torch", backbone=model_spec(args), weights=args.weights, device=args.device, pooling=args.pooling, threads=args.threads)
     if args.engine_dir is None:
         raise ConfigError(f"--engine-dir is required with --backend {args.backend} (make one with 'sed-trt export')")
     if args.backend == "onnxruntime":
@@ -84,6 +100,8 @@ def make_backend(args: argparse.Namespace):  # noqa: ANN201
         backend = create_backend("tensorrt", engine_dir=args.engine_dir, backbone=args.backbone)
     if backend.pooling != args.pooling:
         raise ConfigError(f"the engines were exported with --pooling {backend.pooling}; got --pooling {args.pooling}")
+    if args.image_size is not None and backend.dims.image_size != args.image_size:
+        raise ConfigError(f"the engines were exported with --image-size {backend.dims.image_size}; got --image-size {args.image_size}")
     if args.weights is not None:
         from sed.checkpoint import file_sha256
 
@@ -136,16 +154,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.opt_classes > args.max_classes:
         raise ConfigError(f"--opt-classes {args.opt_classes} exceeds --max-classes {args.max_classes}")
-    backbone = args.backbone
-    if args.image_size is not None:
-        import dataclasses
-
-        from sed.config import load_config
-
-        if args.image_size % 32:
-            raise ConfigError(f"--image-size must be a multiple of 32, got {args.image_size}")
-        backbone = dataclasses.replace(load_config(args.backbone), image_size=args.image_size)
-    model = load_sed(backbone, args.weights)
+    model = load_sed(model_spec(args), args.weights)
     limits = ExportLimits(max_batch=args.max_batch, max_classes=args.max_classes, opt_classes=args.opt_classes)
     run_export(model, args.out_dir, backbone=Path(args.backbone).stem, weights=args.weights, limits=limits, pooling=args.pooling, opset=args.opset, validate=not args.no_validate, progress=not args.quiet)
     if args.engines == "skip":
@@ -182,7 +191,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opt-classes", type=_positive_int, default=150)
     p.add_argument("--max-batch", type=_positive_int, default=1)
     p.add_argument("--pooling", type=_positive_int, default=1)
-    p.add_argument("--image-size", type=_positive_int, default=None, help="network input side (default 768, the paper's; 384 for SED-fast style)")
     p.add_argument("--opset", type=int, default=20, choices=range(17, 21), metavar="{17..20}")
     p.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     p.add_argument("--engines", choices=["auto", "skip", "require"], default="auto", help="TensorRT engines: build if possible (auto), never, or fail without TensorRT")

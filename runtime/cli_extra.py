@@ -42,6 +42,91 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_dataset_args(p: argparse.ArgumentParser, default: str | None) -> None:
+    from runtime.datasets import BUILTIN_DATASETS
+
+    tail = f" (default {default}, unless --images/--labels name a custom one)" if default else ""
+    p.add_argument("--dataset", default=None, help=f"built-in dataset in its standard layout: {', '.join(BUILTIN_DATASETS)}{tail}")
+    p.set_defaults(default_dataset=default)
+    p.add_argument("--data-root", default=None, help="folder holding the datasets (default: $DETECTRON2_DATASETS or ./datasets)")
+    p.add_argument("--images", default=None, help="custom dataset: image folder (overrides the built-in layout)")
+    p.add_argument("--labels", default=None, help="custom dataset: label folder (class-id png/tif, same file stems)")
+    p.add_argument("--classes", default=None, help="class names (vocabulary name, file or list); default: the dataset's")
+    p.add_argument("--ignore-label", type=int, default=None, help="label value of unlabelled pixels (default: the dataset's, 255 for custom)")
+    p.add_argument("--label-ext", default=None, help="label file extension for a custom dataset (.png, .tif)")
+
+
+def open_dataset_args(args: argparse.Namespace):  # noqa: ANN201
+    from runtime.datasets import open_dataset
+
+    name = args.dataset
+    if name is None and args.images is None and args.labels is None:
+        name = args.default_dataset
+    return open_dataset(name, root=args.data_root, images=args.images, labels=args.labels, classes=args.classes, ignore_label=args.ignore_label, label_ext=args.label_ext)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """mIoU / pixel accuracy of a backend (torch, onnxruntime, tensorrt) over a dataset, with a per-class table."""
+    import json
+    from pathlib import Path
+
+    from runtime.cli import _atomic_write, _check_writable, make_backend, make_cache
+    from runtime.evaluate import evaluate, format_table
+    from runtime.predictor import Predictor
+
+    _check_writable(args.out_json, "--out-json")
+    dataset = open_dataset_args(args)
+    backend = make_backend(args)
+    with backend:
+        predictor = Predictor(backend, topk=args.topk, cache=make_cache(args), progress=not args.quiet)
+        predictor.set_classes(dataset.classes)
+        metrics, _ = evaluate(predictor, dataset, limit=args.limit, progress=not args.quiet)
+    n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+    title = f"{dataset.name}: {n} images, {len(dataset.classes)} classes, backend {backend.name}, CER {'top-%d' % args.topk if args.topk else 'off'}"
+    print(format_table(metrics, dataset.classes, title=title), end="")
+    if args.out_json:
+        payload = {"dataset": dataset.name, "images": n, "backend": backend.name, "topk": args.topk, **metrics.as_dict(dataset.classes)}
+        _atomic_write(args.out_json, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2) + "\n"))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train (or fine-tune) SED with the paper's recipe; resumable, logs to OUT_DIR/metrics.jsonl."""
+    import dataclasses
+
+    import torch
+
+    from runtime.cli import model_spec
+    from runtime.errors import ConfigError
+    from sed.build import load_sed
+    from sed.training.augment import AugmentConfig
+    from sed.training.loop import TrainConfig, latest_checkpoint, train
+    from sed.training.solver import SolverConfig
+
+    if not args.resume and latest_checkpoint(args.out_dir) is not None:
+        raise ConfigError(f"{args.out_dir!r} already holds a training run; pass --resume to continue it or choose another --out-dir")
+    dataset = open_dataset_args(args)
+    torch.manual_seed(args.seed)  # the initial weights of whatever is not loaded
+    model = load_sed(model_spec(args), args.weights, clip_weights=args.clip_weights, warn_random=not args.quiet)
+    crop = args.crop_size or model.cfg.image_size
+    cfg = TrainConfig(
+        out_dir=args.out_dir,
+        batch_size=args.batch_size,
+        pooling=args.pooling,
+        seed=args.seed,
+        workers=args.workers,
+        checkpoint_period=args.checkpoint_period,
+        log_period=args.log_period,
+        device=("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device,
+        augment=dataclasses.replace(AugmentConfig(), crop_size=crop, min_sizes=tuple(args.min_sizes) if args.min_sizes else (crop,), color_aug=not args.no_color_aug, flip=not args.no_flip),
+        solver=SolverConfig(base_lr=args.lr, clip_multiplier=args.clip_multiplier, weight_decay=args.weight_decay, max_iter=args.iters, clip_grad_norm=args.clip_grad),
+    )
+    record = train(model, dataset, cfg, resume=args.resume, progress=not args.quiet)
+    if record:
+        print(f"iteration {record['iteration']}: loss {record['loss']:.4f}; checkpoints in {args.out_dir}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build-engines", help=cmd_build_engines.__doc__, description=cmd_build_engines.__doc__)
     p.add_argument("--engine-dir", required=True)
@@ -63,3 +148,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out-dir", default="results")
     p.set_defaults(func=cmd_bench)
+
+    from runtime.cli import _add_model_args, _add_runtime_args, _positive_int
+
+    p = sub.add_parser("eval", help=cmd_eval.__doc__, description=cmd_eval.__doc__)
+    _add_model_args(p)
+    _add_runtime_args(p)
+    _add_dataset_args(p, default=None)
+    p.add_argument("--limit", type=_positive_int, default=None, help="evaluate the first N images only")
+    p.add_argument("--out-json", default=None, help="write the scores and per-class IoU/accuracy as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
+    _add_model_args(p)
+    p.add_argument("--clip-weights", default=None, help="open_clip CLIP weights to start from (the paper starts from LAION ConvNeXt CLIP)")
+    _add_dataset_args(p, default="coco_stuff_train")
+    p.add_argument("--out-dir", required=True, help="checkpoints (official layout) and metrics.jsonl")
+    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last_checkpoint")
+    p.add_argument("--iters", type=_positive_int, default=80_000)
+    p.add_argument("--batch-size", type=_positive_int, default=4, help="total over all processes")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--clip-multiplier", type=float, default=0.01, help="visual-tower lr multiplier")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--clip-grad", type=float, default=0.01, help="full-model gradient L2-norm clip")
+    p.add_argument("--crop-size", type=_positive_int, default=None, help="training crop (default: the model's input size, 768)")
+    p.add_argument("--min-sizes", type=_positive_int, nargs="+", default=None, help="ResizeShortestEdge choices (default: the crop size)")
+    p.add_argument("--no-color-aug", action="store_true")
+    p.add_argument("--no-flip", action="store_true")
+    p.add_argument("--pooling", type=_positive_int, default=None, help="class-attention pooling in training (default 2, official)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    p.add_argument("--checkpoint-period", type=_positive_int, default=5000)
+    p.add_argument("--log-period", type=_positive_int, default=20)
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+

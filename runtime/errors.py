@@ -37,3 +37,7 @@ class BackendUnavailableError(SedTrtError, RuntimeError):
 
 class DatasetError(SedTrtError, ValueError):
     """A missing or malformed dataset on disk."""
+
+
+class TrainingError(SedTrtError, RuntimeError):
+    """Training diverged (a non-finite loss) or cannot continue."""

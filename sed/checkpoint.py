@@ -20,7 +20,7 @@ from sed.config import OFFICIAL_WEIGHTS_HINT
 OFFICIAL_PREFIX = "sem_seg_head.predictor."
 
 
-def _read(path: str | Path, what: str) -> Mapping[str, object]:
+def read_checkpoint(path: str | Path, what: str) -> Mapping[str, object]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} {str(path)!r} does not exist; {OFFICIAL_WEIGHTS_HINT}")
@@ -88,7 +88,7 @@ def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], *, what: str)
 
 def load_sed_checkpoint(model: nn.Module, path: str | Path) -> None:
     """Load an official (or our own) SED checkpoint into ``model`` strictly."""
-    sd = remap_official_state_dict(extract_state_dict(_read(path, "SED checkpoint")))
+    sd = remap_official_state_dict(extract_state_dict(read_checkpoint(path, "SED checkpoint")))
     if not any(k.startswith("transformer.") for k in sd):
         raise CheckpointError(
             f"{str(path)!r} has no decoder weights (sem_seg_head.predictor.transformer.*): not a SED checkpoint"
@@ -99,7 +99,7 @@ def load_sed_checkpoint(model: nn.Module, path: str | Path) -> None:
 
 def load_clip_weights(model: nn.Module, path: str | Path) -> None:
     """Load open_clip CLIP weights (e.g. ``open_clip_pytorch_model.bin``) into ``model.clip_model``."""
-    sd = extract_state_dict(_read(path, "CLIP weights"))
+    sd = extract_state_dict(read_checkpoint(path, "CLIP weights"))
     sd = {k[len("clip_model.") :] if k.startswith("clip_model.") else k: v for k, v in sd.items()}
     load_strict(model.clip_model, sd, what=f"CLIP weights {str(path)!r}")
 

@@ -19,3 +19,6 @@ def test_bench_tiny_writes_table_and_plot(tmp_path):
     table = (tmp_path / "bench.md").read_text()
     assert "| onnxruntime | 64 | 20 | CER top-1 |" in table and "| torch | 64 | 3 | no CER |" in table
     assert (tmp_path / "bench.png").stat().st_size > 1000
+    # memory per configuration: host RSS always (at least the loaded model), device only with CUDA
+    assert all(r["peak_host_mb"] > 50 for r in data["rows"])
+    assert all((r["peak_torch_device_mb"] is None) == (data["machine"]["cuda"] is None) for r in data["rows"])

@@ -1,0 +1,51 @@
+"""mIoU: a hand-computed fixture, and evaluation of a predictor over a dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime.datasets import IGNORE
+from runtime.evaluate import ConfusionMatrix, compute_metrics, format_table
+
+
+def test_hand_computed_miou() -> None:
+    # 4 classes; class 3 never in the ground truth but predicted once; 2 ignored pixels
+    gt = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, IGNORE, IGNORE]])
+    pred = np.array([[0, 1, 1, 1], [0, 0, 1, 3], [2, 0, 0, 0]])
+    conf = ConfusionMatrix(4)
+    conf.update(pred, gt)
+    # conf[gt, pred]: gt0 -> pred 0,1,0,0; gt1 -> 1,1,1,3; gt2 -> 2,0; ignored pixels dropped
+    expected = np.array([[3, 1, 0, 0], [0, 3, 0, 1], [1, 0, 1, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(conf.matrix, expected)
+    m = compute_metrics(conf)
+    # IoU = tp / (gt + pred - tp): class0 3/(4+4-3), class1 3/(4+4-3), class2 1/(2+1-1); class3 absent
+    np.testing.assert_allclose(m.iou[:3], [60.0, 60.0, 50.0])
+    assert np.isnan(m.iou[3]) and np.isnan(m.acc[3])
+    assert m.miou == pytest.approx((60 + 60 + 50) / 3)
+    np.testing.assert_allclose(m.acc[:3], [75.0, 75.0, 50.0])
+    assert m.macc == pytest.approx(200 / 3)
+    assert m.pacc == pytest.approx(70.0)  # 7 of 10 labelled pixels
+    assert m.fwiou == pytest.approx(0.4 * 60 + 0.4 * 60 + 0.2 * 50)
+    table = format_table(m, ["a", "b", "c", "d"])
+    assert "| a | 60.00 | 75.00 | 4 |" in table and "| d |" not in table and "mIoU 56.67" in table
+
+
+def test_perfect_and_accumulated() -> None:
+    rng = np.random.default_rng(0)
+    gt = rng.integers(0, 5, size=(2, 16, 16))
+    conf = ConfusionMatrix(5)
+    for g in gt:
+        conf.update(g, g)
+    m = compute_metrics(conf)
+    assert m.miou == 100.0 and m.pacc == 100.0
+    assert m.pixels.sum() == gt.size
+
+
+def test_shape_mismatch_and_empty() -> None:
+    conf = ConfusionMatrix(2)
+    with pytest.raises(ValueError, match="differ in size"):
+        conf.update(np.zeros((2, 2), int), np.zeros((2, 3), int))
+    conf.update(np.zeros((2, 2), int), np.full((2, 2), IGNORE))
+    with pytest.raises(ValueError, match="no labelled pixel"):
+        compute_metrics(conf)
