@@ -159,6 +159,17 @@ def _backends(cfg: BenchConfig, model: Any, engine_dir: Path) -> list[Any]:
     return out
 
 
+def _placement(backend: Any) -> dict[str, Any]:
+    """Where a backend runs and with how many CPU threads (None: the library's default)."""
+    import torch
+
+    if backend.name == "torch":
+        return {"device": str(backend.device), "threads": torch.get_num_threads()}
+    if backend.name == "onnxruntime":
+        return {"device": backend.providers[0], "threads": backend.threads}
+    return {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cuda", "threads": None}
+
+
 def _has_engines(engine_dir: Path) -> bool:
     from runtime.manifest import Manifest
 
@@ -245,15 +256,15 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                     rows.append({
                         "backend": backend.name, "image_size": size, "vocab": vocab, "topk": topk, "setting": "cer" if topk else "no_cer",
                         "ms": _stats(totals), "parts_ms": {k: statistics.median(v) for k, v in parts.items()}, "survivors": survivors,
-                        **mem.result(),
+                        **_placement(backend), **mem.result(),
                     })
                     bar.update(extra=f"{backend.name} T={vocab} topk={topk}: {statistics.median(totals):.0f} ms")
                 with MemoryMonitor() as mem:
                     fixed = _time_fixed_survivors(backend, text, image, cfg.fixed_survivors, cfg.repeats)
-                rows.append({"backend": backend.name, "image_size": size, "vocab": vocab, "topk": None, "setting": f"fixed_{cfg.fixed_survivors}", "ms": fixed, "parts_ms": {}, "survivors": [min(cfg.fixed_survivors, vocab)] * 3, **mem.result()})
+                rows.append({"backend": backend.name, "image_size": size, "vocab": vocab, "topk": None, "setting": f"fixed_{cfg.fixed_survivors}", "ms": fixed, "parts_ms": {}, "survivors": [min(cfg.fixed_survivors, vocab)] * 3, **_placement(backend), **mem.result()})
                 bar.update()
             backend.deactivate()
-    machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpu_count": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    machine = {"platform": platform.platform(), "processor": _cpu_model(), "cpu_count": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     result = {"config": dc.asdict(cfg), "machine": machine, "rows": rows, "text_encoder": text_rows}
     (out_dir / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "bench.md").write_text(markdown_table(result))
@@ -262,11 +273,23 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     return result
 
 
+def _cpu_model() -> str:
+    """The CPU model name (/proc/cpuinfo on Linux), else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def markdown_table(result: dict[str, Any]) -> str:
     """The people-facing table."""
     m = result["machine"]
     lines = [
-        f"Machine: {m['processor']}, {m['cpu_count']} CPUs, torch threads {m['torch_threads']}, GPU: {m['cuda'] or 'none'}; {m['platform']}",
+        f"Machine: {m['processor']}, {m['cpu_count']} CPUs, GPU: {m['cuda'] or 'none'}; {m['platform']}. "
+        f"Threads: torch {m['torch_threads']}, ONNX Runtime {result['config']['threads'] or 'default (one per physical core)'}.",
         f"Backbone {result['config']['backbone']} ({'random weights' if not result['config']['weights'] else 'trained weights'}); median of {result['config']['repeats']} runs after {result['config']['warmup']} warm-up.",
         "",
         "| backend | input | classes | setting | median ms | p90 ms | encoder ms | decoder ms | survivors per stage | peak host MB | peak device MB |",

@@ -81,6 +81,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         predictor = Predictor(backend, topk=args.topk, cache=make_cache(args), progress=not args.quiet)
         predictor.set_classes(dataset.classes)
         metrics, _ = evaluate(predictor, dataset, limit=args.limit, progress=not args.quiet)
+    if metrics is None:
+        from runtime.errors import DatasetError
+
+        raise DatasetError(f"dataset {dataset.name!r}: the evaluated images have no labelled pixel")
     n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     title = f"{dataset.name}: {n} images, {len(dataset.classes)} classes, backend {backend.name}, CER {'top-%d' % args.topk if args.topk else 'off'}"
     print(format_table(metrics, dataset.classes, title=title), end="")
@@ -117,13 +121,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         workers=args.workers,
         checkpoint_period=args.checkpoint_period,
         log_period=args.log_period,
+        eval_period=args.eval_period,
+        eval_limit=args.eval_limit,
         device=("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device,
         augment=dataclasses.replace(AugmentConfig(), crop_size=crop, min_sizes=tuple(args.min_sizes) if args.min_sizes else (crop,), color_aug=not args.no_color_aug, flip=not args.no_flip),
         solver=SolverConfig(base_lr=args.lr, clip_multiplier=args.clip_multiplier, weight_decay=args.weight_decay, max_iter=args.iters, clip_grad_norm=args.clip_grad),
     )
-    record = train(model, dataset, cfg, resume=args.resume, progress=not args.quiet)
+    eval_dataset = None
+    if args.eval_dataset:
+        from runtime.datasets import open_dataset
+
+        eval_dataset = open_dataset(args.eval_dataset, root=args.data_root, classes=args.classes)
+    record = train(model, dataset, cfg, resume=args.resume, progress=not args.quiet, eval_dataset=eval_dataset)
     if record:
-        print(f"iteration {record['iteration']}: loss {record['loss']:.4f}; checkpoints in {args.out_dir}")
+        scores = record.get("eval")
+        tail = f"; {eval_dataset.name} mIoU {scores['mIoU']:.2f}" if scores and eval_dataset else ""
+        print(f"iteration {record['iteration']}: loss {record['loss']:.4f}{tail}; checkpoints in {args.out_dir}")
     return 0
 
 
@@ -180,6 +193,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="data-loading processes")
     p.add_argument("--checkpoint-period", type=_positive_int, default=5000)
     p.add_argument("--log-period", type=_positive_int, default=20)
+    p.add_argument("--eval-dataset", default=None, help="built-in dataset to evaluate on during training (official: coco_stuff_val), under --data-root; --classes applies to it too")
+    p.add_argument("--eval-period", type=int, default=0, help="evaluate every N iterations (official 10000); 0: only at the end")
+    p.add_argument("--eval-limit", type=_positive_int, default=None, help="evaluate on the first N images only")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)

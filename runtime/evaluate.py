@@ -85,21 +85,26 @@ def compute_metrics(conf: ConfusionMatrix) -> SegMetrics:
     )
 
 
-def evaluate(predictor: object, dataset: SegDataset, *, limit: int | None = None, progress: bool = True) -> tuple[SegMetrics, ConfusionMatrix]:
+def evaluate(predictor: object, dataset: SegDataset, *, limit: int | None = None, progress: bool = True, shard: tuple[int, int] = (0, 1)) -> tuple[SegMetrics | None, ConfusionMatrix]:
     """Predict every image of ``dataset`` with a :class:`runtime.predictor.Predictor` whose
-    vocabulary is the dataset's classes, and score the label maps."""
+    vocabulary is the dataset's classes, and score the label maps.
+
+    ``shard=(rank, world)`` evaluates images rank, rank + world, ... only; the caller sums the
+    confusion matrices (metrics are None when the shard holds no labelled pixel).
+    """
     if list(getattr(predictor, "classes", [])) != list(dataset.classes):
         predictor.set_classes(dataset.classes)  # type: ignore[attr-defined]
     n = len(dataset) if limit is None else min(limit, len(dataset))
+    indices = range(shard[0], n, shard[1])
     conf = ConfusionMatrix(dataset.num_classes)
-    bar = Progress(n, f"eval {dataset.name}", enabled=progress)
-    for i in range(n):
+    bar = Progress(len(indices), f"eval {dataset.name}", enabled=progress)
+    for i in indices:
         image, gt = dataset.load(i)
         pred = predictor.predict(image)  # type: ignore[attr-defined]
         conf.update(pred.labels, gt)
         valid = conf.matrix.sum()
         bar.update(extra=f"pACC so far {100 * np.trace(conf.matrix) / max(valid, 1):.1f}%")
-    return compute_metrics(conf), conf
+    return (compute_metrics(conf) if conf.matrix.any() else None), conf
 
 
 def format_table(metrics: SegMetrics, classes: list[str], *, title: str = "") -> str:

@@ -43,6 +43,8 @@ class TrainConfig:
     checkpoint_period: int = 5000
     log_period: int = 20
     device: str = "cpu"
+    eval_period: int = 0  # evaluate on the eval dataset every N iterations and at the end (0: only at the end, if given)
+    eval_limit: int | None = None  # first N images of the eval dataset
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
 
@@ -153,6 +155,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         "torch_rng": torch.get_rng_state(),
         "train_config": cfg.to_json(),
     }
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
@@ -173,13 +177,41 @@ def _truncate_log(path: Path, iteration: int) -> None:
     path.write_text("".join(f"{line}\n" for line in keep), encoding="utf-8")
 
 
-def train(model: torch.nn.Module, dataset: SegDataset, cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def evaluate_model(model: torch.nn.Module, dataset: SegDataset, *, limit: int | None = None, progress: bool = False) -> dict[str, float]:
+    """mIoU etc. of the model being trained (torch backend, official evaluation settings).
+
+    Under DDP every process scores a shard and the confusion matrices are summed.
+    """
+    from runtime.evaluate import ConfusionMatrix, compute_metrics, evaluate
+    from runtime.predictor import Predictor
+    from sed.backend import TorchBackend
+
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if torch.distributed.is_initialized() else (0, 1)
+    was_training = model.training
+    device = next(model.parameters()).device
+    try:
+        backend = TorchBackend(model, device=str(device)).activate()
+        _, conf = evaluate(Predictor(backend), dataset, limit=limit, progress=progress, shard=(rank, world))
+    finally:
+        model.train(was_training)
+    if world > 1:
+        total = torch.from_numpy(conf.matrix).to(device)
+        torch.distributed.all_reduce(total)
+        conf = ConfusionMatrix(dataset.num_classes)
+        conf.matrix = total.cpu().numpy()
+    metrics = compute_metrics(conf)
+    return {"mIoU": metrics.miou, "fwIoU": metrics.fwiou, "mACC": metrics.macc, "pACC": metrics.pacc, "pixels": int(conf.matrix.sum())}
+
+
+def train(model: torch.nn.Module, dataset: SegDataset, cfg: TrainConfig, *, resume: bool = False, progress: bool = True, eval_dataset: SegDataset | None = None) -> dict[str, Any]:
     """Train ``model`` on ``dataset`` for ``cfg.solver.max_iter`` iterations.
 
     With ``resume``, continue from ``out_dir/last_checkpoint`` (model, optimiser, iteration,
     RNG). Writes ``metrics.jsonl`` (losses and grad norm averaged over each ``log_period``,
     lr, seconds per iteration), ``model_XXXXXXX.pth``
-    every ``checkpoint_period`` and ``model_final.pth``. Returns the last logged record.
+    every ``checkpoint_period`` and ``model_final.pth``. With ``eval_dataset``, the model is
+    evaluated every ``eval_period`` iterations and at the end (records with an "eval" key).
+    Returns the last logged record.
     """
     rank, world = _dist()
     if cfg.batch_size % world:
@@ -211,6 +243,8 @@ def train(model: torch.nn.Module, dataset: SegDataset, cfg: TrainConfig, *, resu
         start_iter = int(state["iteration"])  # type: ignore[arg-type]
         if "torch_rng" in state:
             torch.set_rng_state(state["torch_rng"])  # type: ignore[arg-type]
+        if "cuda_rng" in state and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():  # type: ignore[arg-type]
+            torch.cuda.set_rng_state_all(state["cuda_rng"])  # type: ignore[arg-type]
         step(f"resumed from {str(ckpt)!r} at iteration {start_iter}", enabled=rank == 0)
         if rank == 0:
             _truncate_log(out / "metrics.jsonl", start_iter)
@@ -227,6 +261,7 @@ def train(model: torch.nn.Module, dataset: SegDataset, cfg: TrainConfig, *, resu
         sampler=PositionSampler(start_iter, max_iter, cfg.batch_size, rank, world),
         num_workers=cfg.workers,
         persistent_workers=False,
+        generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG (drop path) untouched
     )
     bar = Progress(max_iter - start_iter, "train", enabled=progress and rank == 0, interval=5.0)
     log = open(out / "metrics.jsonl", "a", encoding="utf-8") if rank == 0 else None
@@ -262,6 +297,13 @@ def train(model: torch.nn.Module, dataset: SegDataset, cfg: TrainConfig, *, resu
             if rank == 0 and (done % cfg.checkpoint_period == 0 or done == max_iter):
                 name = "model_final.pth" if done == max_iter else f"model_{done - 1:07d}.pth"
                 save_checkpoint(out / name, model, optimizer, done, cfg)
+            if eval_dataset is not None and ((cfg.eval_period and done % cfg.eval_period == 0) or done == max_iter):
+                scores = evaluate_model(model, eval_dataset, limit=cfg.eval_limit, progress=progress and rank == 0)
+                bar.log(f"iteration {done}: {eval_dataset.name} " + " ".join(f"{k} {v:.2f}" for k, v in scores.items() if k != "pixels"))
+                if log is not None:
+                    log.write(json.dumps({"iteration": done, "eval": {"dataset": eval_dataset.name, **scores}}) + "\n")
+                    log.flush()
+                record = {**record, "eval": scores}
     finally:
         if log is not None:
             log.close()

@@ -72,3 +72,25 @@ def test_bad_image_backbone_and_checkpoint(parity_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(base + ["--backbone", "sed_tiny_linear", "--image", "x.png", "--topk", "0"])
     assert exc.value.code == 2
+
+
+def test_train_and_eval_bad_input_is_one_line(tmp_path, capsys):
+    from tests.synthetic import write_split
+
+    write_split(tmp_path / "mine", "im", "lab", 2, seed=0)
+    (tmp_path / "empty").mkdir()
+    tiny = ["--backbone", "sed_tiny_linear", "--image-size", "64"]
+    cases = [
+        (["eval", *tiny, "--dataset", "ade150", "--data-root", str(tmp_path / "none")], "does not exist; set --data-root"),
+        (["eval", *tiny], "needs --images, --labels and --classes"),
+        (["eval", *tiny, "--dataset", "kitti"], "unknown dataset 'kitti'"),
+        (["eval", *tiny, "--images", str(tmp_path / "mine" / "im"), "--labels", str(tmp_path / "empty"), "--classes", "a,b,c,d"], "no .png label files"),
+        (["eval", *tiny, "--images", str(tmp_path / "mine" / "im"), "--labels", str(tmp_path / "mine" / "lab"), "--classes", "a,b,c,d", "--out-json", "/no/such/dir/x.json"], "does not exist"),
+        (["train", *tiny, "--out-dir", str(tmp_path / "run"), "--data-root", str(tmp_path / "none")], "does not exist; set --data-root"),
+        (["train", "--backbone", "sed_tiny_linear", "--image-size", "60", "--out-dir", str(tmp_path / "run"), "--images", str(tmp_path / "mine" / "im"), "--labels", str(tmp_path / "mine" / "lab"), "--classes", "a,b,c,d"], "multiple of 32"),
+        (["train", *tiny, "--weights", str(tmp_path / "none.pth"), "--out-dir", str(tmp_path / "run"), "--images", str(tmp_path / "mine" / "im"), "--labels", str(tmp_path / "mine" / "lab"), "--classes", "a,b,c,d"], "github.com/xb534/SED"),
+    ]
+    for args, message in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (args, err)

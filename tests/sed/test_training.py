@@ -22,9 +22,17 @@ from sed.training.solver import SolverConfig, cosine_factor, freeze_text_tower, 
 from tests.synthetic import COLOURS, make_sample, write_split
 
 
-def tiny_model(image_size: int = 64):  # noqa: ANN201
+def tiny_model(image_size: int = 64, drop_path: float = 0.0):  # noqa: ANN201
     torch.manual_seed(0)
-    return build_sed(dataclasses.replace(load_config("sed_tiny_linear"), image_size=image_size))
+    cfg = dataclasses.replace(load_config("sed_tiny_linear"), image_size=image_size)
+    if drop_path:  # stochastic depth (SED-L trains with 0.1): makes the run depend on the RNG
+        cfg = dataclasses.replace(cfg, clip=dataclasses.replace(cfg.clip, vision_cfg={**cfg.clip.vision_cfg, "timm_drop_path": drop_path}))
+    model = build_sed(cfg)
+    if drop_path:  # timm's layer-scale init (1e-6) would make the dropped branches negligible
+        for name, p in model.clip_model.visual.named_parameters():
+            if name.endswith("gamma"):
+                p.data.fill_(1.0)
+    return model
 
 
 def test_loss_matches_hand_computation() -> None:
@@ -131,14 +139,14 @@ FOUR = "person,bicycle,car,motorcycle"
 def test_resume_continues_the_same_run(tmp_path: Path) -> None:
     _synthetic_coco(tmp_path / "data", 12, 0)
     ds = open_dataset("coco_stuff_train", root=tmp_path / "data", classes=FOUR)
-    straight = tiny_model()
+    straight = tiny_model(drop_path=0.5)
     train(straight, ds, _cfg(tmp_path / "a", 10), progress=False)
-    first = tiny_model()
+    first = tiny_model(drop_path=0.5)
     train(first, ds, _cfg(tmp_path / "b", 10, checkpoint_period=5, workers=2), progress=False)
     # stop after 5 iterations: keep only the mid-run checkpoint, as if killed there
     (tmp_path / "b" / "model_final.pth").unlink()
     (tmp_path / "b" / "last_checkpoint").write_text("model_0000004.pth")
-    resumed = tiny_model(image_size=64)
+    resumed = tiny_model(drop_path=0.5)
     torch.manual_seed(123)  # the checkpoint restores the RNG; the new process's seed must not matter
     train(resumed, ds, _cfg(tmp_path / "b", 10, checkpoint_period=5, workers=2), resume=True, progress=False)
     for (k, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
@@ -158,9 +166,12 @@ def test_train_then_eval_torch_and_onnxruntime(tmp_path: Path, capsys: pytest.Ca
     _synthetic_coco(data, 48, 12)
     model = ["--backbone", "sed_tiny_linear", "--image-size", "64"]
     common = [*model, "--data-root", str(data), "--classes", FOUR]
-    rc = main(["train", *common, "--out-dir", str(out), "--iters", "200", "--lr", "2e-3", "--batch-size", "4", "--workers", "0", "--log-period", "20", "--checkpoint-period", "100", "--device", "cpu", "--quiet"])
+    rc = main(["train", *common, "--out-dir", str(out), "--iters", "200", "--lr", "2e-3", "--batch-size", "4", "--workers", "0", "--log-period", "20", "--checkpoint-period", "100", "--device", "cpu", "--quiet", "--eval-dataset", "coco_stuff_val", "--eval-period", "100"])
     assert rc == 0
-    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    log = [r for r in records if "loss" in r]
+    in_training = [r for r in records if "eval" in r]
+    assert [r["iteration"] for r in in_training] == [100, 200]
     assert [r["iteration"] for r in log] == list(range(20, 201, 20))
     assert log[0]["lr"] > log[-1]["lr"] >= 0 and all(r["grad_norm"] > 0 for r in log)
     first, last = log[0]["loss"], log[-1]["loss"]  # means over iterations 1-20 and 181-200
@@ -193,6 +204,8 @@ def test_train_then_eval_torch_and_onnxruntime(tmp_path: Path, capsys: pytest.Ca
     assert torch_m["mIoU"] > 40, torch_m["mIoU"]
     assert torch_m["images"] == 12 and torch_m["per_class"]["person"]["pixels"] > 0
     assert ort_m["mIoU"] == torch_m["mIoU"] and ort_m["per_class"] == torch_m["per_class"]
+    # the evaluation at the end of training scored the same model the same way
+    assert in_training[-1]["eval"]["mIoU"] == pytest.approx(torch_m["mIoU"], abs=1e-9)
 
 
 def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
@@ -201,8 +214,9 @@ def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     ds = open_dataset("coco_stuff_train", root=root, classes=FOUR)
+    val = open_dataset("coco_stuff_val", root=root, classes=FOUR)
     try:
-        train(tiny_model(), ds, _cfg(Path(out), 3), progress=False)
+        train(tiny_model(), ds, _cfg(Path(out), 3), progress=False, eval_dataset=val)
     finally:
         torch.distributed.destroy_process_group()
 
@@ -213,13 +227,19 @@ def test_ddp_two_processes_equal_one_process(tmp_path: Path) -> None:
 
     import torch.multiprocessing as mp
 
-    _synthetic_coco(tmp_path / "data", 8, 0)
+    _synthetic_coco(tmp_path / "data", 8, 5)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / "data"), str(tmp_path / "ddp")), nprocs=2, join=True)
     single = tiny_model()
-    train(single, open_dataset("coco_stuff_train", root=tmp_path / "data", classes=FOUR), _cfg(tmp_path / "one", 3), progress=False)
+    val = open_dataset("coco_stuff_val", root=tmp_path / "data", classes=FOUR)
+    train(single, open_dataset("coco_stuff_train", root=tmp_path / "data", classes=FOUR), _cfg(tmp_path / "one", 3), progress=False, eval_dataset=val)
+    # the evaluation at the end is sharded over the two processes (images 0,2,4 and 1,3)
+    ev = [json.loads(line)["eval"] for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines() if "eval" in line]
+    ev1 = [json.loads(line)["eval"] for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines() if "eval" in line]
+    assert len(ev) == len(ev1) == 1 and ev[0]["pixels"] == ev1[0]["pixels"] == sum(int((val.label(i) >= 0).sum()) for i in range(5))
+    assert ev[0]["mIoU"] == pytest.approx(ev1[0]["mIoU"], abs=0.5)
     ddp = torch.load(tmp_path / "ddp" / "model_final.pth", map_location="cpu", weights_only=True)["model"]
     for k, v in single.state_dict().items():
         torch.testing.assert_close(ddp[f"sem_seg_head.predictor.{k}"], v, rtol=1e-4, atol=1e-5, msg=k)
