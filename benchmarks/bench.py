@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import resource
 import statistics
@@ -75,7 +76,7 @@ class MemoryMonitor:
         self.peak_rss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-        self._page = __import__("os").sysconf("SC_PAGE_SIZE")
+        self._page = os.sysconf("SC_PAGE_SIZE")
 
     def _rss(self) -> int:
         try:
@@ -117,16 +118,20 @@ class MemoryMonitor:
 
 def _engine_dir(cfg: BenchConfig, image_size: int, model: Any) -> Path:
     from export.onnx_export import run_export
+    from runtime.errors import EngineError
     from runtime.io_spec import ExportLimits
     from runtime.manifest import Manifest
+    from sed.checkpoint import file_sha256
 
     out = Path(cfg.out_dir) / "engines" / f"{Path(cfg.backbone).stem}_{image_size}"
     try:
         m = Manifest.load(out)
-        if m.dims.image_size == image_size and m.limits.max_classes >= max(cfg.vocab_sizes):
-            return out
-    except Exception:
-        pass
+    except EngineError:
+        m = None  # nothing (usable) there yet: export
+    # reuse an earlier export only if it is this backbone, size and weights, and large enough
+    weights_sha = file_sha256(cfg.weights) if cfg.weights else None
+    if m is not None and m.backbone == Path(cfg.backbone).stem and m.dims.image_size == image_size and m.checkpoint_sha256 == weights_sha and m.limits.max_classes >= max(cfg.vocab_sizes):
+        return out
     step(f"exporting {cfg.backbone} at {image_size}px for the ONNX Runtime/TensorRT rows -> {out}")
     run_export(model, out, backbone=Path(cfg.backbone).stem, weights=cfg.weights, limits=ExportLimits(max_classes=max(1000, max(cfg.vocab_sizes)), opt_classes=150), validate=False)
     return out
@@ -264,7 +269,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 rows.append({"backend": backend.name, "image_size": size, "vocab": vocab, "topk": None, "setting": f"fixed_{cfg.fixed_survivors}", "ms": fixed, "parts_ms": {}, "survivors": [min(cfg.fixed_survivors, vocab)] * 3, **_placement(backend), **mem.result()})
                 bar.update()
             backend.deactivate()
-    machine = {"platform": platform.platform(), "processor": _cpu_model(), "cpu_count": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    machine = {"platform": platform.platform(), "processor": _cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     result = {"config": dc.asdict(cfg), "machine": machine, "rows": rows, "text_encoder": text_rows}
     (out_dir / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "bench.md").write_text(markdown_table(result))
