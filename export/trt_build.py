@@ -14,21 +14,13 @@ import json
 from pathlib import Path
 from types import ModuleType
 
+from runtime.backends.tensorrt_backend import import_tensorrt
 from runtime.errors import BackendUnavailableError, EngineError
 from runtime.io_spec import ExportLimits, GraphSpec
 from runtime.manifest import EngineEntry, Manifest
 from runtime.progress import step
 
 TIMING_CACHE = "timing.cache"
-
-
-def import_tensorrt() -> ModuleType:
-    """``import tensorrt`` with a one-line error that says what to install."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise BackendUnavailableError(f"TensorRT is not installed ({exc}); on a machine with an NVIDIA GPU: pip install 'sed-trt[trt]'") from None
-    return trt
 
 
 def gpu_info() -> tuple[str, str]:

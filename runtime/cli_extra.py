@@ -79,7 +79,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     backend = make_backend(args)
     with backend:
         predictor = Predictor(backend, topk=args.topk, cache=make_cache(args), progress=not args.quiet)
-        predictor.set_classes(dataset.classes)
         metrics, _ = evaluate(predictor, dataset, limit=args.limit, progress=not args.quiet)
     if metrics is None:
         from runtime.errors import DatasetError

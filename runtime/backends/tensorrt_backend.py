@@ -20,6 +20,15 @@ from runtime.io_spec import GRAPH_NAMES
 ALIGNMENT = 256  # setTensorAddress: pointers need 256-byte alignment
 
 
+def import_tensorrt() -> ModuleType:
+    """``import tensorrt`` with a one-line error that says what to install."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise BackendUnavailableError(f"TensorRT is not installed ({exc}); on a machine with an NVIDIA GPU: pip install 'sed-trt[trt]'") from None
+    return trt
+
+
 def aligned_empty(torch: ModuleType, shape: tuple[int, ...], dtype: Any, device: str) -> Any:
     """An uninitialised tensor whose data pointer is 256-byte aligned (CUDA's allocator already
     aligns to 512; host allocators only to 64, hence the over-allocate-and-offset)."""
@@ -59,11 +68,7 @@ class TensorRTBackend(EngineDirBackend):
         except ImportError:
             raise BackendUnavailableError("the tensorrt backend needs torch (CUDA build) for device buffers") from None
         if self._trt is None:
-            try:
-                import tensorrt
-            except ImportError as exc:
-                raise BackendUnavailableError(f"TensorRT is not installed ({exc}); on a machine with an NVIDIA GPU: pip install 'sed-trt[trt]'") from None
-            self._trt = tensorrt
+            self._trt = import_tensorrt()
         return self._trt, torch
 
     def _check_entry(self, graph: str, trt: ModuleType, torch: ModuleType) -> None:
