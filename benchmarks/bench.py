@@ -14,6 +14,7 @@ import platform
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ class BenchConfig:
     repeats: int = 3
     warmup: int = 1
     threads: int | None = None
+    device: str = "cpu"  # the torch backend's device (cuda for the PyTorch-on-GPU rows)
     out_dir: str = "results"
 
 
@@ -119,9 +121,9 @@ class MemoryMonitor:
 def _engine_dir(cfg: BenchConfig, image_size: int, model: Any) -> Path:
     from export.onnx_export import run_export
     from runtime.errors import EngineError
+    from runtime.fsutil import file_sha256
     from runtime.io_spec import ExportLimits
     from runtime.manifest import Manifest
-    from sed.checkpoint import file_sha256
 
     out = Path(cfg.out_dir) / "engines" / f"{Path(cfg.backbone).stem}_{image_size}"
     try:
@@ -137,7 +139,7 @@ def _engine_dir(cfg: BenchConfig, image_size: int, model: Any) -> Path:
     return out
 
 
-def _backends(cfg: BenchConfig, model: Any, engine_dir: Path) -> list[Any]:
+def _backends(cfg: BenchConfig, model: Any, engine_dir: Callable[[], Path]) -> list[Any]:
     from runtime.backends import create_backend
     from runtime.errors import SedTrtError
 
@@ -145,9 +147,9 @@ def _backends(cfg: BenchConfig, model: Any, engine_dir: Path) -> list[Any]:
     for name in cfg.backends:
         try:
             if name == "torch":
-                b = create_backend("torch", model=model, threads=cfg.threads)
+                b = create_backend("torch", model=model.to(cfg.device), device=cfg.device, threads=cfg.threads)
             elif name == "onnxruntime":
-                b = create_backend("onnxruntime", engine_dir=engine_dir, threads=cfg.threads)
+                b = create_backend("onnxruntime", engine_dir=engine_dir(), threads=cfg.threads)
             else:
                 from export.trt_build import build_engines, tensorrt_unavailable_reason
 
@@ -155,9 +157,9 @@ def _backends(cfg: BenchConfig, model: Any, engine_dir: Path) -> list[Any]:
                 if reason:
                     step(f"tensorrt rows skipped: {reason}")
                     continue
-                if not _has_engines(engine_dir):
-                    build_engines(engine_dir)
-                b = create_backend("tensorrt", engine_dir=engine_dir)
+                if not _has_engines(engine_dir()):
+                    build_engines(engine_dir())
+                b = create_backend("tensorrt", engine_dir=engine_dir())
             out.append(b.activate())
         except SedTrtError as exc:
             step(f"{name} rows skipped: {exc}")
@@ -238,7 +240,13 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     text_rows: list[dict[str, Any]] = []
     for size in cfg.image_sizes:
         model = load_sed(dc.replace(load_config(cfg.backbone), image_size=size), cfg.weights)
-        engine_dir = _engine_dir(cfg, size, model)
+        exported: list[Path] = []  # exported on first use: torch-only runs need no graphs
+
+        def engine_dir(size: int = size, model: Any = model, exported: list[Path] = exported) -> Path:
+            if not exported:
+                exported.append(_engine_dir(cfg, size, model))
+            return exported[0]
+
         backends = _backends(cfg, model, engine_dir)
         total = len(backends) * len(cfg.vocab_sizes) * (len(cfg.topks) + 1)
         bar = Progress(total, f"bench {size}px")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +21,12 @@ import torch
 from export.check import check_trt_compatible
 from export.wrappers import wrapper_for
 from runtime.errors import EngineError
+from runtime.fsutil import check_writable_dir, current_umask, file_sha256
 from runtime.io_spec import DECODER_STAGES, GRAPH_NAMES, IMAGE_ENCODER, TEXT_ENCODER, ExportLimits, GraphSpec, ModelDims, graph_specs
-from runtime.manifest import Manifest
+from runtime.manifest import MANIFEST_NAME, Manifest
 from runtime.progress import step
 from runtime.tokenizer import default_bpe_path
-from sed.checkpoint import file_sha256, text_tower_fingerprint
+from sed.checkpoint import text_tower_fingerprint
 from sed.modeling.sed import SED
 
 DEFAULT_OPSET = 20
@@ -159,6 +162,55 @@ def _versions() -> dict[str, str]:
     return {"sed_trt": ours, "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "open_clip": open_clip.__version__}
 
 
+TIMING_CACHE = "timing.cache"  # TensorRT's timing cache: independent of the graphs, kept across re-exports
+
+
+def check_export_target(out: Path) -> None:
+    """Refuse, before any work, a target that is unwritable or a directory of something else."""
+    check_writable_dir(out, "--out-dir")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+        raise EngineError(f"refusing to replace {str(out)!r}: it is not empty and not an engine directory (no {MANIFEST_NAME})")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Delete what killed exports into ``out`` left behind (their process no longer exists)."""
+    for sibling in out.parent.glob(f".{out.name}.*-*-*"):
+        parts = sibling.name[len(out.name) + 2 :].split("-")
+        if len(parts) >= 3 and parts[0] in ("export", "old") and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Replace ``out`` by the finished ``staging`` directory.
+
+    Two renames in one directory: a crash between them leaves no ``out`` at all (and the old
+    one hidden beside it), never a mix of old and new files under one manifest.
+    """
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-{os.getpid()}-"))
+        os.rmdir(old)
+        os.rename(out, old)
+    try:
+        os.rename(staging, out)
+    except OSError:
+        if old is not None:
+            os.rename(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def run_export(
     model: SED,
     out_dir: str | Path,
@@ -173,8 +225,38 @@ def run_export(
 ) -> Manifest:
     """Export every graph of ``model`` into ``out_dir``, check and validate each, write the manifest."""
     limits = limits or ExportLimits()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    model.io_dims().check_pooling(pooling)
+    final = Path(out_dir)
+    check_export_target(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(final)
+    # Everything is written into a fresh sibling and swapped in only when complete and validated.
+    out = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.export-{os.getpid()}-"))
+    try:
+        manifest = _export_into(model, out, backbone=backbone, weights=weights, limits=limits, pooling=pooling, opset=opset, validate=validate, progress=progress)
+        if (final / TIMING_CACHE).is_file():
+            shutil.copyfile(final / TIMING_CACHE, out / TIMING_CACHE)
+        os.chmod(out, 0o777 & ~current_umask())
+        _swap_in(out, final)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    step(f"wrote {final / MANIFEST_NAME} and {len(manifest.graphs)} graphs in {final}", enabled=progress)
+    return manifest
+
+
+def _export_into(
+    model: SED,
+    out: Path,
+    *,
+    backbone: str,
+    weights: str | Path | None,
+    limits: ExportLimits,
+    pooling: int,
+    opset: int,
+    validate: bool,
+    progress: bool,
+) -> Manifest:
     dims = model.io_dims()
     specs = graph_specs(dims)
     model = model.eval()
@@ -194,7 +276,8 @@ def run_export(
                 res = validate_graph(module, spec, path, sizes)
                 step(f"      {name} ok in ONNX Runtime at {sizes}: max abs err {res.max_abs_err:.2e}, rel {res.max_rel_err:.2e}", enabled=progress)
         files[name] = path.name
-    shutil.copyfile(default_bpe_path(), out / "bpe_simple_vocab_16e6.txt.gz")
+    tokenizer_file = "bpe_simple_vocab_16e6.txt.gz"
+    shutil.copyfile(default_bpe_path(), out / tokenizer_file)
     manifest = Manifest(
         backbone=backbone,
         model_config={"embed_dim": model.cfg.clip.embed_dim, "vision_cfg": model.cfg.clip.vision_cfg, "text_cfg": model.cfg.clip.text_cfg},
@@ -206,8 +289,9 @@ def run_export(
         text_fingerprint=text_tower_fingerprint(model),
         graphs=files,
         graph_sha256={n: file_sha256(out / f) for n, f in files.items()},
+        tokenizer_file=tokenizer_file,
+        tokenizer_sha256=file_sha256(out / tokenizer_file),
         versions=_versions(),
     )
     manifest.save(out)
-    step(f"wrote {out / 'manifest.json'}", enabled=progress)
     return manifest

@@ -10,12 +10,14 @@ builder against a fake of this API surface; nothing here has run on a real GPU y
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from types import ModuleType
 
 from runtime.backends.tensorrt_backend import import_tensorrt
 from runtime.errors import BackendUnavailableError, EngineError
+from runtime.fsutil import atomic_write
 from runtime.io_spec import ExportLimits, GraphSpec
 from runtime.manifest import EngineEntry, Manifest
 from runtime.progress import step
@@ -122,6 +124,7 @@ def build_engines(
     gpu_name, capability = gpu or gpu_info()
     directory = Path(engine_dir)
     manifest = Manifest.load(directory)
+    manifest.verify_files(directory, which=("graph",))  # never build an engine from a corrupt graph
     limits = manifest.limits
     if opt_classes is not None:
         limits = ExportLimits.from_dict({**limits.to_dict(), "opt_classes": min(opt_classes, limits.max_classes)})
@@ -132,7 +135,7 @@ def build_engines(
         step(f"[{i}/{len(manifest.graphs)}] building TensorRT engine {name} ({precision})", enabled=progress)
         plan, cache = build_engine(directory / onnx_file, specs[name], limits, precision=precision, timing_cache=cache, workspace_bytes=workspace_bytes, trt=trt)
         plan_file = f"{name}.{precision}.plan"
-        (directory / plan_file).write_bytes(plan)
+        atomic_write(directory / plan_file, lambda tmp, plan=plan: Path(tmp).write_bytes(plan))
         shapes = profile_shapes(specs[name], limits)
         manifest.engines[name] = EngineEntry(
             file=plan_file,
@@ -142,8 +145,9 @@ def build_engines(
             compute_capability=capability,
             profiles={inp: [list(s) for s in triple] for inp, triple in shapes.items()},
             onnx_file=onnx_file,
+            sha256=hashlib.sha256(plan).hexdigest(),
         )
-    cache_path.write_bytes(cache)
+    atomic_write(cache_path, lambda tmp: Path(tmp).write_bytes(cache))
     manifest.save(directory)
     step(f"engines recorded in {directory / 'manifest.json'}: {json.dumps({k: v.file for k, v in manifest.engines.items()})}", enabled=progress)
     return manifest

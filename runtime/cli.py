@@ -7,14 +7,26 @@ exit status 2; nothing is written unless the work succeeded.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from runtime.errors import ConfigError, SedTrtError
+from runtime.fsutil import atomic_write, check_outputs
+from runtime.image import DEFAULT_MAX_PIXELS
+
+
+class HELP_FORMAT(argparse.HelpFormatter):  # noqa: N801 (used like argparse's formatter constants)
+    """Every flag's help ends with its default, unless the help already says it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" not in text and action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
 
 
 def _positive_int(text: str) -> int:
@@ -25,30 +37,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
-
-
-def _check_writable(path: str | None, what: str) -> None:
-    """Fail before any heavy work if an output cannot be written."""
-    if path is None:
-        return
-    parent = Path(path).resolve().parent
-    if not parent.is_dir():
-        raise ConfigError(f"{what} {path!r}: directory {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"{what} {path!r}: directory {str(parent)!r} is not writable")
-
-
-def _atomic_write(path: str, write: callable) -> None:  # type: ignore[valid-type]
-    """Write through a temporary file in the same directory, then rename."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.resolve().parent, suffix=target.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _add_model_args(p: argparse.ArgumentParser, *, weights_required: bool = False) -> None:
@@ -73,12 +61,12 @@ def model_spec(args: argparse.Namespace):  # noqa: ANN201
 
 
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default="torch")
+    p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default="torch", help="what runs the model")
     p.add_argument("--engine-dir", default=None, help="directory written by 'sed-trt export' (onnxruntime, tensorrt)")
     p.add_argument("--topk", type=_positive_int, default=None, help="CER: keep classes in some pixel's top-k at each rejection point (default: no rejection)")
     p.add_argument("--pooling", type=_positive_int, default=1, help="class-attention pooling (1 = official evaluation)")
     p.add_argument("--device", default="cpu", help="torch device for the torch backend (cpu, cuda)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: the library's choice)")
     p.add_argument("--cache-dir", default=None, help="text-feature cache (default: $SED_TRT_CACHE or ~/.cache/sed-trt)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk text-feature cache")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -103,7 +91,7 @@ def make_backend(args: argparse.Namespace):  # noqa: ANN201
     if args.image_size is not None and backend.dims.image_size != args.image_size:
         raise ConfigError(f"the engines were exported with --image-size {backend.dims.image_size}; got --image-size {args.image_size}")
     if args.weights is not None:
-        from sed.checkpoint import file_sha256
+        from runtime.fsutil import file_sha256
 
         if backend.manifest.checkpoint_sha256 != file_sha256(args.weights):
             raise ConfigError(f"--weights {args.weights!r} is not the checkpoint the engines were exported from")
@@ -116,44 +104,60 @@ def make_cache(args: argparse.Namespace):  # noqa: ANN201
     return TextFeatureCache(None if args.no_cache else (args.cache_dir or default_cache_dir()))
 
 
+def _vocabulary_file(spec: str) -> str | None:
+    """The file a --classes value names, if it names one (for the output-collision check)."""
+    from runtime.vocab import names_file
+
+    return spec if names_file(spec) else None
+
+
+def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:  # a file object: given a name, numpy would append ".npz"
+        np.savez_compressed(f, **arrays)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Segment one image into the given classes."""
     from runtime.image import load_image
     from runtime.predictor import Predictor
     from runtime.vocab import display_name, load_vocabulary
 
-    _check_writable(args.out, "--out")
-    _check_writable(args.save_npz, "--save-npz")
+    check_outputs({"--out": args.out, "--save-npz": args.save_npz}, {"--image": args.image, "--weights": args.weights, "--classes": _vocabulary_file(args.classes)})
     classes = load_vocabulary(args.classes)
-    image = load_image(args.image)
+    image = load_image(args.image, max_pixels=args.max_pixels)
     backend = make_backend(args)
     with backend:
         predictor = Predictor(backend, topk=args.topk, cache=make_cache(args), progress=not args.quiet)
         predictor.set_classes(classes)
         pred = predictor.predict(image)
+    written = []
     if args.save_npz:
-        _atomic_write(args.save_npz, lambda tmp: np.savez_compressed(open(tmp, "wb"), probs=pred.probs.astype(np.float32), labels=pred.labels.astype(np.int32), kept=pred.kept))
+        arrays = {"probs": pred.probs.astype(np.float32), "labels": pred.labels.astype(np.int32), "kept": pred.kept, "classes": np.array(classes, dtype=str)}
+        written.append(atomic_write(args.save_npz, lambda tmp: _save_npz(tmp, arrays)))
     if args.out:
         from PIL import Image
 
         from runtime.visualize import overlay
 
-        vis = overlay(image, pred.labels, classes)
-        _atomic_write(args.out, lambda tmp: Image.fromarray(vis).save(tmp, format="PNG"))
+        banner = "RANDOM WEIGHTS: this segmentation is meaningless (no --weights)" if backend.random_weights else None
+        vis = overlay(image, pred.labels, classes, banner=banner)
+        written.append(atomic_write(args.out, lambda tmp: Image.fromarray(vis).save(tmp, format="PNG")))
     ids, counts = np.unique(pred.labels, return_counts=True)
     top = ", ".join(f"{display_name(classes[i])} {100 * c / pred.labels.size:.1f}%" for i, c in sorted(zip(ids, counts), key=lambda x: -x[1])[:8])
     print(f"{len(classes)} classes, kept {int(pred.kept.sum())} (per stage {pred.survivors}); {pred.timings['total_ms']:.0f} ms; present: {top}")
+    print(f"wrote {', '.join(map(str, written))}" if written else "wrote nothing (no --out or --save-npz given)")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export ONNX graphs + manifest (and TensorRT engines where TensorRT and a GPU exist)."""
-    from export.onnx_export import run_export
+    from export.onnx_export import check_export_target, run_export
     from runtime.io_spec import ExportLimits
     from sed.build import load_sed
 
     if args.opt_classes > args.max_classes:
         raise ConfigError(f"--opt-classes {args.opt_classes} exceeds --max-classes {args.max_classes}")
+    check_export_target(Path(args.out_dir))  # before the model loads: fail in a second, not a minute
     model = load_sed(model_spec(args), args.weights)
     limits = ExportLimits(max_batch=args.max_batch, max_classes=args.max_classes, opt_classes=args.opt_classes)
     run_export(model, args.out_dir, backbone=Path(args.backbone).stem, weights=args.weights, limits=limits, pooling=args.pooling, opset=args.opset, validate=not args.no_validate, progress=not args.quiet)
@@ -172,30 +176,31 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sed-trt", description="Fast, faithful SED open-vocabulary segmentation.")
+    parser = argparse.ArgumentParser(prog="sed-trt", description="Fast, faithful SED open-vocabulary segmentation.", formatter_class=HELP_FORMAT)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("predict", help=cmd_predict.__doc__, description=cmd_predict.__doc__)
+    p = sub.add_parser("predict", help=cmd_predict.__doc__, description=cmd_predict.__doc__, formatter_class=HELP_FORMAT)
     _add_model_args(p)
     _add_runtime_args(p)
-    p.add_argument("--image", required=True)
+    p.add_argument("--image", required=True, help="RGB image file (PNG, JPEG, ...)")
+    p.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (width x height), checked before decoding")
     p.add_argument("--classes", required=True, help="ade150 | ade847 | pc59 | pc459 | voc20 | coco171 | FILE (.json list or .txt lines) | 'a,b,c' ('a, syn; b' for synonyms)")
     p.add_argument("--out", default=None, help="PNG colour overlay with a legend")
     p.add_argument("--save-npz", default=None, help="NPZ with probs (T,192,192), labels (H0,W0), kept (T,)")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help=cmd_export.__doc__, description=cmd_export.__doc__)
+    p = sub.add_parser("export", help=cmd_export.__doc__, description=cmd_export.__doc__, formatter_class=HELP_FORMAT)
     _add_model_args(p)
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--max-classes", type=_positive_int, default=1000)
-    p.add_argument("--opt-classes", type=_positive_int, default=150)
-    p.add_argument("--max-batch", type=_positive_int, default=1)
-    p.add_argument("--pooling", type=_positive_int, default=1)
-    p.add_argument("--opset", type=int, default=20, choices=range(17, 21), metavar="{17..20}")
+    p.add_argument("--out-dir", required=True, help="engine directory to write (replaced as a whole once the new one is complete)")
+    p.add_argument("--max-classes", type=_positive_int, default=1000, help="largest vocabulary the graphs/engines accept")
+    p.add_argument("--opt-classes", type=_positive_int, default=150, help="vocabulary size TensorRT tunes its kernels for")
+    p.add_argument("--max-batch", type=_positive_int, default=1, help="largest batch of images")
+    p.add_argument("--pooling", type=_positive_int, default=1, help="class-attention pooling baked into the graphs (1 = official evaluation)")
+    p.add_argument("--opset", type=int, default=20, choices=range(17, 21), metavar="{17..20}", help="ONNX opset")
     p.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     p.add_argument("--engines", choices=["auto", "skip", "require"], default="auto", help="TensorRT engines: build if possible (auto), never, or fail without TensorRT")
-    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="TensorRT engine precision")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_export)
 
     from runtime import cli_extra
@@ -204,9 +209,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging() -> None:
+    """Library warnings (logger ``sed_trt``) as ``[sed-trt] WARNING: ...`` lines on stderr.
+
+    ``--quiet`` silences progress, never warnings (random weights, a discarded cache entry).
+    """
+    logger = logging.getLogger("sed_trt")
+    if not any(getattr(h, "_sed_trt", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[sed-trt] %(levelname)s: %(message)s"))
+        handler._sed_trt = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+    for h in logger.handlers:
+        if getattr(h, "_sed_trt", False):
+            h.stream = sys.stderr  # the current stderr (tests capture it per test)
+    logger.setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging()
     if getattr(args, "command", None) == "export" and args.backbone is None:
         parser.error("export needs --backbone")
     try:

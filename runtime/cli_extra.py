@@ -36,6 +36,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         warmup=args.warmup,
         threads=args.threads,
+        device=args.device,
         out_dir=args.out_dir,
     )
     run_bench(cfg)
@@ -70,11 +71,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from runtime.cli import _atomic_write, _check_writable, make_backend, make_cache
+    from runtime.cli import make_backend, make_cache
     from runtime.evaluate import evaluate, format_table
+    from runtime.fsutil import atomic_write, check_outputs
     from runtime.predictor import Predictor
 
-    _check_writable(args.out_json, "--out-json")
+    check_outputs({"--out-json": args.out_json}, {"--weights": args.weights})
     dataset = open_dataset_args(args)
     backend = make_backend(args)
     with backend:
@@ -89,7 +91,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(format_table(metrics, dataset.classes, title=title), end="")
     if args.out_json:
         payload = {"dataset": dataset.name, "images": n, "backend": backend.name, "topk": args.topk, **metrics.as_dict(dataset.classes)}
-        _atomic_write(args.out_json, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2) + "\n"))
+        atomic_write(args.out_json, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2) + "\n"))
     return 0
 
 
@@ -109,8 +111,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.resume and latest_checkpoint(args.out_dir) is not None:
         raise ConfigError(f"{args.out_dir!r} already holds a training run; pass --resume to continue it or choose another --out-dir")
     dataset = open_dataset_args(args)
-    torch.manual_seed(args.seed)  # the initial weights of whatever is not loaded
-    model = load_sed(model_spec(args), args.weights, clip_weights=args.clip_weights, warn_random=not args.quiet)
+    # The initial weights of whatever is not loaded come from --seed.
+    model = load_sed(model_spec(args), args.weights, clip_weights=args.clip_weights, warn_random=not args.quiet, seed=args.seed)
     crop = args.crop_size or model.cfg.image_size
     cfg = TrainConfig(
         out_dir=args.out_dir,
@@ -140,30 +142,31 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("build-engines", help=cmd_build_engines.__doc__, description=cmd_build_engines.__doc__)
-    p.add_argument("--engine-dir", required=True)
-    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    from runtime.cli import HELP_FORMAT, _add_model_args, _add_runtime_args, _positive_int
+
+    p = sub.add_parser("build-engines", help=cmd_build_engines.__doc__, description=cmd_build_engines.__doc__, formatter_class=HELP_FORMAT)
+    p.add_argument("--engine-dir", required=True, help="engine directory written by 'sed-trt export'")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="TensorRT engine precision")
     p.add_argument("--opt-classes", type=int, default=None, help="vocabulary size the kernels are tuned for (default: the export's)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_build_engines)
 
-    p = sub.add_parser("bench", help=cmd_bench.__doc__, description=cmd_bench.__doc__)
-    p.add_argument("--backbone", default="convnext_b")
-    p.add_argument("--weights", default=None)
+    p = sub.add_parser("bench", help=cmd_bench.__doc__, description=cmd_bench.__doc__, formatter_class=HELP_FORMAT)
+    p.add_argument("--backbone", default="convnext_b", help="convnext_b | convnext_l | a tiny config | PATH.json")
+    p.add_argument("--weights", default=None, help="SED checkpoint (default: random weights, fine for speed)")
     p.add_argument("--image-sizes", default="384", help="comma list; 768 is the paper's, 384 SED-fast style")
-    p.add_argument("--vocab-sizes", default="20,150,847")
+    p.add_argument("--vocab-sizes", default="20,150,847", help="comma list of vocabulary sizes")
     p.add_argument("--topk", default="none,8", help="comma list of CER top-k values; 'none' = no rejection")
     p.add_argument("--fixed-survivors", type=int, default=16, help="controlled CER row: stages 1-3 at exactly this many classes")
-    p.add_argument("--backends", default="torch,onnxruntime,tensorrt")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out-dir", default="results")
+    p.add_argument("--backends", default="torch,onnxruntime,tensorrt", help="comma list; unavailable ones are skipped with a reason")
+    p.add_argument("--repeats", type=_positive_int, default=3, help="timed runs per configuration (median and p90 reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: the library's choice)")
+    p.add_argument("--device", default="cpu", help="torch device of the torch rows (cpu, cuda, cuda:N)")
+    p.add_argument("--out-dir", default="results", help="where bench.json, bench.md and bench.png go")
     p.set_defaults(func=cmd_bench)
 
-    from runtime.cli import _add_model_args, _add_runtime_args, _positive_int
-
-    p = sub.add_parser("eval", help=cmd_eval.__doc__, description=cmd_eval.__doc__)
+    p = sub.add_parser("eval", help=cmd_eval.__doc__, description=cmd_eval.__doc__, formatter_class=HELP_FORMAT)
     _add_model_args(p)
     _add_runtime_args(p)
     _add_dataset_args(p, default=None)
@@ -171,31 +174,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-json", default=None, help="write the scores and per-class IoU/accuracy as JSON")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
+    p = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__, formatter_class=HELP_FORMAT)
     _add_model_args(p)
     p.add_argument("--clip-weights", default=None, help="open_clip CLIP weights to start from (the paper starts from LAION ConvNeXt CLIP)")
     _add_dataset_args(p, default="coco_stuff_train")
     p.add_argument("--out-dir", required=True, help="checkpoints (official layout) and metrics.jsonl")
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last_checkpoint")
-    p.add_argument("--iters", type=_positive_int, default=80_000)
+    p.add_argument("--iters", type=_positive_int, default=80_000, help="training iterations (official 80k)")
     p.add_argument("--batch-size", type=_positive_int, default=4, help="total over all processes")
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr", type=float, default=2e-4, help="AdamW base learning rate")
     p.add_argument("--clip-multiplier", type=float, default=0.01, help="visual-tower lr multiplier")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (none on norm layers)")
     p.add_argument("--clip-grad", type=float, default=0.01, help="full-model gradient L2-norm clip")
     p.add_argument("--crop-size", type=_positive_int, default=None, help="training crop (default: the model's input size, 768)")
     p.add_argument("--min-sizes", type=_positive_int, nargs="+", default=None, help="ResizeShortestEdge choices (default: the crop size)")
-    p.add_argument("--no-color-aug", action="store_true")
-    p.add_argument("--no-flip", action="store_true")
+    p.add_argument("--no-color-aug", action="store_true", help="disable the SSD colour jitter")
+    p.add_argument("--no-flip", action="store_true", help="disable random horizontal flips")
     p.add_argument("--pooling", type=_positive_int, default=None, help="class-attention pooling in training (default 2, official)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of initial weights, sample order and augmentation")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes")
-    p.add_argument("--checkpoint-period", type=_positive_int, default=5000)
-    p.add_argument("--log-period", type=_positive_int, default=20)
+    p.add_argument("--checkpoint-period", type=_positive_int, default=5000, help="save a checkpoint every N iterations")
+    p.add_argument("--log-period", type=_positive_int, default=20, help="log window-mean losses every N iterations")
     p.add_argument("--eval-dataset", default=None, help="built-in dataset to evaluate on during training (official: coco_stuff_val), under --data-root; --classes applies to it too")
     p.add_argument("--eval-period", type=int, default=0, help="evaluate every N iterations (official 10000); 0: only at the end")
     p.add_argument("--eval-limit", type=_positive_int, default=None, help="evaluate on the first N images only")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_train)
 

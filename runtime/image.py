@@ -8,6 +8,7 @@ resize to the original size -> argmax over T.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +20,37 @@ MAX_SIDE = 2560
 # OpenAI CLIP statistics in the 0-255 scale, RGB.
 CLIP_PIXEL_MEAN = (122.7709383, 116.7460125, 104.09373615)
 CLIP_PIXEL_STD = (68.5005327, 66.6321579, 70.3231630)
+# Largest image accepted by default (w * h): 250 megapixels, ~750 MB decoded. Pillow's own
+# decompression-bomb limit (179 MP) is replaced by this explicit, adjustable one.
+DEFAULT_MAX_PIXELS = 250_000_000
+# Post-processing works on row bands whose resized class chunk stays below this many bytes.
+POSTPROCESS_BLOCK_BYTES = 32 << 20
+
+_PIL_LIMIT_LOCK = threading.Lock()
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Read an RGB image file (EXIF orientation applied) as uint8 (H, W, 3)."""
+def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an RGB image file (EXIF orientation applied) as uint8 (H, W, 3).
+
+    The size is checked from the header, before decoding, against ``max_pixels``.
+    """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with _PIL_LIMIT_LOCK:  # our limit replaces Pillow's global one for this open only
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                im = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+        with im:
+            w, h = im.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise ImageError(
+                    f"image {str(path)!r} is {w}x{h} ({w * h / 1e6:.0f} megapixels), above the limit of {max_pixels / 1e6:.0f}"
+                    " megapixels; raise it with --max-pixels if the machine has the memory"
+                )
             im = ImageOps.exif_transpose(im)
             mode = im.mode
             if mode != "RGB":
@@ -39,6 +62,8 @@ def load_image(path: str | Path) -> np.ndarray:
         raise ImageError(f"image {str(path)!r} does not exist") from None
     except IsADirectoryError:
         raise ImageError(f"image {str(path)!r} is a directory") from None
+    except MemoryError:
+        raise ImageError(f"image {str(path)!r} does not fit in memory; lower --max-pixels or resize it") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, ImageError):
             raise
@@ -102,8 +127,17 @@ def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
     return m.astype(np.float32)
 
 
-def labels_from_probs(probs: np.ndarray, out_hw: tuple[int, int], classes: np.ndarray | None = None, chunk: int = 16) -> np.ndarray:
-    """Argmax over T of the probabilities resized to ``out_hw``, without holding (T, H0, W0).
+def labels_from_probs(
+    probs: np.ndarray,
+    out_hw: tuple[int, int],
+    classes: np.ndarray | None = None,
+    chunk: int = 16,
+    block_bytes: int = POSTPROCESS_BLOCK_BYTES,
+) -> np.ndarray:
+    """Argmax over T of the probabilities resized to ``out_hw``, in bounded memory.
+
+    Works on row bands of the output and chunks of classes, so it never holds more than
+    about ``block_bytes`` of resized probabilities whatever the image size or vocabulary.
 
     Args:
         probs: (T, h, w) sigmoid probabilities.
@@ -111,22 +145,29 @@ def labels_from_probs(probs: np.ndarray, out_hw: tuple[int, int], classes: np.nd
         classes: optional subset of class indices to consider (CER survivors: rejected
             classes are exactly 0 and can never win against a kept class).
         chunk: classes resized at once.
+        block_bytes: bound on one resized (chunk, rows, W0) float32 block.
 
     Returns:
-        int32 (H0, W0) label map.
+        int32 (H0, W0) label map (ties go to the lower class index).
     """
     h0, w0 = out_hw
     ry = bilinear_matrix(h0, probs.shape[1])
     rx = bilinear_matrix(w0, probs.shape[2]).T.copy()
     idx = np.arange(probs.shape[0]) if classes is None else np.asarray(classes)
-    best = np.full((h0, w0), -np.inf, dtype=np.float32)
-    labels = np.zeros((h0, w0), dtype=np.int32)
-    for start in range(0, len(idx), chunk):
-        sel = idx[start : start + chunk]
-        resized = ry[None] @ probs[sel] @ rx[None]  # c h w -> c H0 W0
-        arg = resized.argmax(axis=0)
-        val = np.take_along_axis(resized, arg[None], axis=0)[0]
-        better = val > best
-        best = np.where(better, val, best)
-        labels = np.where(better, sel[arg], labels).astype(np.int32)
+    chunk = max(1, min(chunk, len(idx)))
+    rows = int(max(1, min(h0, block_bytes // (4 * chunk * w0))))
+    labels = np.empty((h0, w0), dtype=np.int32)
+    for r0 in range(0, h0, rows):
+        band = ry[r0 : r0 + rows]
+        best = np.full((band.shape[0], w0), -np.inf, dtype=np.float32)
+        lab = np.zeros((band.shape[0], w0), dtype=np.int32)
+        for start in range(0, len(idx), chunk):
+            sel = idx[start : start + chunk]
+            resized = band[None] @ probs[sel] @ rx[None]  # c h w -> c rows W0
+            arg = resized.argmax(axis=0)
+            val = np.take_along_axis(resized, arg[None], axis=0)[0]
+            better = val > best
+            np.copyto(best, val, where=better)
+            np.copyto(lab, sel[arg].astype(np.int32), where=better)
+        labels[r0 : r0 + rows] = lab
     return labels

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from runtime.errors import ConfigError
+
 IMAGE_ENCODER = "image_encoder"
 TEXT_ENCODER = "text_encoder"
 DECODER_STAGES = ("decoder_stage0", "decoder_stage1", "decoder_stage2", "decoder_stage3")
@@ -99,6 +101,12 @@ class ModelDims:
     @property
     def output_size(self) -> int:
         return self.feature_size * 8
+
+    def check_pooling(self, pooling: int) -> int:
+        """Class-attention pooling must fit the smallest decoder map (``feature_size``)."""
+        if not isinstance(pooling, int) or not 1 <= pooling <= self.feature_size:
+            raise ConfigError(f"--pooling must be between 1 and {self.feature_size} (the smallest decoder map), got {pooling}")
+        return pooling
 
     def to_dict(self) -> dict:
         return asdict(self)

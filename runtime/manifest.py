@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runtime.errors import EngineError
+from runtime.fsutil import atomic_write, file_sha256, is_within
 from runtime.io_spec import GRAPH_NAMES, ExportLimits, GraphSpec, ModelDims, TensorSpec, graph_specs
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -25,6 +30,7 @@ class EngineEntry:
     compute_capability: str
     profiles: dict[str, list[list[int]]] = field(default_factory=dict)
     onnx_file: str = ""
+    sha256: str = ""
 
 
 @dataclass
@@ -42,6 +48,7 @@ class Manifest:
     graphs: dict[str, str]
     graph_sha256: dict[str, str] = field(default_factory=dict)
     tokenizer_file: str = "bpe_simple_vocab_16e6.txt.gz"
+    tokenizer_sha256: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     engines: dict[str, EngineEntry] = field(default_factory=dict)
     format: int = MANIFEST_FORMAT
@@ -58,11 +65,40 @@ class Manifest:
         return d
 
     def save(self, directory: str | Path) -> Path:
-        path = Path(directory) / MANIFEST_NAME
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
-        tmp.replace(path)
-        return path
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+        return atomic_write(Path(directory) / MANIFEST_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+    def files(self) -> dict[str, tuple[str, str]]:
+        """Every file the manifest vouches for: label -> (relative path, sha256 or '')."""
+        out = {f"graph {name}": (rel, self.graph_sha256.get(name, "")) for name, rel in self.graphs.items()}
+        out["tokenizer"] = (self.tokenizer_file, self.tokenizer_sha256)
+        out.update({f"engine {name}": (e.file, e.sha256) for name, e in self.engines.items()})
+        return out
+
+    def verify_files(self, directory: str | Path, *, which: tuple[str, ...] = ("graph", "tokenizer")) -> float:
+        """Check each listed file's sha256 against the manifest; returns the seconds it took.
+
+        A flipped byte in a graph changes results without any error from the runtime, so a
+        mismatch is an :class:`EngineError`, never a warning. ``which`` picks the kinds of
+        file ("graph", "tokenizer", "engine") the caller is about to use.
+        """
+        directory = Path(directory)
+        start = time.perf_counter()
+        for label, (rel, digest) in self.files().items():
+            if label.split()[0] not in which:
+                continue
+            path = directory / rel
+            if not digest:
+                if label == "tokenizer" and not path.is_file():
+                    continue  # older exports: the tokenizer installed with open_clip is used
+                raise EngineError(f"{str(directory / MANIFEST_NAME)!r} records no sha256 for {label} ({rel!r}); re-export the engines")
+            if not path.is_file():
+                raise EngineError(f"engine directory {str(directory)!r} is incomplete: {rel!r} ({label}) is missing")
+            if file_sha256(path) != digest:
+                raise EngineError(f"{str(path)!r} ({label}) does not match its sha256 in the manifest: the file is corrupt or was replaced; re-export the engines")
+        seconds = time.perf_counter() - start
+        log.debug("verified %s in %s in %.2f s", ", ".join(which), directory, seconds)
+        return seconds
 
     @classmethod
     def load(cls, directory: str | Path) -> Manifest:
@@ -93,6 +129,7 @@ class Manifest:
                 graphs=dict(d["graphs"]),
                 graph_sha256=dict(d.get("graph_sha256", {})),
                 tokenizer_file=d.get("tokenizer_file", "bpe_simple_vocab_16e6.txt.gz"),
+                tokenizer_sha256=d.get("tokenizer_sha256", ""),
                 versions=dict(d.get("versions", {})),
                 engines=engines,
             )
@@ -101,6 +138,12 @@ class Manifest:
         missing = [g for g in GRAPH_NAMES if g not in m.graphs]
         if missing:
             raise EngineError(f"{str(path)!r} lists no graph for {missing}; re-export the engines")
+        unknown = sorted(set(m.graphs) - set(GRAPH_NAMES))
+        if unknown:
+            raise EngineError(f"{str(path)!r} lists unknown graphs {unknown}; re-export the engines")
+        for label, (rel, _) in m.files().items():
+            if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or not is_within(directory / rel, directory):
+                raise EngineError(f"{str(path)!r}: {label} file {rel!r} is outside the engine directory; refusing it")
         for name, rel in m.graphs.items():
             if not (directory / rel).is_file():
                 raise EngineError(f"engine directory {str(directory)!r} is incomplete: {rel!r} ({name}) is missing")

@@ -73,6 +73,7 @@ class Predictor:
             fingerprint=self.backend.text_fingerprint,
             cache=self.cache,
             num_templates=self.backend.dims.num_templates,
+            embed_dim=self.backend.dims.embed_dim,
             batch_size=self.text_batch_size,
             progress=self.progress,
         )

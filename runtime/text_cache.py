@@ -8,20 +8,25 @@ large vocabularies (847 classes x 80 templates x synonyms ~ 70k prompts).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from runtime.errors import EngineError, VocabularyError
+from runtime.fsutil import atomic_write
 from runtime.progress import Progress
 from runtime.tokenizer import ClipTokenizer, trim_tokens
 from runtime.vocab import IMAGENET_TEMPLATES, build_prompts, pool_text_embeddings
 
 EncodeFn = Callable[[np.ndarray], np.ndarray]
+
+log = logging.getLogger("sed_trt")
 
 
 def default_cache_dir() -> Path:
@@ -31,7 +36,16 @@ def default_cache_dir() -> Path:
 
 
 class TextFeatureCache:
-    """(T, P, E) float32 text features in memory and, if ``directory`` is set, as .npy files."""
+    """(T, P, E) float32 text features in memory and, if ``directory`` is set, on disk.
+
+    A disk entry is ``text/KEY.npz`` holding the features and a JSON header with the key,
+    the producer's identity and the sha256 of the feature bytes. An entry that cannot be
+    read, or whose header, checksum, shape or values are wrong, is discarded with a
+    warning and recomputed; a cache that cannot be written is a warning, never a failure.
+    Writers use a temporary file and ``os.replace``, so concurrent runs are safe.
+    """
+
+    FORMAT = 2
 
     def __init__(self, directory: str | Path | None = None) -> None:
         self.directory = Path(directory) if directory is not None else None
@@ -44,32 +58,73 @@ class TextFeatureCache:
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
     def _path(self, key: str) -> Path | None:
-        return None if self.directory is None else self.directory / "text" / f"{key}.npy"
+        return None if self.directory is None else self.directory / "text" / f"{key}.npz"
 
-    def get(self, key: str) -> np.ndarray | None:
+    def _discard(self, path: Path, reason: str) -> None:
+        log.warning("text-feature cache entry %s is unusable (%s): recomputing it", path, reason)
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+    def get(self, key: str, *, shape: tuple[int, ...] | None = None) -> np.ndarray | None:
+        """The cached features for ``key`` if present and intact (and of ``shape`` when given)."""
         if key in self._memory:
             return self._memory[key]
         path = self._path(key)
-        if path is not None and path.is_file():
-            try:
-                arr = np.load(path)
-            except (OSError, ValueError):
-                return None  # a corrupt cache entry is recomputed
-            self._memory[key] = arr
-            return arr
-        return None
+        if path is None or not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                header = json.loads(str(data["header"]))
+                features = np.array(data["features"])
+        except Exception as exc:  # any unreadable entry (truncated zip, bad JSON, missing array)
+            self._discard(path, f"unreadable: {type(exc).__name__}")
+            return None
+        problem = _entry_problem(header, features, key, shape)
+        if problem:
+            self._discard(path, problem)
+            return None
+        self._memory[key] = features
+        return features
 
-    def put(self, key: str, features: np.ndarray) -> None:
+    def put(self, key: str, features: np.ndarray, *, producer: str = "") -> None:
+        """Store ``features`` in memory and, if possible, on disk (failure: a warning)."""
+        features = np.ascontiguousarray(features, dtype=np.float32)
         self._memory[key] = features
         path = self._path(key)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write atomically so an interrupted run never leaves a truncated entry.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, features)
-        os.replace(tmp, path)
+        header = {"format": self.FORMAT, "key": key, "producer": producer, "shape": list(features.shape), "sha256": _digest(features)}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda tmp: _save_entry(tmp, header, features))
+        except OSError as exc:
+            log.warning("cannot write the text-feature cache at %s (%s); continuing without it", path.parent, exc.strerror or exc)
+
+
+def _digest(features: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(features, dtype=np.float32).tobytes()).hexdigest()
+
+
+def _save_entry(tmp: str, header: dict, features: np.ndarray) -> None:
+    with open(tmp, "wb") as f:
+        np.savez(f, header=np.array(json.dumps(header)), features=features)
+
+
+def _entry_problem(header: object, features: np.ndarray, key: str, shape: tuple[int, ...] | None) -> str:
+    """Why a disk entry cannot be trusted ('' if it can)."""
+    if not isinstance(header, dict) or header.get("format") != TextFeatureCache.FORMAT:
+        return "unknown format"
+    if header.get("key") != key:
+        return "stored under another key"
+    if features.dtype != np.float32 or list(features.shape) != header.get("shape"):
+        return f"dtype/shape {features.dtype} {features.shape} differ from its header"
+    if shape is not None and tuple(features.shape) != tuple(shape):
+        return f"shape {features.shape}, expected {tuple(shape)}"
+    if header.get("sha256") != _digest(features):
+        return "checksum mismatch"
+    if not np.isfinite(features).all():
+        return "non-finite values"
+    return ""
 
 
 def encode_vocabulary(
@@ -84,7 +139,15 @@ def encode_vocabulary(
     """Text features (T, P, E) of ``classes`` with the official templates and synonym pooling."""
     templates = IMAGENET_TEMPLATES[:num_templates]
     prompts, counts = build_prompts(classes, templates)
-    tokens = tokenizer(prompts)
+    tokens, truncated = tokenizer.tokenize(prompts)
+    if truncated:
+        owner = np.repeat(np.arange(len(classes)), [len(templates) * c for c in counts])
+        bad = sorted({int(owner[r]) for r in truncated})
+        names = ", ".join(repr(classes[i][:60]) for i in bad[:3])
+        raise VocabularyError(
+            f"{len(bad)} class name(s) make prompts longer than CLIP's {tokenizer.context_length} tokens ({names}); "
+            "they would be cut silently, so shorten them"
+        )
     bar = Progress(len(prompts), "text encoder", enabled=progress)
     chunks = []
     for start in range(0, len(prompts), batch_size):
@@ -102,16 +165,23 @@ def cached_text_features(
     fingerprint: str,
     cache: TextFeatureCache | None,
     num_templates: int = len(IMAGENET_TEMPLATES),
+    embed_dim: int | None = None,
     batch_size: int = 256,
     progress: bool = False,
 ) -> np.ndarray:
-    """:func:`encode_vocabulary` behind the cache."""
-    key = TextFeatureCache.key(fingerprint, classes, IMAGENET_TEMPLATES[:num_templates])
+    """:func:`encode_vocabulary` behind the cache; features are checked before they are stored."""
+    templates = IMAGENET_TEMPLATES[:num_templates]
+    key = TextFeatureCache.key(fingerprint, classes, templates)
+    shape = None if embed_dim is None else (len(classes), num_templates, embed_dim)
     if cache is not None:
-        hit = cache.get(key)
+        hit = cache.get(key, shape=shape)
         if hit is not None:
             return hit
     feats = encode_vocabulary(encode, tokenizer, classes, num_templates=num_templates, batch_size=batch_size, progress=progress)
+    if shape is not None and feats.shape != shape:
+        raise EngineError(f"the text encoder returned features of shape {feats.shape}, expected {shape}")
+    if not np.isfinite(feats).all():
+        raise EngineError("the text encoder produced non-finite features (corrupt weights or graph?); nothing was cached")
     if cache is not None:
-        cache.put(key, feats)
+        cache.put(key, feats, producer=fingerprint)
     return feats

@@ -115,15 +115,21 @@ class ClipTokenizer:
         return ids
 
     def __call__(self, texts: list[str]) -> np.ndarray:
-        """Tokenize prompts into an int64 array (Q, context_length), zero padded."""
+        """Tokenize prompts into an int64 array (Q, context_length), zero padded (open_clip truncates)."""
+        return self.tokenize(texts)[0]
+
+    def tokenize(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+        """Tokens (Q, context_length) and the rows that were cut to fit the context."""
         out = np.zeros((len(texts), self.context_length), dtype=np.int64)
+        truncated: list[int] = []
         for row, text in enumerate(texts):
             ids = [self.sot_token, *self.encode(text), self.eot_token]
             if len(ids) > self.context_length:
+                truncated.append(row)
                 ids = ids[: self.context_length]
                 ids[-1] = self.eot_token
             out[row, : len(ids)] = ids
-        return out
+        return out, truncated
 
 
 def trim_tokens(tokens: np.ndarray) -> np.ndarray:

@@ -15,26 +15,58 @@ def palette(n: int) -> np.ndarray:
     return (np.array(cols) * 255).astype(np.uint8)
 
 
-def overlay(image: np.ndarray, labels: np.ndarray, classes: list[str], *, alpha: float = 0.5, max_legend: int = 40) -> np.ndarray:
-    """Blend class colours over ``image`` and append a legend panel (sorted by area)."""
-    from PIL import Image, ImageDraw, ImageFont
+def _font(size: int):  # noqa: ANN202
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: scalable, keeps spaces
+    except (TypeError, OSError, ImportError):
+        return ImageFont.load_default()
+
+
+def legend_entries(labels: np.ndarray, classes: list[str], *, max_legend: int = 40) -> tuple[list[tuple[int, str]], int]:
+    """(class index, "name 12.3%") for the classes present, largest area first, and how many were left out."""
+    ids, counts = np.unique(labels, return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    entries = [(int(ids[j]), f"{display_name(classes[int(ids[j])])[:26]} {100.0 * counts[j] / labels.size:.1f}%") for j in order[:max_legend]]
+    return entries, len(order) - len(entries)
+
+
+def overlay(
+    image: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    *,
+    alpha: float = 0.5,
+    max_legend: int = 40,
+    banner: str | None = None,
+) -> np.ndarray:
+    """Blend class colours over ``image`` and append a legend panel (sorted by area).
+
+    The legend lists at most ``max_legend`` classes and says "+N more" for the rest;
+    ``banner`` (e.g. a random-weights warning) is drawn across the top of the picture.
+    """
+    from PIL import Image, ImageDraw
 
     colors = palette(len(classes))
     blended = (image.astype(np.float32) * (1 - alpha) + colors[labels].astype(np.float32) * alpha).astype(np.uint8)
-    ids, counts = np.unique(labels, return_counts=True)
-    order = ids[np.argsort(-counts)][:max_legend]
-    font = ImageFont.load_default()
-    row = 16
-    width = 220
-    h = max(image.shape[0], row * (len(order) + 1) + 8)
+    entries, hidden = legend_entries(labels, classes, max_legend=max_legend)
+    font = _font(13)
+    row, width = 18, 240
+    rows = len(entries) + 1 + (1 if hidden else 0)
+    h = max(image.shape[0], row * rows + 8)
     canvas = Image.new("RGB", (image.shape[1] + width, h), (255, 255, 255))
     canvas.paste(Image.fromarray(blended), (0, 0))
     draw = ImageDraw.Draw(canvas)
+    if banner:
+        draw.rectangle([0, 0, image.shape[1], row + 6], fill=(200, 0, 0))
+        draw.text((6, 3), banner, fill=(255, 255, 255), font=font)
     x0 = image.shape[1] + 8
-    draw.text((x0, 4), "classes present", fill=(0, 0, 0), font=font)
-    for i, c in enumerate(order, 1):
+    draw.text((x0, 4), f"classes present ({len(entries) + hidden})", fill=(0, 0, 0), font=font)
+    for i, (c, text) in enumerate(entries, 1):
         y = 4 + i * row
-        draw.rectangle([x0, y + 2, x0 + 12, y + 12], fill=tuple(int(v) for v in colors[c]))
-        pct = 100.0 * counts[ids == c][0] / labels.size
-        draw.text((x0 + 18, y), f"{display_name(classes[c])[:24]} {pct:.1f}%", fill=(0, 0, 0), font=font)
+        draw.rectangle([x0, y + 2, x0 + 12, y + 14], fill=tuple(int(v) for v in colors[c]))
+        draw.text((x0 + 18, y), text, fill=(0, 0, 0), font=font)
+    if hidden:
+        draw.text((x0 + 18, 4 + (len(entries) + 1) * row), f"+{hidden} more", fill=(90, 90, 90), font=font)
     return np.asarray(canvas)

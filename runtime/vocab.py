@@ -9,6 +9,7 @@ built template-major, and each class keeps one embedding per template (T, P, E).
 from __future__ import annotations
 
 import json
+import unicodedata
 from importlib import resources
 from pathlib import Path
 
@@ -139,10 +140,18 @@ def load_vocabulary(spec: str) -> list[str]:
     if spec in BUILTIN_VOCABULARIES:
         return validate_vocabulary(json.loads(builtin_vocabulary_text(spec)))
     path = Path(spec)
-    if path.suffix.lower() in {".json", ".txt"} or path.is_file():
+    if path.suffix.lower() in {".json", ".txt"} or names_file(spec):
         return validate_vocabulary(_read_vocabulary_file(path))
     sep = ";" if ";" in spec else ","
     return validate_vocabulary([c.strip() for c in spec.split(sep)])
+
+
+def names_file(spec: str) -> bool:
+    """Whether ``spec`` names an existing file (an inline list may be too long for a path)."""
+    try:
+        return Path(spec).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _read_vocabulary_file(path: Path) -> list[str]:
@@ -150,6 +159,9 @@ def _read_vocabulary_file(path: Path) -> list[str]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise VocabularyError(f"cannot read vocabulary file {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise VocabularyError(f"vocabulary file {str(path)!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not part of the first class
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
@@ -161,8 +173,13 @@ def _read_vocabulary_file(path: Path) -> list[str]:
     return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
 
 
+def class_key(name: str) -> str:
+    """What makes two class names the same: Unicode NFC form, case folded, whitespace collapsed."""
+    return " ".join(unicodedata.normalize("NFC", name).casefold().split())
+
+
 def validate_vocabulary(classes: list[str]) -> list[str]:
-    """Reject empty vocabularies, empty names and duplicates (case- and space-insensitive)."""
+    """Reject empty vocabularies, empty names and duplicates (after :func:`class_key`)."""
     if not classes:
         raise VocabularyError("the vocabulary is empty; give at least one class name")
     empty = [i for i, c in enumerate(classes) if not c.strip()]
@@ -171,7 +188,7 @@ def validate_vocabulary(classes: list[str]) -> list[str]:
     seen: dict[str, int] = {}
     dups: list[str] = []
     for c in classes:
-        key = " ".join(c.lower().split())
+        key = class_key(c)
         if key in seen:
             dups.append(c.strip())
         seen[key] = 1

@@ -8,6 +8,7 @@ A missing, unexpected or mis-shaped key is an error that names the keys.
 from __future__ import annotations
 
 import hashlib
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -26,6 +27,13 @@ def read_checkpoint(path: str | Path, what: str) -> Mapping[str, object]:
         raise CheckpointError(f"{what} {str(path)!r} does not exist; {OFFICIAL_WEIGHTS_HINT}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "unsupported global" not in str(exc).lower():  # torch's words for a refused Python object
+            raise CheckpointError(f"cannot read {what} {str(path)!r}: not a PyTorch checkpoint (or a damaged one)") from None
+        raise CheckpointError(
+            f"refusing {what} {str(path)!r}: it holds Python objects besides tensors, and unpickling them could run code; "
+            "save a plain state dict (torch.save(model.state_dict(), path))"
+        ) from None
     except Exception as exc:  # torch raises many types for a bad file
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot read {what} {str(path)!r}: {reason[:200]}") from None
@@ -83,6 +91,9 @@ def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], *, what: str)
         problems.append(f"shape mismatches: {_format_keys(detail, 4)}")
     if problems:
         raise CheckpointError(f"{what} does not match the model: " + "; ".join(problems))
+    bad = sorted(k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise CheckpointError(f"{what} holds NaN or infinite values in {_format_keys(bad, 4)}: the file is corrupt or training diverged")
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
 
 
@@ -113,12 +124,3 @@ def text_tower_fingerprint(model: nn.Module) -> str:
         h.update(key.encode())
         h.update(value.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
     return h.hexdigest()[:32]
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    """Content hash of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import numpy as np
 from runtime.io_spec import ExportLimits, GraphSpec, ModelDims, graph_specs
 
 Array = Any  # np.ndarray for host backends, torch.Tensor for device backends
+
+log = logging.getLogger("sed_trt")
 
 
 class ArrayOps(abc.ABC):
@@ -99,6 +102,11 @@ class Backend(abc.ABC):
         return None
 
     @property
+    def random_weights(self) -> bool:
+        """Whether the model behind this backend is known to have random (untrained) weights."""
+        return False
+
+    @property
     def max_classes(self) -> int | None:
         """Largest vocabulary the graphs/engines accept (None: unbounded)."""
         return None if self.limits is None else self.limits.max_classes
@@ -134,7 +142,15 @@ class Backend(abc.ABC):
 
 
 class EngineDirBackend(Backend):
-    """A backend driven by an engine directory's manifest (ONNX Runtime, TensorRT)."""
+    """A backend driven by an engine directory's manifest (ONNX Runtime, TensorRT).
+
+    Activation verifies every file it is about to load against the manifest's sha256
+    (``verify_kinds``): a corrupt graph must fail loudly, never compute something else.
+    """
+
+    verify_kinds: tuple[str, ...] = ("graph", "tokenizer")
+    # The manifest entry whose file computes text features (keys the text-feature cache).
+    text_file_kind: str = "graph"
 
     def __init__(self, engine_dir: str | Path, *, backbone: str | None = None) -> None:
         super().__init__()
@@ -147,9 +163,22 @@ class EngineDirBackend(Backend):
         self.limits = self.manifest.limits
         self.pooling = self.manifest.pooling
 
+    def verify(self) -> None:
+        """Check the files this backend loads against the manifest; warn about random weights."""
+        self.manifest.verify_files(self.engine_dir, which=self.verify_kinds)
+        if self.manifest.checkpoint_sha256 is None:
+            log.warning("the engines in %s were exported with RANDOM weights (no --weights): fine for speed, useless for predictions", self.engine_dir)
+
+    @property
+    def random_weights(self) -> bool:
+        return self.manifest.checkpoint_sha256 is None
+
     @property
     def text_fingerprint(self) -> str:
-        return self.manifest.text_fingerprint
+        """Text-tower weights at export + the sha256 of the text-encoder file this backend runs."""
+        label = f"{self.text_file_kind} text_encoder"
+        digest = self.manifest.files().get(label, ("", ""))[1]
+        return f"{self.manifest.text_fingerprint}:{self.text_file_kind}:{digest[:16]}"
 
     @property
     def tokenizer_path(self) -> str | None:

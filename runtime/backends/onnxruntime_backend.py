@@ -30,6 +30,7 @@ class OnnxRuntimeBackend(EngineDirBackend):
         unknown = [p for p in self.providers if p not in ort.get_available_providers()]
         if unknown:
             raise BackendUnavailableError(f"ONNX Runtime providers {unknown} are not available here (available: {ort.get_available_providers()})")
+        self.verify()
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads:

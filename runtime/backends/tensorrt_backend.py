@@ -45,6 +45,8 @@ class TensorRTBackend(EngineDirBackend):
     """Runs the TensorRT plans listed in an engine directory's manifest."""
 
     name = "tensorrt"
+    verify_kinds = ("engine", "tokenizer")
+    text_file_kind = "engine"
 
     def __init__(self, engine_dir: str | Path, *, backbone: str | None = None, device: str = "cuda", trt_module: ModuleType | None = None, check_gpu: bool = True) -> None:
         super().__init__(engine_dir, backbone=backbone)
@@ -87,6 +89,7 @@ class TensorRTBackend(EngineDirBackend):
         trt, torch = self._import()
         if self.check_gpu and not torch.cuda.is_available():
             raise BackendUnavailableError("the tensorrt backend needs an NVIDIA GPU (torch.cuda.is_available() is False)")
+        self.verify()
         from runtime.backends.torch_ops import TorchOps
 
         logger = trt.Logger(trt.Logger.WARNING)

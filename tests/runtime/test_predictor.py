@@ -60,7 +60,7 @@ def test_text_cache_hit_skips_the_encoder(parity_engine_dir, parity, tmp_path):
     pred2.encode_text = pred.encode_text
     pred2.set_classes(parity["classes"][:5])
     assert first > 0 and len(calls) == first
-    assert len(list((tmp_path / "text").glob("*.npy"))) == 1
+    assert len(list((tmp_path / "text").glob("*.npz"))) == 1
 
 
 def test_engine_dir_errors(parity_engine_dir, tmp_path, parity):

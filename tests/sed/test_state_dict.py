@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -36,8 +35,10 @@ def test_state_dict_matches_official(backbone, count):
     assert all(k.startswith(OFFICIAL_PREFIX) for k in ours)
 
 
-def test_tiny_configs_build_fast():
+def test_tiny_configs_keep_the_full_decoder_and_tiny_towers():
+    """What keeps the suite fast is size, not a clock: CLIP towers of ~5 M parameters, SED-B's decoder."""
+    full_decoder = sum(p.numel() for p in build_sed(load_config("convnext_b")).transformer.parameters())
     for name in ("sed_tiny_linear", "sed_tiny_mlp"):
-        start = time.perf_counter()
-        build_sed(load_config(name))
-        assert time.perf_counter() - start < 1.0, f"{name} took more than 1 s to build"
+        model = build_sed(load_config(name))
+        assert sum(p.numel() for p in model.clip_model.parameters()) < 6_000_000, name
+        assert sum(p.numel() for p in model.transformer.parameters()) <= full_decoder

@@ -158,32 +158,47 @@ def test_resume_continues_the_same_run(tmp_path: Path) -> None:
     assert latest_checkpoint(tmp_path / "b").name == "model_final.pth"
 
 
-def test_train_then_eval_torch_and_onnxruntime(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`sed-trt train` on a synthetic COCO-Stuff layout, then `sed-trt eval` with both CPU backends."""
-    from runtime.cli import main
-
-    data, out, eng = tmp_path / "data", tmp_path / "run", tmp_path / "eng"
-    _synthetic_coco(data, 48, 12)
-    model = ["--backbone", "sed_tiny_linear", "--image-size", "64"]
-    common = [*model, "--data-root", str(data), "--classes", FOUR]
-    rc = main(["train", *common, "--out-dir", str(out), "--iters", "200", "--lr", "2e-3", "--batch-size", "4", "--workers", "0", "--log-period", "20", "--checkpoint-period", "100", "--device", "cpu", "--quiet", "--eval-dataset", "coco_stuff_val", "--eval-period", "100"])
-    assert rc == 0
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    log = [r for r in records if "loss" in r]
-    in_training = [r for r in records if "eval" in r]
-    assert [r["iteration"] for r in in_training] == [100, 200]
-    assert [r["iteration"] for r in log] == list(range(20, 201, 20))
-    assert log[0]["lr"] > log[-1]["lr"] >= 0 and all(r["grad_norm"] > 0 for r in log)
+@pytest.mark.slow
+def test_train_then_eval_learns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """200 CPU steps learn the synthetic classes well above chance; both CPU backends score it alike."""
+    torch_m, log = _train_then_eval(tmp_path, capsys, iters=200, n_train=48, exact=True)
     first, last = log[0]["loss"], log[-1]["loss"]  # means over iterations 1-20 and 181-200
     # measured: final-output BCE 0.56 -> 0.31, total 2.38 -> 1.86 (the 2x2 auxiliary output of
     # a 64 px model cannot fit much)
     assert last < 0.9 * first, (first, last)
     assert log[-1]["loss_sem_seg_0"] < 0.7 * log[0]["loss_sem_seg_0"]
-    assert {p.name for p in out.glob("*.pth")} == {"model_0000099.pth", "model_final.pth"}
+    # chance level: about 14 mIoU for a uniform guess over the four classes; measured 55.9
+    assert torch_m["mIoU"] > 40, torch_m["mIoU"]
+
+
+def test_train_then_eval_torch_and_onnxruntime(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The short version: the whole train -> checkpoint -> export -> eval chain, torch == ONNX Runtime."""
+    # after 20 steps near-ties remain, which fp32 rounding may flip: scores agree to 0.05 mIoU
+    _train_then_eval(tmp_path, capsys, iters=20, n_train=8, exact=False)
+
+
+def _train_then_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str], *, iters: int, n_train: int, exact: bool) -> tuple[dict, list[dict]]:
+    """`sed-trt train` on a synthetic COCO-Stuff layout, then `sed-trt eval` with both CPU backends."""
+    from runtime.cli import main
+
+    data, out, eng = tmp_path / "data", tmp_path / "run", tmp_path / "eng"
+    _synthetic_coco(data, n_train, 12)
+    model = ["--backbone", "sed_tiny_linear", "--image-size", "64"]
+    common = [*model, "--data-root", str(data), "--classes", FOUR]
+    half, period = iters // 2, iters // 10
+    rc = main(["train", *common, "--out-dir", str(out), "--iters", str(iters), "--lr", "2e-3", "--batch-size", "4", "--workers", "0", "--log-period", str(period), "--checkpoint-period", str(half), "--device", "cpu", "--quiet", "--eval-dataset", "coco_stuff_val", "--eval-period", str(half)])
+    assert rc == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    log = [r for r in records if "loss" in r]
+    in_training = [r for r in records if "eval" in r]
+    assert [r["iteration"] for r in in_training] == [half, iters]
+    assert [r["iteration"] for r in log] == list(range(period, iters + 1, period))
+    assert log[0]["lr"] > log[-1]["lr"] >= 0 and all(r["grad_norm"] > 0 for r in log)
+    assert {p.name for p in out.glob("*.pth")} == {f"model_{half - 1:07d}.pth", "model_final.pth"}
     ckpt = out / "model_final.pth"
     # the checkpoint is in the official layout and loads with the official-checkpoint loader
     obj = torch.load(ckpt, map_location="cpu", weights_only=True)
-    assert all(k.startswith("sem_seg_head.predictor.") for k in obj["model"]) and obj["iteration"] == 200
+    assert all(k.startswith("sem_seg_head.predictor.") for k in obj["model"]) and obj["iteration"] == iters
     # an existing run is never overwritten without --resume
     assert main(["train", *common, "--out-dir", str(out), "--iters", "10", "--quiet"]) == 2
     assert "already holds a training run" in capsys.readouterr().err
@@ -200,12 +215,16 @@ def test_train_then_eval_torch_and_onnxruntime(tmp_path: Path, capsys: pytest.Ca
         assert "| person |" in table and "mIoU" in table
         evals[backend] = json.loads(path.read_text())
     torch_m, ort_m = evals["torch"], evals["onnxruntime"]
-    # chance level: about 14 mIoU for a uniform guess over the four classes; measured 55.9
-    assert torch_m["mIoU"] > 40, torch_m["mIoU"]
     assert torch_m["images"] == 12 and torch_m["per_class"]["person"]["pixels"] > 0
-    assert ort_m["mIoU"] == torch_m["mIoU"] and ort_m["per_class"] == torch_m["per_class"]
+    if exact:
+        assert ort_m["mIoU"] == torch_m["mIoU"] and ort_m["per_class"] == torch_m["per_class"]
+    else:
+        assert ort_m["mIoU"] == pytest.approx(torch_m["mIoU"], abs=0.05)
+        for name, row in torch_m["per_class"].items():
+            assert ort_m["per_class"][name]["pixels"] == row["pixels"]
     # the evaluation at the end of training scored the same model the same way
     assert in_training[-1]["eval"]["mIoU"] == pytest.approx(torch_m["mIoU"], abs=1e-9)
+    return torch_m, log
 
 
 def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
