@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.figures import matplotlib_missing, write_figures
 from runtime.progress import Progress, step
 
 
@@ -222,7 +223,7 @@ def _time_fixed_survivors(backend: Any, text: np.ndarray, image: np.ndarray, sur
 
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
-    """Measure every configuration; write bench.json, bench.md and bench.png under ``cfg.out_dir``."""
+    """Measure every configuration; write bench.json, bench.md and the figures under ``cfg.out_dir``."""
     import dataclasses as dc
 
     import torch
@@ -281,8 +282,13 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     result = {"config": dc.asdict(cfg), "machine": machine, "rows": rows, "text_encoder": text_rows}
     (out_dir / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "bench.md").write_text(markdown_table(result))
-    plot(result, out_dir / "bench.png")
-    step(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'}, {out_dir / 'bench.png'}")
+    written = [out_dir / "bench.json", out_dir / "bench.md"]
+    reason = matplotlib_missing()
+    if reason:
+        step(f"figures skipped: {reason}")
+    else:
+        written += [f.path for f in write_figures(result, out_dir)]
+    step(f"wrote {', '.join(map(str, written))}")
     return result
 
 
@@ -319,43 +325,3 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines += ["", "| backend | text encoder, 80 prompts (ms) |", "|---|---|"]
     lines += [f"| {t['backend']} ({t['image_size']}) | {t['ms']['median']:.0f} |" for t in result["text_encoder"]]
     return "\n".join(lines) + "\n"
-
-
-def plot(result: dict[str, Any], path: Path) -> None:
-    """Latency vs vocabulary size per backend, with and without CER (Pillow line plot)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    series: dict[str, list[tuple[int, float]]] = {}
-    for r in result["rows"]:
-        if r["setting"].startswith("fixed"):
-            continue
-        key = f"{r['backend']} {r['image_size']}px {'CER top-%d' % r['topk'] if r['topk'] else 'no CER'}"
-        series.setdefault(key, []).append((r["vocab"], r["ms"]["median"]))
-    w, h, pad = 900, 560, 70
-    img = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    xs = sorted({v for s in series.values() for v, _ in s}) or [1]
-    ymax = max((ms for s in series.values() for _, ms in s), default=1.0) * 1.1
-    lx = lambda v: pad + (np.log(v) - np.log(xs[0])) / max(np.log(xs[-1]) - np.log(xs[0]), 1e-9) * (w - 2 * pad - 200)  # noqa: E731
-    ly = lambda ms: h - pad - ms / ymax * (h - 2 * pad)  # noqa: E731
-    d.line([(pad, h - pad), (w - pad - 200, h - pad)], fill="black")
-    d.line([(pad, pad), (pad, h - pad)], fill="black")
-    for v in xs:
-        d.text((lx(v) - 8, h - pad + 6), str(v), fill="black", font=font)
-    for i in range(6):
-        ms = ymax * i / 5
-        d.text((8, ly(ms) - 6), f"{ms:.0f}", fill="black", font=font)
-    d.text((w // 2 - 150, h - 25), "vocabulary size (classes, log scale)", fill="black", font=font)
-    d.text((8, 20), "ms / image (median)", fill="black", font=font)
-    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
-    for i, (name, pts) in enumerate(sorted(series.items())):
-        pts = sorted(pts)
-        c = colors[i % len(colors)]
-        coords = [(lx(v), ly(ms)) for v, ms in pts]
-        if len(coords) > 1:
-            d.line(coords, fill=c, width=2)
-        for x, y in coords:
-            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=c)
-        d.text((w - pad - 190, pad + 16 * i), name, fill=c, font=font)
-    img.save(path)

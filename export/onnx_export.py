@@ -233,7 +233,7 @@ def run_export(
     # Everything is written into a fresh sibling and swapped in only when complete and validated.
     out = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.export-{os.getpid()}-"))
     try:
-        manifest = _export_into(model, out, backbone=backbone, weights=weights, limits=limits, pooling=pooling, opset=opset, validate=validate, progress=progress)
+        manifest = _export_into(model, out, shown=final, backbone=backbone, weights=weights, limits=limits, pooling=pooling, opset=opset, validate=validate, progress=progress)
         if (final / TIMING_CACHE).is_file():
             shutil.copyfile(final / TIMING_CACHE, out / TIMING_CACHE)
         os.chmod(out, 0o777 & ~current_umask())
@@ -249,6 +249,7 @@ def _export_into(
     model: SED,
     out: Path,
     *,
+    shown: Path,
     backbone: str,
     weights: str | Path | None,
     limits: ExportLimits,
@@ -266,7 +267,7 @@ def _export_into(
         spec = specs[name]
         module = wrapper_for(model, name, pooling).eval()
         path = out / f"{name}.onnx"
-        step(f"[{i}/{len(graphs)}] exporting {name} -> {path}", enabled=progress)
+        step(f"[{i}/{len(graphs)}] exporting {name} -> {shown / path.name}", enabled=progress)
         export_graph(module, spec, path, limits=limits, opset=opset)
         problems = check_trt_compatible(path)
         if problems:

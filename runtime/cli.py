@@ -39,6 +39,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
 def _add_model_args(p: argparse.ArgumentParser, *, weights_required: bool = False) -> None:
     p.add_argument("--backbone", default=None, help="convnext_b | convnext_l | sed_tiny_linear | PATH.json (open_clip model config)")
     p.add_argument("--weights", default=None, required=weights_required, help="SED checkpoint (.pth); the official ones are linked from github.com/xb534/SED")
@@ -140,7 +150,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from runtime.visualize import overlay
 
         banner = "RANDOM WEIGHTS: this segmentation is meaningless (no --weights)" if backend.random_weights else None
-        vis = overlay(image, pred.labels, classes, banner=banner)
+        vis = overlay(image, pred.labels, classes, alpha=args.alpha, banner=banner, side_by_side=args.side_by_side)
         written.append(atomic_write(args.out, lambda tmp: Image.fromarray(vis).save(tmp, format="PNG")))
     ids, counts = np.unique(pred.labels, return_counts=True)
     top = ", ".join(f"{display_name(classes[i])} {100 * c / pred.labels.size:.1f}%" for i, c in sorted(zip(ids, counts), key=lambda x: -x[1])[:8])
@@ -186,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (width x height), checked before decoding")
     p.add_argument("--classes", required=True, help="ade150 | ade847 | pc59 | pc459 | voc20 | coco171 | FILE (.json list or .txt lines) | 'a,b,c' ('a, syn; b' for synonyms)")
     p.add_argument("--out", default=None, help="PNG colour overlay with a legend")
+    p.add_argument("--alpha", type=_unit_float, default=0.5, help="opacity of the class colours in --out")
+    p.add_argument("--side-by-side", action="store_true", help="--out shows the photo and the overlay side by side")
     p.add_argument("--save-npz", default=None, help="NPZ with probs (T,192,192), labels (H0,W0), kept (T,)")
     p.set_defaults(func=cmd_predict)
 

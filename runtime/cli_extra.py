@@ -43,6 +43,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_figures(args: argparse.Namespace) -> int:
+    """Redraw the benchmark figures from a bench.json (e.g. one measured on another machine)."""
+    import json
+    from pathlib import Path
+
+    from benchmarks.figures import matplotlib_missing, write_figures
+    from runtime.errors import ConfigError
+
+    reason = matplotlib_missing()
+    if reason:
+        raise ConfigError(f"cannot draw figures: {reason}")
+    path = Path(args.bench_json)
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        rows = result["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{str(path)!r} is not a bench.json written by 'sed-trt bench' ({type(exc).__name__})") from None
+    if not rows:
+        raise ConfigError(f"{str(path)!r} holds no measurements")
+    out = Path(args.out_dir) if args.out_dir else path.parent
+    figures = write_figures(result, out)
+    print(f"wrote {', '.join(str(f.path) for f in figures)}")
+    return 0
+
+
 def _add_dataset_args(p: argparse.ArgumentParser, default: str | None) -> None:
     from runtime.datasets import BUILTIN_DATASETS
 
@@ -163,8 +188,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: the library's choice)")
     p.add_argument("--device", default="cpu", help="torch device of the torch rows (cpu, cuda, cuda:N)")
-    p.add_argument("--out-dir", default="results", help="where bench.json, bench.md and bench.png go")
+    p.add_argument("--out-dir", default="results", help="where bench.json, bench.md and the figures go")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("figures", help=cmd_figures.__doc__, description=cmd_figures.__doc__, formatter_class=HELP_FORMAT)
+    p.add_argument("bench_json", help="bench.json written by 'sed-trt bench'")
+    p.add_argument("--out-dir", default=None, help="where the PNGs go (default: beside bench.json)")
+    p.set_defaults(func=cmd_figures)
 
     p = sub.add_parser("eval", help=cmd_eval.__doc__, description=cmd_eval.__doc__, formatter_class=HELP_FORMAT)
     _add_model_args(p)

@@ -40,13 +40,18 @@ def overlay(
     alpha: float = 0.5,
     max_legend: int = 40,
     banner: str | None = None,
+    side_by_side: bool = False,
 ) -> np.ndarray:
     """Blend class colours over ``image`` and append a legend panel (sorted by area).
 
     The legend lists at most ``max_legend`` classes and says "+N more" for the rest;
-    ``banner`` (e.g. a random-weights warning) is drawn across the top of the picture.
+    ``banner`` (e.g. a random-weights warning) is drawn across the top of the picture;
+    ``side_by_side`` puts the untouched photo left of the overlay.
     """
     from PIL import Image, ImageDraw
+
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
 
     colors = palette(len(classes))
     blended = (image.astype(np.float32) * (1 - alpha) + colors[labels].astype(np.float32) * alpha).astype(np.uint8)
@@ -55,13 +60,16 @@ def overlay(
     row, width = 18, 240
     rows = len(entries) + 1 + (1 if hidden else 0)
     h = max(image.shape[0], row * rows + 8)
-    canvas = Image.new("RGB", (image.shape[1] + width, h), (255, 255, 255))
-    canvas.paste(Image.fromarray(blended), (0, 0))
+    left = image.shape[1] if side_by_side else 0
+    canvas = Image.new("RGB", (left + image.shape[1] + width, h), (255, 255, 255))
+    if side_by_side:
+        canvas.paste(Image.fromarray(image), (0, 0))
+    canvas.paste(Image.fromarray(blended), (left, 0))
     draw = ImageDraw.Draw(canvas)
     if banner:
-        draw.rectangle([0, 0, image.shape[1], row + 6], fill=(200, 0, 0))
+        draw.rectangle([0, 0, left + image.shape[1], row + 6], fill=(200, 0, 0))
         draw.text((6, 3), banner, fill=(255, 255, 255), font=font)
-    x0 = image.shape[1] + 8
+    x0 = left + image.shape[1] + 8
     draw.text((x0, 4), f"classes present ({len(entries) + hidden})", fill=(0, 0, 0), font=font)
     for i, (c, text) in enumerate(entries, 1):
         y = 4 + i * row

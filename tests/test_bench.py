@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 from benchmarks.bench import BenchConfig, run_bench
 
@@ -18,7 +20,36 @@ def test_bench_tiny_writes_table_and_plot(tmp_path):
     assert all(r["ms"]["median"] > 0 and r["ms"]["p90"] >= r["ms"]["median"] for r in data["rows"])
     table = (tmp_path / "bench.md").read_text()
     assert "| onnxruntime | 64 | 20 | CER top-1 |" in table and "| torch | 64 | 3 | no CER |" in table
-    assert (tmp_path / "bench.png").stat().st_size > 1000
+    for name in ("bench_latency.png", "bench_parts.png", "bench_memory.png"):
+        assert (tmp_path / name).stat().st_size > 1000
     # memory per configuration: host RSS always (at least the loaded model), device only with CUDA
     assert all(r["peak_host_mb"] > 50 for r in data["rows"])
     assert all((r["peak_torch_device_mb"] is None) == (data["machine"]["cuda"] is None) for r in data["rows"])
+
+
+def test_figures_from_a_fixed_bench_json(tmp_path):
+    """Each figure is drawn from a small real bench.json, with the expected size, title and legend."""
+    from PIL import Image
+
+    from benchmarks.figures import write_figures
+
+    result = json.loads((Path(__file__).parent / "data" / "bench_small.json").read_text())
+    latency, parts, memory = write_figures(result, tmp_path)
+    for fig in (latency, parts, memory):
+        assert Image.open(fig.path).size == (1080, 624)
+        assert fig.title.startswith("SED sed_tiny_linear (random weights), 64 px") and "AMD EPYC, 2 CPUs" in fig.title
+    assert set(latency.labels) == {f"{b}, {s}" for b in ("torch", "onnxruntime") for s in ("no CER", "CER top-2", "stages 1-3 at 2 classes")}
+    assert "150 classes, no CER" in parts.title
+    assert parts.labels[-2:] == ["onnxruntime", "torch"] and "post-processing" in parts.labels and "image encoder" in parts.labels
+    assert memory.labels == ["onnxruntime host RSS", "torch host RSS"]
+
+
+def test_figures_command(tmp_path, capsys):
+    from runtime.cli import main
+
+    shutil.copyfile(Path(__file__).parent / "data" / "bench_small.json", tmp_path / "bench.json")
+    assert main(["figures", str(tmp_path / "bench.json")]) == 0
+    assert "bench_parts.png" in capsys.readouterr().out and (tmp_path / "bench_memory.png").is_file()
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["figures", str(tmp_path / "bad.json")]) == 2
+    assert "is not a bench.json" in capsys.readouterr().err

@@ -409,3 +409,5 @@ def test_overlay_legend_says_how_many_it_left_out():
     vis = overlay(np.zeros((20, 20, 3), np.uint8), labels, classes, max_legend=10)
     full = overlay(np.zeros((20, 20, 3), np.uint8), labels, classes, max_legend=50)
     assert vis.shape[0] == 12 * 18 + 8 < full.shape[0]  # title, 10 entries and the "+30 more" line
+    both = overlay(np.zeros((20, 20, 3), np.uint8), labels, classes, max_legend=10, side_by_side=True, alpha=1.0)
+    assert both.shape[1] == vis.shape[1] + 20 and (both[:20, :20] == 0).all() and (both[:20, 20:40] != 0).any()
