@@ -141,7 +141,7 @@ def _engine_dir(cfg: BenchConfig, image_size: int, model: Any) -> Path:
 
 
 def _backends(cfg: BenchConfig, model: Any, engine_dir: Callable[[], Path]) -> list[Any]:
-    from runtime.backends import create_backend
+    from runtime.backends import create_backend, parse_label
     from runtime.errors import SedTrtError
 
     out = []
@@ -151,6 +151,8 @@ def _backends(cfg: BenchConfig, model: Any, engine_dir: Callable[[], Path]) -> l
                 b = create_backend("torch", model=model.to(cfg.device), device=cfg.device, threads=cfg.threads)
             elif name == "onnxruntime":
                 b = create_backend("onnxruntime", engine_dir=engine_dir(), threads=cfg.threads)
+            elif name.startswith("openvino"):  # openvino (f32) or openvino-bf16
+                b = create_backend("openvino", engine_dir=engine_dir(), threads=cfg.threads, **parse_label(name)[1])
             else:
                 from export.trt_build import build_engines, tensorrt_unavailable_reason
 
@@ -175,6 +177,8 @@ def _placement(backend: Any) -> dict[str, Any]:
         return {"device": str(backend.device), "threads": torch.get_num_threads()}
     if backend.name == "onnxruntime":
         return {"device": backend.providers[0], "threads": backend.threads}
+    if backend.name == "openvino":
+        return {"device": backend.device, "threads": backend.threads}
     return {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cuda", "threads": None}
 
 
@@ -259,7 +263,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 start = time.perf_counter()
                 pred.encode_text(tokens[:, :8])
                 times.append((time.perf_counter() - start) * 1e3)
-            text_rows.append({"backend": backend.name, "image_size": size, "prompts": 80, "ms": _stats(times[1:])})
+            text_rows.append({"backend": backend.label, "image_size": size, "prompts": 80, "ms": _stats(times[1:])})
             for vocab in cfg.vocab_sizes:
                 text = _text(vocab, backend.dims)
                 for topk in cfg.topks:
@@ -268,17 +272,17 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                     with MemoryMonitor() as mem:
                         totals, parts, survivors = _time_predict(pred, image, cfg.repeats, cfg.warmup)
                     rows.append({
-                        "backend": backend.name, "image_size": size, "vocab": vocab, "topk": topk, "setting": "cer" if topk else "no_cer",
+                        "backend": backend.label, "image_size": size, "vocab": vocab, "topk": topk, "setting": "cer" if topk else "no_cer",
                         "ms": _stats(totals), "parts_ms": {k: statistics.median(v) for k, v in parts.items()}, "survivors": survivors,
                         **_placement(backend), **mem.result(),
                     })
-                    bar.update(extra=f"{backend.name} T={vocab} topk={topk}: {statistics.median(totals):.0f} ms")
+                    bar.update(extra=f"{backend.label} T={vocab} topk={topk}: {statistics.median(totals):.0f} ms")
                 with MemoryMonitor() as mem:
                     fixed = _time_fixed_survivors(backend, text, image, cfg.fixed_survivors, cfg.repeats)
-                rows.append({"backend": backend.name, "image_size": size, "vocab": vocab, "topk": None, "setting": f"fixed_{cfg.fixed_survivors}", "ms": fixed, "parts_ms": {}, "survivors": [min(cfg.fixed_survivors, vocab)] * 3, **_placement(backend), **mem.result()})
+                rows.append({"backend": backend.label, "image_size": size, "vocab": vocab, "topk": None, "setting": f"fixed_{cfg.fixed_survivors}", "ms": fixed, "parts_ms": {}, "survivors": [min(cfg.fixed_survivors, vocab)] * 3, **_placement(backend), **mem.result()})
                 bar.update()
             backend.deactivate()
-    machine = {"platform": platform.platform(), "processor": _cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    machine = {"platform": platform.platform(), "processor": _cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "cpu_bf16": _cpu_bf16()}
     result = {"config": dc.asdict(cfg), "machine": machine, "rows": rows, "text_encoder": text_rows}
     (out_dir / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "bench.md").write_text(markdown_table(result))
@@ -290,6 +294,16 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         written += [f.path for f in write_figures(result, out_dir)]
     step(f"wrote {', '.join(map(str, written))}")
     return result
+
+
+def _cpu_bf16() -> str:
+    """Which native bf16 the CPU has (AMX, AVX512-BF16) from /proc/cpuinfo flags, or 'none'."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), [])
+    except OSError:
+        return "unknown"
+    found = [name for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
+    return ", ".join(found) or "none"
 
 
 def _cpu_model() -> str:
@@ -307,8 +321,9 @@ def markdown_table(result: dict[str, Any]) -> str:
     """The people-facing table."""
     m = result["machine"]
     lines = [
-        f"Machine: {m['processor']}, {m['cpu_count']} CPUs, GPU: {m['cuda'] or 'none'}; {m['platform']}. "
-        f"Threads: torch {m['torch_threads']}, ONNX Runtime {result['config']['threads'] or 'default (one per physical core)'}.",
+        f"Machine: {m['processor']}, {m['cpu_count']} CPUs (native bf16: {m.get('cpu_bf16', 'unknown')}), GPU: {m['cuda'] or 'none'}; {m['platform']}. "
+        f"Threads: torch {m['torch_threads']}, ONNX Runtime / OpenVINO {result['config']['threads'] or 'default (one per physical core)'}."
+        + (" openvino-bf16 rows computed in bf16; every other row in fp32." if any(r["backend"].endswith("bf16") for r in result["rows"]) else ""),
         f"Backbone {result['config']['backbone']} ({'random weights' if not result['config']['weights'] else 'trained weights'}); median of {result['config']['repeats']} runs after {result['config']['warmup']} warm-up.",
         "",
         "| backend | input | classes | setting | median ms | p90 ms | encoder ms | decoder ms | survivors per stage | peak host MB | peak device MB |",

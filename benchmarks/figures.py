@@ -22,7 +22,7 @@ PART_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("CER", ("cer1_ms", "cer2_ms", "cer3_ms")),
     ("post-processing", ("scatter_ms", "postprocess_ms")),
 )
-BACKEND_COLORS = {"torch": "#d62728", "onnxruntime": "#1f77b4", "tensorrt": "#2ca02c", "openvino": "#9467bd"}
+BACKEND_COLORS = {"torch": "#d62728", "onnxruntime": "#1f77b4", "tensorrt": "#2ca02c", "openvino": "#9467bd", "openvino-bf16": "#ff7f0e"}
 SETTING_STYLES = {"no_cer": "-", "cer": "--", "fixed": ":"}
 FIG_SIZE = (9.0, 5.2)  # inches at DPI: 1080 x 624 px, readable at README width
 DPI = 120

@@ -71,7 +71,8 @@ def model_spec(args: argparse.Namespace):  # noqa: ANN201
 
 
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default="torch", help="what runs the model")
+    p.add_argument("--backend", choices=["torch", "onnxruntime", "openvino", "tensorrt"], default="torch", help="what runs the model")
+    p.add_argument("--precision", choices=["f32", "bf16"], default="f32", help="openvino: inference precision; bf16 (an opt-in, needs AMX or AVX512-BF16) is faster and less exact")
     p.add_argument("--engine-dir", default=None, help="directory written by 'sed-trt export' (onnxruntime, tensorrt)")
     p.add_argument("--topk", type=_positive_int, default=None, help="CER: keep classes in some pixel's top-k at each rejection point (default: no rejection)")
     p.add_argument("--pooling", type=_positive_int, default=1, help="class-attention pooling (1 = official evaluation)")
@@ -92,8 +93,12 @@ def make_backend(args: argparse.Namespace):  # noqa: ANN201
         return create_backend("torch", backbone=model_spec(args), weights=args.weights, device=args.device, pooling=args.pooling, threads=args.threads)
     if args.engine_dir is None:
         raise ConfigError(f"--engine-dir is required with --backend {args.backend} (make one with 'sed-trt export')")
+    if args.precision != "f32" and args.backend != "openvino":
+        raise ConfigError(f"--precision {args.precision} applies to --backend openvino only")
     if args.backend == "onnxruntime":
         backend = create_backend("onnxruntime", engine_dir=args.engine_dir, threads=args.threads, backbone=args.backbone)
+    elif args.backend == "openvino":
+        backend = create_backend("openvino", engine_dir=args.engine_dir, precision=args.precision, threads=args.threads, backbone=args.backbone)
     else:
         backend = create_backend("tensorrt", engine_dir=args.engine_dir, backbone=args.backbone)
     if backend.pooling != args.pooling:

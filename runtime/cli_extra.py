@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from runtime.errors import ConfigError
+
 
 def cmd_build_engines(args: argparse.Namespace) -> int:
     """Build TensorRT engines for an exported engine directory (needs TensorRT and a GPU)."""
@@ -68,6 +70,52 @@ def cmd_figures(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Accuracy of backends and precisions against a reference on one image: probabilities, labels, CER kept sets."""
+    import json
+    from pathlib import Path
+
+    from runtime.backends import create_backend, parse_label
+    from runtime.cli import make_cache
+    from runtime.compare import compare_backends, format_agreements
+    from runtime.fsutil import atomic_write, check_outputs
+    from runtime.image import load_image
+    from runtime.vocab import load_vocabulary
+
+    check_outputs({"--out-json": args.out_json}, {"--image": args.image})
+    classes = load_vocabulary(args.classes)
+    image = load_image(args.image, max_pixels=args.max_pixels)
+    if args.reference == "torch":
+        if args.backbone is None:
+            raise ConfigError("--reference torch needs --backbone (and --weights for trained weights)")
+        reference = create_backend("torch", backbone=args.backbone, weights=args.weights, threads=args.threads)
+    else:
+        reference = create_backend(args.reference, engine_dir=args.engine_dir, threads=args.threads)
+    others = []
+    for label in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        name, options = parse_label(label)
+        if name in ("torch", "tensorrt") and name != args.reference:
+            options = {**options, **({"backbone": args.backbone, "weights": args.weights} if name == "torch" else {})}
+        else:
+            options = {**options, "engine_dir": args.engine_dir, "threads": args.threads}
+        others.append(create_backend(name, **options))
+    with reference:
+        for b in others:
+            b.activate()
+        try:
+            rows = compare_backends(reference, others, image, classes, topk=args.topk, cache=make_cache(args))
+        finally:
+            for b in others:
+                b.deactivate()
+    title = f"{len(classes)} classes, CER {'top-%d' % args.topk if args.topk else 'off'}, reference {reference.label}, image {args.image}"
+    print(format_agreements(rows, title=title), end="")
+    if args.out_json:
+        payload = {"image": str(args.image), "classes": len(classes), "topk": args.topk, "rows": [r.as_dict() for r in rows]}
+        atomic_write(args.out_json, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2) + "\n"))
+        print(f"wrote {args.out_json}")
+    return 0
+
+
 def _add_dataset_args(p: argparse.ArgumentParser, default: str | None) -> None:
     from runtime.datasets import BUILTIN_DATASETS
 
@@ -112,10 +160,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         raise DatasetError(f"dataset {dataset.name!r}: the evaluated images have no labelled pixel")
     n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
-    title = f"{dataset.name}: {n} images, {len(dataset.classes)} classes, backend {backend.name}, CER {'top-%d' % args.topk if args.topk else 'off'}"
+    title = f"{dataset.name}: {n} images, {len(dataset.classes)} classes, backend {backend.label}, CER {'top-%d' % args.topk if args.topk else 'off'}"
     print(format_table(metrics, dataset.classes, title=title), end="")
     if args.out_json:
-        payload = {"dataset": dataset.name, "images": n, "backend": backend.name, "topk": args.topk, **metrics.as_dict(dataset.classes)}
+        payload = {"dataset": dataset.name, "images": n, "backend": backend.label, "topk": args.topk, **metrics.as_dict(dataset.classes)}
         atomic_write(args.out_json, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2) + "\n"))
     return 0
 
@@ -168,6 +216,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from runtime.cli import HELP_FORMAT, _add_model_args, _add_runtime_args, _positive_int
+    from runtime.image import DEFAULT_MAX_PIXELS
 
     p = sub.add_parser("build-engines", help=cmd_build_engines.__doc__, description=cmd_build_engines.__doc__, formatter_class=HELP_FORMAT)
     p.add_argument("--engine-dir", required=True, help="engine directory written by 'sed-trt export'")
@@ -183,7 +232,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vocab-sizes", default="20,150,847", help="comma list of vocabulary sizes")
     p.add_argument("--topk", default="none,8", help="comma list of CER top-k values; 'none' = no rejection")
     p.add_argument("--fixed-survivors", type=int, default=16, help="controlled CER row: stages 1-3 at exactly this many classes")
-    p.add_argument("--backends", default="torch,onnxruntime,tensorrt", help="comma list; unavailable ones are skipped with a reason")
+    p.add_argument("--backends", default="torch,onnxruntime,tensorrt", help="comma list of torch, onnxruntime, openvino, openvino-bf16, tensorrt; unavailable ones are skipped with a reason")
     p.add_argument("--repeats", type=_positive_int, default=3, help="timed runs per configuration (median and p90 reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: the library's choice)")
@@ -195,6 +244,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("bench_json", help="bench.json written by 'sed-trt bench'")
     p.add_argument("--out-dir", default=None, help="where the PNGs go (default: beside bench.json)")
     p.set_defaults(func=cmd_figures)
+
+    p = sub.add_parser("compare", help=cmd_compare.__doc__, description=cmd_compare.__doc__, formatter_class=HELP_FORMAT)
+    p.add_argument("--engine-dir", required=True, help="engine directory written by 'sed-trt export'")
+    p.add_argument("--image", required=True, help="RGB image file")
+    p.add_argument("--classes", required=True, help="vocabulary name, file or list (as in predict)")
+    p.add_argument("--topk", type=_positive_int, default=None, help="CER top-k (default: no rejection)")
+    p.add_argument("--reference", choices=["onnxruntime", "torch"], default="onnxruntime", help="what the others are compared with")
+    p.add_argument("--backends", default="openvino,openvino-bf16", help="comma list of backends to compare (torch, onnxruntime, openvino, openvino-bf16, tensorrt)")
+    p.add_argument("--backbone", default=None, help="model for torch rows (as in predict)")
+    p.add_argument("--weights", default=None, help="SED checkpoint for torch rows")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: the library's choice)")
+    p.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
+    p.add_argument("--cache-dir", default=None, help="text-feature cache (default: $SED_TRT_CACHE or ~/.cache/sed-trt)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk text-feature cache")
+    p.add_argument("--out-json", default=None, help="also write the rows as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("eval", help=cmd_eval.__doc__, description=cmd_eval.__doc__, formatter_class=HELP_FORMAT)
     _add_model_args(p)

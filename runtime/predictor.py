@@ -84,7 +84,8 @@ class Predictor:
         if features.shape[0] != len(classes):
             raise VocabularyError(f"text features hold {features.shape[0]} classes, the vocabulary {len(classes)}")
         self.classes = list(classes)
-        self._text = self.backend.ops.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        self.text_features = np.ascontiguousarray(features, dtype=np.float32)  # (T, P, E) on the host
+        self._text = self.backend.ops.from_numpy(self.text_features)
 
     def predict(self, image: np.ndarray) -> Prediction:
         """Segment one RGB uint8 image (H, W, 3)."""

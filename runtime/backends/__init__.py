@@ -11,6 +11,7 @@ from runtime.errors import ConfigError
 # name -> "module:Class"; imported only when chosen, so no backend library is needed to import runtime.
 BACKENDS: dict[str, str] = {
     "onnxruntime": "runtime.backends.onnxruntime_backend:OnnxRuntimeBackend",
+    "openvino": "runtime.backends.openvino_backend:OpenVINOBackend",
     "tensorrt": "runtime.backends.tensorrt_backend:TensorRTBackend",
     "torch": "sed.backend:TorchBackend",
 }
@@ -29,4 +30,14 @@ def create_backend(name: str, **kwargs: Any) -> Backend:
     return backend_class(name)(**kwargs)
 
 
-__all__ = ["BACKENDS", "ArrayOps", "Backend", "EngineDirBackend", "NumpyOps", "backend_class", "create_backend"]
+def parse_label(label: str) -> tuple[str, dict[str, Any]]:
+    """A backend label as tables print it (``onnxruntime``, ``openvino-bf16``) -> (name, options)."""
+    name, _, precision = label.partition("-")
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown backend {label!r}; available: {sorted(BACKENDS)} (and openvino-bf16)")
+    if precision and name != "openvino":
+        raise ConfigError(f"unknown backend {label!r}: only openvino takes a precision suffix (openvino-bf16)")
+    return name, ({"precision": precision} if precision else {})
+
+
+__all__ = ["BACKENDS", "ArrayOps", "Backend", "EngineDirBackend", "NumpyOps", "backend_class", "create_backend", "parse_label"]

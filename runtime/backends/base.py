@@ -102,6 +102,11 @@ class Backend(abc.ABC):
         return None
 
     @property
+    def label(self) -> str:
+        """Name plus any option that changes results (e.g. ``openvino-bf16``): how tables name it."""
+        return self.name
+
+    @property
     def random_weights(self) -> bool:
         """Whether the model behind this backend is known to have random (untrained) weights."""
         return False

@@ -1,0 +1,120 @@
+"""OpenVINO backend (CPU): runs the exported ONNX graphs with numpy only (no torch at run time).
+
+OpenVINO picks bf16 by itself on CPUs with native bf16 (AMX, AVX512-BF16); here the
+precision is always pinned: f32 by default, bf16 only when asked for, and refused where
+the CPU has no native bf16. One compiled model and one infer request per graph serve every
+vocabulary size (dynamic T, no recompilation); compiled blobs are cached on disk so a
+second start-up skips compilation.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.backends.base import EngineDirBackend, NumpyOps
+from runtime.errors import BackendUnavailableError, ConfigError, EngineError
+
+PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16"}
+
+
+def default_cache_dir() -> Path:
+    """Where compiled OpenVINO blobs go: ``$SED_TRT_CACHE/openvino`` or ``~/.cache/sed-trt/openvino``."""
+    env = os.environ.get("SED_TRT_CACHE")
+    return (Path(env) if env else Path.home() / ".cache" / "sed-trt") / "openvino"
+
+
+def import_openvino() -> Any:
+    try:
+        import openvino as ov
+    except ImportError:
+        raise BackendUnavailableError("the openvino backend needs OpenVINO: pip install 'sed-trt[openvino]'") from None
+    return ov
+
+
+def native_bf16(core: Any) -> bool:
+    """Whether the CPU computes bf16 natively (OpenVINO lists BF16 only for AMX / AVX512-BF16)."""
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class OpenVINOBackend(EngineDirBackend):
+    """One compiled model and infer request per graph of an engine directory, on the CPU."""
+
+    name = "openvino"
+
+    def __init__(
+        self,
+        engine_dir: str | Path,
+        *,
+        precision: str = "f32",
+        threads: int | None = None,
+        cache_dir: str | Path | None = None,
+        backbone: str | None = None,
+    ) -> None:
+        super().__init__(engine_dir, backbone=backbone)
+        if precision not in PRECISIONS:
+            raise ConfigError(f"--precision {precision!r} is not an OpenVINO precision; use f32 or bf16")
+        self.precision = PRECISIONS[precision]
+        self.threads = threads
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.ops = NumpyOps()
+        self.device = f"CPU ({self.precision})"
+        self._requests: dict[str, Any] = {}
+        self._outputs: dict[str, list[str]] = {}
+
+    @property
+    def label(self) -> str:
+        return "openvino" if self.precision == "f32" else f"openvino-{self.precision}"
+
+    def config(self, core: Any) -> dict[str, Any]:
+        """The compile options: precision pinned, latency mode, one stream, model cache."""
+        if self.precision == "bf16" and not native_bf16(core):
+            raise ConfigError(
+                f"--precision bf16 needs a CPU with native bf16 (AMX or AVX512-BF16); {core.get_property('CPU', 'FULL_DEVICE_NAME')} has none: use f32"
+            )
+        cfg: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": self.precision,
+            "EXECUTION_MODE_HINT": "ACCURACY" if self.precision == "f32" else "PERFORMANCE",
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": "1",
+        }
+        if self.threads:
+            cfg["INFERENCE_NUM_THREADS"] = int(self.threads)
+        return cfg
+
+    def activate(self) -> OpenVINOBackend:
+        ov = import_openvino()
+        self.verify()
+        core = ov.Core()
+        cfg = self.config(core)
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            core.set_property({"CACHE_DIR": str(self.cache_dir)})
+        except OSError:
+            pass  # no cache: compile every start-up
+        for name, rel in self.manifest.graphs.items():
+            try:
+                compiled = core.compile_model(str(self.engine_dir / rel), "CPU", cfg)
+            except Exception as exc:
+                raise EngineError(f"OpenVINO cannot compile {rel!r}: {str(exc).strip().splitlines()[0][:200]}") from None
+            got = compiled.get_property("INFERENCE_PRECISION_HINT")
+            if got != {"f32": ov.Type.f32, "bf16": ov.Type.bf16}[self.precision]:
+                raise EngineError(f"OpenVINO compiled {rel!r} with precision {got}, not the requested {self.precision}")
+            self._requests[name] = compiled.create_infer_request()
+            self._outputs[name] = [o.get_any_name() for o in compiled.outputs]
+        self.active = True
+        return self
+
+    def deactivate(self) -> None:
+        self._requests.clear()
+        self.active = False
+
+    def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        spec = self.specs[graph]
+        request = self._requests[graph]
+        request.infer({n: np.ascontiguousarray(feeds[n]) for n in spec.input_names})
+        # The request's output buffers are reused by its next call: copy them out.
+        return {name: np.array(request.get_tensor(name).data) for name in spec.output_names}

@@ -1,0 +1,73 @@
+"""OpenVINO backend: official parity in f32, precision pinned, bf16 only as a checked opt-in."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from runtime.backends import create_backend
+from runtime.cli import main
+from runtime.errors import ConfigError
+from runtime.predictor import Predictor
+
+pytest.importorskip("openvino", reason="the openvino extra is not installed")
+pytestmark = pytest.mark.parity
+
+
+@pytest.fixture(scope="module")
+def ov_backend(parity_engine_dir, tmp_path_factory):
+    backend = create_backend("openvino", engine_dir=parity_engine_dir, cache_dir=tmp_path_factory.mktemp("ovcache"))
+    with backend:
+        yield backend
+
+
+@pytest.mark.parametrize("topk", [1, 2, 8])
+def test_f32_holds_the_official_vectors(ov_backend, parity, parity_image, topk):
+    exp = parity["expected"]
+    pred = Predictor(ov_backend, topk=topk)
+    pred.set_classes(parity["classes"])
+    out = pred.predict(parity_image)
+    np.testing.assert_array_equal(out.kept, exp[f"cer_k{topk}_kept"])
+    np.testing.assert_allclose(out.probs, exp[f"cer_k{topk}_probs"], atol=1e-4)
+    assert (out.labels == exp[f"cer_k{topk}_labels"]).mean() >= 0.999
+
+
+def test_one_request_per_graph_serves_every_vocabulary_size(ov_backend, parity, parity_image):
+    """Dynamic T: vocabularies of 1, 5 and 24 classes run on the same compiled graphs."""
+    requests = dict(ov_backend._requests)
+    for n in (1, 5, 24):
+        pred = Predictor(ov_backend)
+        pred.set_classes(parity["classes"][:n])
+        assert pred.predict(parity_image).probs.shape == (n, 192, 192)
+    assert ov_backend._requests == requests and len(requests) == 6
+
+
+def test_precision_is_pinned_and_bf16_needs_native_support(parity_engine_dir, monkeypatch):
+    import openvino as ov
+
+    import runtime.backends.openvino_backend as ovb
+
+    core = ov.Core()
+    assert create_backend("openvino", engine_dir=parity_engine_dir).config(core)["INFERENCE_PRECISION_HINT"] == "f32"
+    assert create_backend("openvino", engine_dir=parity_engine_dir, precision="bf16").label == "openvino-bf16"
+    monkeypatch.setattr(ovb, "native_bf16", lambda core: False)
+    with pytest.raises(ConfigError, match="needs a CPU with native bf16"):
+        create_backend("openvino", engine_dir=parity_engine_dir, precision="bf16").activate()
+    with pytest.raises(ConfigError, match="not an OpenVINO precision"):
+        create_backend("openvino", engine_dir=parity_engine_dir, precision="fp16")
+
+
+def test_cli_precision_and_compare(parity_dir, parity_engine_dir, tmp_path, capsys):
+    base = ["--image", str(parity_dir / "image.png"), "--classes", "sky; tree; road, route; person", "--no-cache", "--quiet"]
+    assert main(["predict", "--backend", "onnxruntime", "--engine-dir", str(parity_engine_dir), "--precision", "bf16", *base]) == 2
+    assert "applies to --backend openvino only" in capsys.readouterr().err
+    assert main(["predict", "--backend", "openvino", "--engine-dir", str(parity_engine_dir), "--save-npz", str(tmp_path / "ov.npz"), *base]) == 0
+    assert np.load(tmp_path / "ov.npz")["probs"].shape == (4, 192, 192)
+    out = tmp_path / "cmp.json"
+    assert main(["compare", "--engine-dir", str(parity_engine_dir), "--backends", "openvino", "--topk", "2", "--out-json", str(out), *base]) == 0
+    assert "| openvino |" in capsys.readouterr().out
+    ref, ov_row = json.loads(out.read_text())["rows"]
+    assert ref["backend"] == "onnxruntime" and ref["max_abs_dprob"] == 0.0
+    assert ov_row["max_abs_dprob"] < 1e-4 and ov_row["kept_identical"] and ov_row["label_agreement"] > 0.999
