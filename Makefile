@@ -6,7 +6,7 @@ IMAGE_SIZE ?=
 ENGINE_DIR ?= engines/$(BACKBONE)
 BENCH_ARGS ?=
 
-.PHONY: install test test-all engine bench help
+.PHONY: install lint test test-all engine bench help
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -19,14 +19,19 @@ help: ## list targets
 
 install: .venv/.installed ## create .venv and install sed-trt with the dev extra
 
-test: install ## run the CPU test suite (GPU/TensorRT tests skip with a reason)
+lint: install ## ruff (lint + format check) and mypy
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+test: install lint ## lint, then the CPU test suite (GPU/TensorRT tests skip with a reason; slow ones: test-all)
 	$(PY) -m pytest -q
 
-test-all: install ## also run slow tests (full-size backbones)
+test-all: install lint ## also run the slow tests (the 200-step training run)
 	$(PY) -m pytest -q -m "slow or not slow"
 
 engine: install ## export BACKBONE's ONNX graphs + manifest (and TensorRT engines where TensorRT and a GPU exist); WEIGHTS=ckpt
-	$(PY) -m runtime.cli export --backbone $(BACKBONE) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) --out-dir $(ENGINE_DIR)
+	$(PY) -m sed_trt export --backbone $(BACKBONE) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) --out-dir $(ENGINE_DIR)
 
 bench: install ## PyTorch vs ONNX Runtime (vs TensorRT) ms/image, with and without CER; writes results/
-	$(PY) -m runtime.cli bench --backbone $(BACKBONE) $(if $(WEIGHTS),--weights $(WEIGHTS)) --out-dir results $(BENCH_ARGS)
+	$(PY) -m sed_trt bench --backbone $(BACKBONE) $(if $(WEIGHTS),--weights $(WEIGHTS)) --out-dir results $(BENCH_ARGS)

@@ -8,6 +8,7 @@ stage, and a controlled row times the decoder stages at a fixed survivor count.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 import platform
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.figures import matplotlib_missing, write_figures
+from runtime.errors import SedTrtError
 from runtime.progress import Progress, step
 
 
@@ -111,7 +113,11 @@ class MemoryMonitor:
     def result(self) -> dict[str, float | None]:
         import torch
 
-        out: dict[str, float | None] = {"peak_host_mb": self.peak_rss / 2**20, "peak_torch_device_mb": None, "device_used_mb": None}
+        out: dict[str, float | None] = {
+            "peak_host_mb": self.peak_rss / 2**20,
+            "peak_torch_device_mb": None,
+            "device_used_mb": None,
+        }
         if torch.cuda.is_available():
             free, total = torch.cuda.mem_get_info()
             out["peak_torch_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -133,16 +139,30 @@ def _engine_dir(cfg: BenchConfig, image_size: int, model: Any) -> Path:
         m = None  # nothing (usable) there yet: export
     # reuse an earlier export only if it is this backbone, size and weights, and large enough
     weights_sha = file_sha256(cfg.weights) if cfg.weights else None
-    if m is not None and m.backbone == Path(cfg.backbone).stem and m.dims.image_size == image_size and m.checkpoint_sha256 == weights_sha and m.limits.max_classes >= max(cfg.vocab_sizes):
+    if (
+        m is not None
+        and m.backbone == Path(cfg.backbone).stem
+        and m.dims.image_size == image_size
+        and m.checkpoint_sha256 == weights_sha
+        and m.limits.max_classes >= max(cfg.vocab_sizes)
+    ):
         return out
     step(f"exporting {cfg.backbone} at {image_size}px for the ONNX Runtime/TensorRT rows -> {out}")
-    run_export(model, out, backbone=Path(cfg.backbone).stem, weights=cfg.weights, limits=ExportLimits(max_classes=max(1000, max(cfg.vocab_sizes)), opt_classes=150), validate=False)
+    run_export(
+        model,
+        out,
+        backbone=Path(cfg.backbone).stem,
+        weights=cfg.weights,
+        limits=ExportLimits(max_classes=max(1000, max(cfg.vocab_sizes)), opt_classes=150),
+        validate=False,
+    )
     return out
 
 
 def _backends(cfg: BenchConfig, model: Any, engine_dir: Callable[[], Path]) -> list[Any]:
+    """The backends to measure, created but not active: each is activated for its own rows
+    only, so a row's peak RSS holds one backend's models, not every backend's."""
     from runtime.backends import create_backend, parse_label
-    from runtime.errors import SedTrtError
 
     out = []
     for name in cfg.backends:
@@ -163,7 +183,7 @@ def _backends(cfg: BenchConfig, model: Any, engine_dir: Callable[[], Path]) -> l
                 if not _has_engines(engine_dir()):
                     build_engines(engine_dir())
                 b = create_backend("tensorrt", engine_dir=engine_dir())
-            out.append(b.activate())
+            out.append(b)
         except SedTrtError as exc:
             step(f"{name} rows skipped: {exc}")
     return out
@@ -188,10 +208,13 @@ def _has_engines(engine_dir: Path) -> bool:
     return bool(Manifest.load(engine_dir).engines)
 
 
-def _time_predict(pred: Any, image: np.ndarray, repeats: int, warmup: int) -> tuple[list[float], dict[str, list[float]], list[int]]:
+def _time_predict(
+    pred: Any, image: np.ndarray, repeats: int, warmup: int
+) -> tuple[list[float], dict[str, list[float]], list[int]]:
     for _ in range(warmup):
         pred.predict(image)
-    totals, parts = [], {}
+    totals: list[float] = []
+    parts: dict[str, list[float]] = {}
     survivors: list[int] = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -203,7 +226,9 @@ def _time_predict(pred: Any, image: np.ndarray, repeats: int, warmup: int) -> tu
     return totals, parts, survivors
 
 
-def _time_fixed_survivors(backend: Any, text: np.ndarray, image: np.ndarray, survivors: int, repeats: int) -> dict[str, float]:
+def _time_fixed_survivors(
+    backend: Any, text: np.ndarray, image: np.ndarray, survivors: int, repeats: int
+) -> dict[str, float]:
     """Decoder stages 1-3 on exactly ``survivors`` classes (the controlled CER setting)."""
     from runtime.image import preprocess
     from runtime.io_spec import DECODER_STAGES, IMAGE_ENCODER
@@ -256,6 +281,12 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         total = len(backends) * len(cfg.vocab_sizes) * (len(cfg.topks) + 1)
         bar = Progress(total, f"bench {size}px")
         for backend in backends:
+            try:
+                backend.activate()
+            except SedTrtError as exc:
+                step(f"{backend.label} rows skipped: {exc}")
+                bar.update(len(cfg.vocab_sizes) * (len(cfg.topks) + 1))
+                continue
             pred = Predictor(backend)
             tokens = pred.tokenizer(["a photo of a cat."] * 80)
             times = []
@@ -271,18 +302,48 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                     pred.set_text_features([f"c{i}" for i in range(vocab)], text)
                     with MemoryMonitor() as mem:
                         totals, parts, survivors = _time_predict(pred, image, cfg.repeats, cfg.warmup)
-                    rows.append({
-                        "backend": backend.label, "image_size": size, "vocab": vocab, "topk": topk, "setting": "cer" if topk else "no_cer",
-                        "ms": _stats(totals), "parts_ms": {k: statistics.median(v) for k, v in parts.items()}, "survivors": survivors,
-                        **_placement(backend), **mem.result(),
-                    })
+                    rows.append(
+                        {
+                            "backend": backend.label,
+                            "image_size": size,
+                            "vocab": vocab,
+                            "topk": topk,
+                            "setting": "cer" if topk else "no_cer",
+                            "ms": _stats(totals),
+                            "parts_ms": {k: statistics.median(v) for k, v in parts.items()},
+                            "survivors": survivors,
+                            **_placement(backend),
+                            **mem.result(),
+                        }
+                    )
                     bar.update(extra=f"{backend.label} T={vocab} topk={topk}: {statistics.median(totals):.0f} ms")
                 with MemoryMonitor() as mem:
                     fixed = _time_fixed_survivors(backend, text, image, cfg.fixed_survivors, cfg.repeats)
-                rows.append({"backend": backend.label, "image_size": size, "vocab": vocab, "topk": None, "setting": f"fixed_{cfg.fixed_survivors}", "ms": fixed, "parts_ms": {}, "survivors": [min(cfg.fixed_survivors, vocab)] * 3, **_placement(backend), **mem.result()})
+                rows.append(
+                    {
+                        "backend": backend.label,
+                        "image_size": size,
+                        "vocab": vocab,
+                        "topk": None,
+                        "setting": f"fixed_{cfg.fixed_survivors}",
+                        "ms": fixed,
+                        "parts_ms": {},
+                        "survivors": [min(cfg.fixed_survivors, vocab)] * 3,
+                        **_placement(backend),
+                        **mem.result(),
+                    }
+                )
                 bar.update()
             backend.deactivate()
-    machine = {"platform": platform.platform(), "processor": _cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "cpu_bf16": _cpu_bf16()}
+            gc.collect()  # drop the sessions now, before the next backend's rows
+    machine = {
+        "platform": platform.platform(),
+        "processor": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu_bf16": _cpu_bf16(),
+    }
     result = {"config": dc.asdict(cfg), "machine": machine, "rows": rows, "text_encoder": text_rows}
     (out_dir / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "bench.md").write_text(markdown_table(result))
@@ -299,7 +360,14 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 def _cpu_bf16() -> str:
     """Which native bf16 the CPU has (AMX, AVX512-BF16) from /proc/cpuinfo flags, or 'none'."""
     try:
-        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), [])
+        flags = next(
+            (
+                line.split(":", 1)[1].split()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("flags")
+            ),
+            [],
+        )
     except OSError:
         return "unknown"
     found = [name for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
@@ -323,7 +391,11 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines = [
         f"Machine: {m['processor']}, {m['cpu_count']} CPUs (native bf16: {m.get('cpu_bf16', 'unknown')}), GPU: {m['cuda'] or 'none'}; {m['platform']}. "
         f"Threads: torch {m['torch_threads']}, ONNX Runtime / OpenVINO {result['config']['threads'] or 'default (one per physical core)'}."
-        + (" openvino-bf16 rows computed in bf16; every other row in fp32." if any(r["backend"].endswith("bf16") for r in result["rows"]) else ""),
+        + (
+            " openvino-bf16 rows computed in bf16; every other row in fp32."
+            if any(r["backend"].endswith("bf16") for r in result["rows"])
+            else ""
+        ),
         f"Backbone {result['config']['backbone']} ({'random weights' if not result['config']['weights'] else 'trained weights'}); median of {result['config']['repeats']} runs after {result['config']['warmup']} warm-up.",
         "",
         "| backend | input | classes | setting | median ms | p90 ms | encoder ms | decoder ms | survivors per stage | peak host MB | peak device MB |",
@@ -333,10 +405,14 @@ def markdown_table(result: dict[str, Any]) -> str:
         parts = r["parts_ms"]
         dec = sum(v for k, v in parts.items() if k.startswith(("decoder", "cer"))) if parts else r["ms"]["median"]
         enc = f"{parts['image_encoder_ms']:.0f}" if parts else "-"
-        setting = {"no_cer": "no CER", "cer": f"CER top-{r['topk']}"}.get(r["setting"], r["setting"].replace("fixed_", "stages 1-3 at T'="))
+        setting = {"no_cer": "no CER", "cer": f"CER top-{r['topk']}"}.get(
+            r["setting"], r["setting"].replace("fixed_", "stages 1-3 at T'=")
+        )
         dev = r.get("peak_torch_device_mb")
         dev_text = "-" if dev is None else f"{dev:.0f} (device used {r['device_used_mb']:.0f})"
-        lines.append(f"| {r['backend']} | {r['image_size']} | {r['vocab']} | {setting} | {r['ms']['median']:.0f} | {r['ms']['p90']:.0f} | {enc} | {dec:.0f} | {r['survivors']} | {r['peak_host_mb']:.0f} | {dev_text} |")
+        lines.append(
+            f"| {r['backend']} | {r['image_size']} | {r['vocab']} | {setting} | {r['ms']['median']:.0f} | {r['ms']['p90']:.0f} | {enc} | {dec:.0f} | {r['survivors']} | {r['peak_host_mb']:.0f} | {dev_text} |"
+        )
     lines += ["", "| backend | text encoder, 80 prompts (ms) |", "|---|---|"]
     lines += [f"| {t['backend']} ({t['image_size']}) | {t['ms']['median']:.0f} |" for t in result["text_encoder"]]
     return "\n".join(lines) + "\n"

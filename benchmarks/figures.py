@@ -22,7 +22,13 @@ PART_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("CER", ("cer1_ms", "cer2_ms", "cer3_ms")),
     ("post-processing", ("scatter_ms", "postprocess_ms")),
 )
-BACKEND_COLORS = {"torch": "#d62728", "onnxruntime": "#1f77b4", "tensorrt": "#2ca02c", "openvino": "#9467bd", "openvino-bf16": "#ff7f0e"}
+BACKEND_COLORS = {
+    "torch": "#d62728",
+    "onnxruntime": "#1f77b4",
+    "tensorrt": "#2ca02c",
+    "openvino": "#9467bd",
+    "openvino-bf16": "#ff7f0e",
+}
 SETTING_STYLES = {"no_cer": "-", "cer": "--", "fixed": ":"}
 FIG_SIZE = (9.0, 5.2)  # inches at DPI: 1080 x 624 px, readable at README width
 DPI = 120
@@ -54,7 +60,7 @@ def _title(result: dict[str, Any], what: str, sizes: list[int]) -> str:
     return f"SED {cfg['backbone']} ({weights} weights), {px}: {what}\n{machine}"
 
 
-def _pyplot():  # noqa: ANN202
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,7 +85,17 @@ def latency_figure(result: dict[str, Any], path: Path) -> Figure:
         label = f"{backend}, {setting}" + (f", {size} px" if len(sizes) > 1 else "")
         xs, med = [r["vocab"] for r in pts], [r["ms"]["median"] for r in pts]
         err = [[0] * len(pts), [r["ms"]["p90"] - r["ms"]["median"] for r in pts]]
-        ax.errorbar(xs, med, yerr=err, fmt="o" + style, color=BACKEND_COLORS.get(backend, "k"), label=label, capsize=3, lw=1.8, ms=5)
+        ax.errorbar(
+            xs,
+            med,
+            yerr=err,
+            fmt="o" + style,
+            color=BACKEND_COLORS.get(backend, "k"),
+            label=label,
+            capsize=3,
+            lw=1.8,
+            ms=5,
+        )
         labels.append(label)
     vocabs = sorted({r["vocab"] for r in rows})
     ax.set_xscale("log")
@@ -121,7 +137,9 @@ def parts_figure(result: dict[str, Any], path: Path, *, vocab: int | None = None
     ax.set_ylabel("ms per image (medians of the parts)")
     ax.set_ylim(0, max(bottom, default=1) * 1.12)
     ax.grid(True, axis="y", alpha=0.3)
-    title = _title(result, f"where the time goes, {vocab} classes, {setting_label({'setting': setting, 'topk': None})}", sizes)
+    title = _title(
+        result, f"where the time goes, {vocab} classes, {setting_label({'setting': setting, 'topk': None})}", sizes
+    )
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.subplots_adjust(right=0.78)
@@ -135,14 +153,26 @@ def memory_figure(result: dict[str, Any], path: Path) -> Figure:
     sizes = sorted({r["image_size"] for r in rows})
     fig, ax = plt.subplots(figsize=FIG_SIZE, dpi=DPI)
     labels = []
-    for (backend, size) in sorted({(r["backend"], r["image_size"]) for r in rows}):
+    for backend, size in sorted({(r["backend"], r["image_size"]) for r in rows}):
         pts = sorted((r for r in rows if r["backend"] == backend and r["image_size"] == size), key=lambda r: r["vocab"])
         tail = f", {size} px" if len(sizes) > 1 else ""
         color = BACKEND_COLORS.get(backend, "k")
-        ax.plot([r["vocab"] for r in pts], [r["peak_host_mb"] / 1024 for r in pts], "o-", color=color, label=f"{backend} host RSS{tail}")
+        ax.plot(
+            [r["vocab"] for r in pts],
+            [r["peak_host_mb"] / 1024 for r in pts],
+            "o-",
+            color=color,
+            label=f"{backend} host RSS{tail}",
+        )
         labels.append(f"{backend} host RSS{tail}")
         if any(r.get("peak_torch_device_mb") is not None for r in pts):
-            ax.plot([r["vocab"] for r in pts], [(r.get("device_used_mb") or 0) / 1024 for r in pts], "s--", color=color, label=f"{backend} device used{tail}")
+            ax.plot(
+                [r["vocab"] for r in pts],
+                [(r.get("device_used_mb") or 0) / 1024 for r in pts],
+                "s--",
+                color=color,
+                label=f"{backend} device used{tail}",
+            )
             labels.append(f"{backend} device used{tail}")
     vocabs = sorted({r["vocab"] for r in rows})
     ax.set_xscale("log")
@@ -175,6 +205,28 @@ def write_figures(result: dict[str, Any], out_dir: str | Path) -> list[Figure]:
         parts_figure(result, out / "bench_parts.png"),
         memory_figure(result, out / "bench_memory.png"),
     ]
+
+
+def load_bench_json(path: str | Path) -> dict[str, Any]:
+    """A bench.json written by ``sed-trt bench``, or a one-line :class:`ConfigError`."""
+    import json
+
+    from runtime.errors import ConfigError
+
+    reason = matplotlib_missing()
+    if reason:
+        raise ConfigError(f"cannot draw figures: {reason}")
+    try:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+        rows = result["rows"]
+        result["config"]["backbone"], result["machine"]["processor"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"{str(path)!r} is not a bench.json written by 'sed-trt bench' ({type(exc).__name__})"
+        ) from None
+    if not rows:
+        raise ConfigError(f"{str(path)!r} holds no measurements")
+    return result
 
 
 def matplotlib_missing() -> str | None:

@@ -19,17 +19,110 @@ MIN_OPSET, MAX_OPSET = 17, 20
 
 # Ops TensorRT 10.x/11.x imports (subset relevant to SED graphs; operators.md).
 TRT_ALLOWED_OPS = frozenset(
-    """Abs Add And ArgMax ArgMin AveragePool Cast Ceil Clip Concat Constant ConstantOfShape Conv ConvTranspose
-    Cos Div Einsum Elu Equal Erf Exp Expand Flatten Floor Gather GatherElements GatherND Gelu Gemm
-    GlobalAveragePool Greater GreaterOrEqual GroupNormalization Identity InstanceNormalization LayerNormalization
-    Less LessOrEqual Log MatMul Max MaxPool Mean Min Mod Mul Neg Not Or Pad Pow Range Reciprocal ReduceL2
-    ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum Relu Reshape Resize ScatterElements ScatterND Shape Sigmoid
-    Sin Slice Softmax Split Sqrt Squeeze Sub Sum Tanh Tile TopK Transpose Trilu Unsqueeze Where Xor""".split()
+    [
+        "Abs",
+        "Add",
+        "And",
+        "ArgMax",
+        "ArgMin",
+        "AveragePool",
+        "Cast",
+        "Ceil",
+        "Clip",
+        "Concat",
+        "Constant",
+        "ConstantOfShape",
+        "Conv",
+        "ConvTranspose",
+        "Cos",
+        "Div",
+        "Einsum",
+        "Elu",
+        "Equal",
+        "Erf",
+        "Exp",
+        "Expand",
+        "Flatten",
+        "Floor",
+        "Gather",
+        "GatherElements",
+        "GatherND",
+        "Gelu",
+        "Gemm",
+        "GlobalAveragePool",
+        "Greater",
+        "GreaterOrEqual",
+        "GroupNormalization",
+        "Identity",
+        "InstanceNormalization",
+        "LayerNormalization",
+        "Less",
+        "LessOrEqual",
+        "Log",
+        "MatMul",
+        "Max",
+        "MaxPool",
+        "Mean",
+        "Min",
+        "Mod",
+        "Mul",
+        "Neg",
+        "Not",
+        "Or",
+        "Pad",
+        "Pow",
+        "Range",
+        "Reciprocal",
+        "ReduceL2",
+        "ReduceMax",
+        "ReduceMean",
+        "ReduceMin",
+        "ReduceProd",
+        "ReduceSum",
+        "Relu",
+        "Reshape",
+        "Resize",
+        "ScatterElements",
+        "ScatterND",
+        "Shape",
+        "Sigmoid",
+        "Sin",
+        "Slice",
+        "Softmax",
+        "Split",
+        "Sqrt",
+        "Squeeze",
+        "Sub",
+        "Sum",
+        "Tanh",
+        "Tile",
+        "TopK",
+        "Transpose",
+        "Trilu",
+        "Unsqueeze",
+        "Where",
+        "Xor",
+    ]
 )
 # Present in ONNX, refused here: data-dependent shapes, sequences or control flow inside an engine.
 TRT_BANNED_OPS = frozenset(
-    """NonZero Unique Compress Loop If Scan SequenceAt SequenceConstruct SequenceEmpty SequenceErase SequenceInsert
-    SequenceLength SplitToSequence ConcatFromSequence StringNormalizer""".split()
+    [
+        "NonZero",
+        "Unique",
+        "Compress",
+        "Loop",
+        "If",
+        "Scan",
+        "SequenceAt",
+        "SequenceConstruct",
+        "SequenceEmpty",
+        "SequenceErase",
+        "SequenceInsert",
+        "SequenceLength",
+        "SplitToSequence",
+        "ConcatFromSequence",
+        "StringNormalizer",
+    ]
 )
 RESIZE_MODES = {"nearest", "linear"}
 RESIZE_COORD_MODES = {"half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn"}
@@ -86,7 +179,9 @@ def check_trt_compatible(model: onnx.ModelProto | str | Path) -> list[Violation]
         if op == "TopK":
             if _attr(node, "sorted", 1) != 1:
                 out.append(Violation(name, op, "TensorRT requires sorted=1"))
-            k_init = next((i for i in inferred.graph.initializer if len(node.input) > 1 and i.name == node.input[1]), None)
+            k_init = next(
+                (i for i in inferred.graph.initializer if len(node.input) > 1 and i.name == node.input[1]), None
+            )
             if k_init is not None and int(onnx.numpy_helper.to_array(k_init).max()) >= TOPK_MAX_K:
                 out.append(Violation(name, op, f"K must be < {TOPK_MAX_K}"))
         elif op == "Resize":

@@ -20,9 +20,18 @@ import torch
 
 from export.check import check_trt_compatible
 from export.wrappers import wrapper_for
-from runtime.errors import EngineError
+from runtime.errors import EngineError, ExportError
 from runtime.fsutil import check_writable_dir, current_umask, file_sha256
-from runtime.io_spec import DECODER_STAGES, GRAPH_NAMES, IMAGE_ENCODER, TEXT_ENCODER, ExportLimits, GraphSpec, ModelDims, graph_specs
+from runtime.io_spec import (
+    DECODER_STAGES,
+    GRAPH_NAMES,
+    IMAGE_ENCODER,
+    TEXT_ENCODER,
+    ExportLimits,
+    GraphSpec,
+    ModelDims,
+    graph_specs,
+)
 from runtime.manifest import MANIFEST_NAME, Manifest
 from runtime.progress import step
 from runtime.tokenizer import default_bpe_path
@@ -34,7 +43,9 @@ DEFAULT_OPSET = 20
 TRACE_SIZES = {"B": 2, "T": 3, "Q": 4, "L": 7, "H": 64, "W": 96}
 
 
-def example_inputs(spec: GraphSpec, sizes: dict[str, int], *, seed: int = 0, vocab_size: int = 49408) -> dict[str, np.ndarray]:
+def example_inputs(
+    spec: GraphSpec, sizes: dict[str, int], *, seed: int = 0, vocab_size: int = 49408
+) -> dict[str, np.ndarray]:
     """Random feeds for a graph at the given axis sizes (tokens end with EOT, as real ones do)."""
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
@@ -66,7 +77,9 @@ def _dynamic_shapes(spec: GraphSpec, limits: ExportLimits) -> dict[str, dict[int
     return out
 
 
-def export_graph(module: torch.nn.Module, spec: GraphSpec, path: Path, *, limits: ExportLimits, opset: int = DEFAULT_OPSET) -> Path:
+def export_graph(
+    module: torch.nn.Module, spec: GraphSpec, path: Path, *, limits: ExportLimits, opset: int = DEFAULT_OPSET
+) -> Path:
     """Export one wrapper to a single-file ONNX graph with the spec's names and dynamic axes."""
     feeds = example_inputs(spec, TRACE_SIZES)
     args = tuple(torch.from_numpy(feeds[n]) for n in spec.input_names)
@@ -86,7 +99,7 @@ def export_graph(module: torch.nn.Module, spec: GraphSpec, path: Path, *, limits
             verbose=False,
         )
     if program is None:
-        raise EngineError(f"torch.onnx.export returned nothing for {spec.name}: {log.getvalue()[-500:]}")
+        raise ExportError(f"torch.onnx.export returned nothing for {spec.name}: {log.getvalue()[-500:]}")
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(path), external_data=False)
     return path
@@ -110,29 +123,32 @@ def run_torch(module: torch.nn.Module, spec: GraphSpec, feeds: dict[str, np.ndar
     return {n: o.numpy() for n, o in zip(spec.output_names, outs)}
 
 
-def validate_graph(module: torch.nn.Module, spec: GraphSpec, path: Path, sizes: dict[str, int], *, rtol: float = 1e-4, threads: int | None = None) -> ValidationResult:
+def validate_graph(
+    module: torch.nn.Module, spec: GraphSpec, path: Path, sizes: dict[str, int], *, rtol: float = 1e-4
+) -> ValidationResult:
     """Run the ONNX file in ONNX Runtime (CPU) and compare every output with PyTorch.
 
     The error is max|ort - torch| / max(1, max|torch|) per output; it must stay below ``rtol``.
     """
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(path), ort.SessionOptions(), providers=["CPUExecutionProvider"])
     feeds = example_inputs(spec, sizes, seed=1)
     got = dict(zip(spec.output_names, sess.run(spec.output_names, feeds)))
     want = run_torch(module, spec, feeds)
     worst_abs = worst_rel = 0.0
     for name in spec.output_names:
         if got[name].shape != want[name].shape:
-            raise EngineError(f"{spec.name}: output {name!r} has shape {got[name].shape} in ONNX Runtime, {want[name].shape} in PyTorch")
+            raise ExportError(
+                f"{spec.name}: output {name!r} has shape {got[name].shape} in ONNX Runtime, {want[name].shape} in PyTorch"
+            )
         err = float(np.abs(got[name] - want[name]).max()) if got[name].size else 0.0
         scale = max(1.0, float(np.abs(want[name]).max())) if want[name].size else 1.0
         worst_abs, worst_rel = max(worst_abs, err), max(worst_rel, err / scale)
     if not worst_rel <= rtol:
-        raise EngineError(f"{spec.name}: ONNX Runtime differs from PyTorch at {sizes}: relative error {worst_rel:.2e} > {rtol:.0e}")
+        raise ExportError(
+            f"{spec.name}: ONNX Runtime differs from PyTorch at {sizes}: relative error {worst_rel:.2e} > {rtol:.0e}"
+        )
     return ValidationResult(spec.name, dict(sizes), worst_abs, worst_rel)
 
 
@@ -159,7 +175,13 @@ def _versions() -> dict[str, str]:
         ours = version("sed-trt")
     except Exception:
         ours = "unknown"
-    return {"sed_trt": ours, "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "open_clip": open_clip.__version__}
+    return {
+        "sed_trt": ours,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "open_clip": open_clip.__version__,
+    }
 
 
 TIMING_CACHE = "timing.cache"  # TensorRT's timing cache: independent of the graphs, kept across re-exports
@@ -169,7 +191,9 @@ def check_export_target(out: Path) -> None:
     """Refuse, before any work, a target that is unwritable or a directory of something else."""
     check_writable_dir(out, "--out-dir")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
-        raise EngineError(f"refusing to replace {str(out)!r}: it is not empty and not an engine directory (no {MANIFEST_NAME})")
+        raise EngineError(
+            f"refusing to replace {str(out)!r}: it is not empty and not an engine directory (no {MANIFEST_NAME})"
+        )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -233,7 +257,18 @@ def run_export(
     # Everything is written into a fresh sibling and swapped in only when complete and validated.
     out = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.export-{os.getpid()}-"))
     try:
-        manifest = _export_into(model, out, shown=final, backbone=backbone, weights=weights, limits=limits, pooling=pooling, opset=opset, validate=validate, progress=progress)
+        manifest = _export_into(
+            model,
+            out,
+            shown=final,
+            backbone=backbone,
+            weights=weights,
+            limits=limits,
+            pooling=pooling,
+            opset=opset,
+            validate=validate,
+            progress=progress,
+        )
         if (final / TIMING_CACHE).is_file():
             shutil.copyfile(final / TIMING_CACHE, out / TIMING_CACHE)
         os.chmod(out, 0o777 & ~current_umask())
@@ -271,17 +306,24 @@ def _export_into(
         export_graph(module, spec, path, limits=limits, opset=opset)
         problems = check_trt_compatible(path)
         if problems:
-            raise EngineError(f"{name}: {len(problems)} TensorRT-parser problems: " + "; ".join(map(str, problems[:5])))
+            raise ExportError(f"{name}: {len(problems)} TensorRT-parser problems: " + "; ".join(map(str, problems[:5])))
         if validate:
             for sizes in validation_sizes(name, dims, limits):
                 res = validate_graph(module, spec, path, sizes)
-                step(f"      {name} ok in ONNX Runtime at {sizes}: max abs err {res.max_abs_err:.2e}, rel {res.max_rel_err:.2e}", enabled=progress)
+                step(
+                    f"      {name} ok in ONNX Runtime at {sizes}: max abs err {res.max_abs_err:.2e}, rel {res.max_rel_err:.2e}",
+                    enabled=progress,
+                )
         files[name] = path.name
     tokenizer_file = "bpe_simple_vocab_16e6.txt.gz"
     shutil.copyfile(default_bpe_path(), out / tokenizer_file)
     manifest = Manifest(
         backbone=backbone,
-        model_config={"embed_dim": model.cfg.clip.embed_dim, "vision_cfg": model.cfg.clip.vision_cfg, "text_cfg": model.cfg.clip.text_cfg},
+        model_config={
+            "embed_dim": model.cfg.clip.embed_dim,
+            "vision_cfg": model.cfg.clip.vision_cfg,
+            "text_cfg": model.cfg.clip.text_cfg,
+        },
         dims=dims,
         limits=limits,
         pooling=pooling,

@@ -1,6 +1,8 @@
-"""Low-latency SED inference over pluggable backends (ONNX Runtime, TensorRT, PyTorch).
+"""Low-latency SED inference over pluggable backends (ONNX Runtime, OpenVINO, TensorRT; PyTorch from ``sed``).
 
-Importing this package needs only numpy; backends import their libraries lazily.
+Layer: the bottom one, the torch-free core every other package stands on; it imports none of
+them (``import sed`` registers the torch backend here). Importing it needs only numpy;
+backends import their libraries lazily.
 """
 
 from runtime.errors import (

@@ -62,23 +62,37 @@ def compare_backends(
     topk: int | None = None,
     cache: TextFeatureCache | None = None,
 ) -> list[Agreement]:
-    """Run ``reference`` then each of ``others`` (all active) on the reference's text features."""
-    ref_predictor = Predictor(reference, topk=topk, cache=cache)
-    ref_predictor.set_classes(classes)
-    ref, ref_ms = _timed(ref_predictor, image)
+    """Run ``reference`` then each of ``others`` on the reference's text features.
+
+    The backends are given inactive and activated one at a time (and deactivated after), so
+    memory is that of the largest one, not their sum.
+    """
+    with reference:
+        ref_predictor = Predictor(reference, topk=topk, cache=cache)
+        ref_predictor.set_classes(classes)
+        ref, ref_ms = _timed(ref_predictor, image)
+        features = ref_predictor.text_features
     rows = [agreement(reference.label, ref, ref, ref_ms)]
     for backend in others:
-        predictor = Predictor(backend, topk=topk)
-        predictor.set_text_features(classes, ref_predictor.text_features)
-        pred, ms = _timed(predictor, image)
+        with backend:
+            predictor = Predictor(backend, topk=topk)
+            predictor.set_text_features(classes, features)
+            pred, ms = _timed(predictor, image)
         rows.append(agreement(backend.label, pred, ref, ms))
     return rows
 
 
 def format_agreements(rows: list[Agreement], *, title: str) -> str:
     """A Markdown table of :func:`compare_backends`' rows."""
-    lines = [title, "", "| backend | max abs dprob | mean abs dprob | labels equal | CER kept sets | ms |", "|---|---|---|---|---|---|"]
+    lines = [
+        title,
+        "",
+        "| backend | max abs dprob | mean abs dprob | labels equal | CER kept sets | ms |",
+        "|---|---|---|---|---|---|",
+    ]
     for i, r in enumerate(rows):
         kept = "reference" if i == 0 else ("identical" if r.kept_identical else f"{r.kept_differ} classes differ")
-        lines.append(f"| {r.backend} | {r.max_abs_dprob:.2e} | {r.mean_abs_dprob:.2e} | {100 * r.label_agreement:.3f} % | {kept} | {r.ms:.0f} |")
+        lines.append(
+            f"| {r.backend} | {r.max_abs_dprob:.2e} | {r.mean_abs_dprob:.2e} | {100 * r.label_agreement:.3f} % | {kept} | {r.ms:.0f} |"
+        )
     return "\n".join(lines) + "\n"

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import DatasetError
+from runtime.errors import DatasetError, ImageError
+from runtime.image import load_image
 
 IGNORE = -1
 
@@ -33,19 +34,50 @@ class DatasetSpec:
     ignore_label: int
     image_ext: str = ".jpg"
     label_ext: str = ".png"
-    description: str = ""
 
 
 BUILTIN_DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
-        DatasetSpec("coco_stuff_train", "coco171", "coco-stuff/images/train2017", "coco-stuff/annotations_detectron2/train2017", 255, description="COCO-Stuff 171, train2017 (the training set)"),
-        DatasetSpec("coco_stuff_val", "coco171", "coco-stuff/images/val2017", "coco-stuff/annotations_detectron2/val2017", 255, description="COCO-Stuff 171, val2017"),
-        DatasetSpec("ade150", "ade150", "ADEChallengeData2016/images/validation", "ADEChallengeData2016/annotations_detectron2/validation", 255, description="ADE20K-150 val (A-150)"),
-        DatasetSpec("ade847", "ade847", "ADE20K_2021_17_01/images_detectron2/validation", "ADE20K_2021_17_01/annotations_detectron2/validation", 65535, label_ext=".tif", description="ADE20K-847 val (A-847), 16-bit tif"),
-        DatasetSpec("voc20", "voc20", "VOCdevkit/VOC2012/JPEGImages", "VOCdevkit/VOC2012/annotations_detectron2/val", 255, description="PASCAL VOC 2012 val (PAS-20), background = 255"),
-        DatasetSpec("pc59", "pc59", "VOCdevkit/VOC2010/JPEGImages", "VOCdevkit/VOC2010/annotations_detectron2/pc59_val", 255, description="PASCAL Context 59 val (PC-59)"),
-        DatasetSpec("pc459", "pc459", "VOCdevkit/VOC2010/JPEGImages", "VOCdevkit/VOC2010/annotations_detectron2/pc459_val", 459, label_ext=".tif", description="PASCAL Context 459 val (PC-459), ignore 459"),
+        DatasetSpec(
+            "coco_stuff_train",
+            "coco171",
+            "coco-stuff/images/train2017",
+            "coco-stuff/annotations_detectron2/train2017",
+            255,
+        ),
+        DatasetSpec(
+            "coco_stuff_val", "coco171", "coco-stuff/images/val2017", "coco-stuff/annotations_detectron2/val2017", 255
+        ),
+        DatasetSpec(
+            "ade150",
+            "ade150",
+            "ADEChallengeData2016/images/validation",
+            "ADEChallengeData2016/annotations_detectron2/validation",
+            255,
+        ),
+        DatasetSpec(
+            "ade847",
+            "ade847",
+            "ADE20K_2021_17_01/images_detectron2/validation",
+            "ADE20K_2021_17_01/annotations_detectron2/validation",
+            65535,
+            label_ext=".tif",
+        ),
+        DatasetSpec(
+            "voc20", "voc20", "VOCdevkit/VOC2012/JPEGImages", "VOCdevkit/VOC2012/annotations_detectron2/val", 255
+        ),
+        DatasetSpec(
+            "pc59", "pc59", "VOCdevkit/VOC2010/JPEGImages", "VOCdevkit/VOC2010/annotations_detectron2/pc59_val", 255
+        ),
+        DatasetSpec(
+            "pc459",
+            "pc459",
+            "VOCdevkit/VOC2010/JPEGImages",
+            "VOCdevkit/VOC2010/annotations_detectron2/pc459_val",
+            459,
+            label_ext=".tif",
+        ),
     )
 }
 
@@ -71,22 +103,33 @@ def read_label(path: str | Path, ignore_label: int, num_classes: int) -> np.ndar
         raise DatasetError(f"label {str(path)!r} does not exist") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DatasetError(f"cannot read label {str(path)!r}: {exc}") from None
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-            raise DatasetError(f"label {str(path)!r} holds non-integer values")
+    if arr.dtype.kind == "f" and (not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr))):
+        raise DatasetError(f"label {str(path)!r} holds non-integer values")
     labels = arr.astype(np.int64)
     labels[labels == ignore_label] = IGNORE
     bad = (labels != IGNORE) & ((labels < 0) | (labels >= num_classes))
     if bad.any():
         vals = np.unique(labels[bad])[:5].tolist()
-        raise DatasetError(f"label {str(path)!r} has class ids {vals} outside 0..{num_classes - 1} (ignore value {ignore_label}); is it the right dataset?")
+        raise DatasetError(
+            f"label {str(path)!r} has class ids {vals} outside 0..{num_classes - 1} (ignore value {ignore_label}); is it the right dataset?"
+        )
     return labels
 
 
 class SegDataset:
     """(image, label) pairs of one split, matched by file stem, in sorted order."""
 
-    def __init__(self, image_dir: str | Path, label_dir: str | Path, *, classes: list[str], ignore_label: int, image_ext: str = ".jpg", label_ext: str = ".png", name: str = "custom") -> None:
+    def __init__(
+        self,
+        image_dir: str | Path,
+        label_dir: str | Path,
+        *,
+        classes: list[str],
+        ignore_label: int,
+        image_ext: str = ".jpg",
+        label_ext: str = ".png",
+        name: str = "custom",
+    ) -> None:
         self.name = name
         self.image_dir = Path(image_dir)
         self.label_dir = Path(label_dir)
@@ -98,12 +141,15 @@ class SegDataset:
         labels = sorted(p for p in self.label_dir.iterdir() if p.suffix.lower() == label_ext.lower())
         if not labels:
             raise DatasetError(f"dataset {name!r}: no {label_ext} label files in {str(self.label_dir)!r}")
-        pairs, missing = [], []
+        pairs: list[tuple[Path, Path]] = []
+        missing: list[tuple[Path, Path]] = []
         for lab in labels:
             img = self.image_dir / (lab.stem + image_ext)
             (pairs if img.is_file() else missing).append((img, lab))
         if missing:
-            raise DatasetError(f"dataset {name!r}: {len(missing)} of {len(labels)} labels have no image, e.g. {str(missing[0][0])!r}")
+            raise DatasetError(
+                f"dataset {name!r}: {len(missing)} of {len(labels)} labels have no image, e.g. {str(missing[0][0])!r}"
+            )
         self.samples: list[tuple[Path, Path]] = pairs
 
     def __len__(self) -> int:
@@ -115,14 +161,10 @@ class SegDataset:
 
     def image(self, i: int) -> np.ndarray:
         """RGB uint8 (H, W, 3); grayscale/palette JPEGs (a few in COCO and ADE) are converted."""
-        from PIL import Image, ImageOps, UnidentifiedImageError
-
-        path = self.samples[i][0]
         try:
-            with Image.open(path) as im:
-                return np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8).copy()
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise DatasetError(f"cannot read image {str(path)!r}: {exc}") from None
+            return load_image(self.samples[i][0], convert=True, max_pixels=None)
+        except ImageError as exc:
+            raise DatasetError(str(exc)) from None
 
     def label(self, i: int) -> np.ndarray:
         """int64 (H, W) class ids, IGNORE where unlabelled."""
@@ -132,11 +174,23 @@ class SegDataset:
         """The image and its label map, checked to have the same size."""
         image, label = self.image(i), self.label(i)
         if image.shape[:2] != label.shape:
-            raise DatasetError(f"{str(self.samples[i][1])!r}: label size {label.shape} differs from image size {image.shape[:2]}")
+            raise DatasetError(
+                f"{str(self.samples[i][1])!r}: label size {label.shape} differs from image size {image.shape[:2]}"
+            )
         return image, label
 
 
-def open_dataset(name: str | None = None, *, root: str | Path | None = None, images: str | Path | None = None, labels: str | Path | None = None, classes: str | None = None, ignore_label: int | None = None, image_ext: str | None = None, label_ext: str | None = None) -> SegDataset:
+def open_dataset(
+    name: str | None = None,
+    *,
+    root: str | Path | None = None,
+    images: str | Path | None = None,
+    labels: str | Path | None = None,
+    classes: str | None = None,
+    ignore_label: int | None = None,
+    image_ext: str | None = None,
+    label_ext: str | None = None,
+) -> SegDataset:
     """A built-in dataset under ``root``, or a custom one from ``images``/``labels`` folders.
 
     For a custom dataset ``classes`` (a vocabulary spec) is required; any argument given
@@ -145,13 +199,17 @@ def open_dataset(name: str | None = None, *, root: str | Path | None = None, ima
     from runtime.vocab import load_vocabulary
 
     if name is not None and name not in BUILTIN_DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; built-in: {sorted(BUILTIN_DATASETS)} (or give --images, --labels and --classes)")
+        raise DatasetError(
+            f"unknown dataset {name!r}; built-in: {sorted(BUILTIN_DATASETS)} (or give --images, --labels and --classes)"
+        )
     spec = BUILTIN_DATASETS.get(name) if name else None
     if spec is None and (images is None or labels is None or classes is None):
         raise DatasetError("a custom dataset needs --images, --labels and --classes (or name a built-in dataset)")
     base = Path(root) if root is not None else default_data_root()
     if spec is not None and images is None and labels is None and not base.is_dir():
-        raise DatasetError(f"dataset root {str(base)!r} does not exist; set --data-root or $DETECTRON2_DATASETS (expected {spec.image_dir} and {spec.label_dir} under it)")
+        raise DatasetError(
+            f"dataset root {str(base)!r} does not exist; set --data-root or $DETECTRON2_DATASETS (expected {spec.image_dir} and {spec.label_dir} under it)"
+        )
     return SegDataset(
         images if images is not None else base / spec.image_dir,  # type: ignore[union-attr]
         labels if labels is not None else base / spec.label_dir,  # type: ignore[union-attr]

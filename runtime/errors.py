@@ -28,7 +28,19 @@ class ImageError(SedTrtError, ValueError):
 
 
 class EngineError(SedTrtError, RuntimeError):
-    """An engine directory that is missing, incomplete or built for something else."""
+    """An engine directory (or engine) that is missing, corrupt, incomplete or built for something else."""
+
+
+class ExportError(SedTrtError, RuntimeError):
+    """Exporting graphs or building engines failed (exporter, parser check, validation, builder)."""
+
+
+class InputError(SedTrtError, ValueError):
+    """Arrays handed to a graph that break the I/O contract (names, dtypes, shapes)."""
+
+
+class StateError(SedTrtError, RuntimeError):
+    """An object used out of order (a backend before activate(), a predictor without vocabulary)."""
 
 
 class BackendUnavailableError(SedTrtError, RuntimeError):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runtime.datasets import IGNORE, SegDataset
+from runtime.predictor import Predictor
 from runtime.progress import Progress
 
 
@@ -30,9 +31,6 @@ class ConfusionMatrix:
         idx = gt[valid].astype(np.int64) * self.num_classes + pred[valid].astype(np.int64)
         self.matrix += np.bincount(idx, minlength=self.num_classes**2).reshape(self.num_classes, self.num_classes)
 
-    def merge(self, other: ConfusionMatrix) -> None:
-        self.matrix += other.matrix
-
 
 @dataclass
 class SegMetrics:
@@ -49,7 +47,10 @@ class SegMetrics:
     def as_dict(self, classes: list[str] | None = None) -> dict[str, object]:
         d: dict[str, object] = {"mIoU": self.miou, "fwIoU": self.fwiou, "mACC": self.macc, "pACC": self.pacc}
         if classes is not None:
-            d["per_class"] = {c: {"IoU": _none_if_nan(i), "ACC": _none_if_nan(a), "pixels": int(p)} for c, i, a, p in zip(classes, self.iou, self.acc, self.pixels)}
+            d["per_class"] = {
+                c: {"IoU": _none_if_nan(i), "ACC": _none_if_nan(a), "pixels": int(p)}
+                for c, i, a, p in zip(classes, self.iou, self.acc, self.pixels)
+            }
         return d
 
 
@@ -85,22 +86,29 @@ def compute_metrics(conf: ConfusionMatrix) -> SegMetrics:
     )
 
 
-def evaluate(predictor: object, dataset: SegDataset, *, limit: int | None = None, progress: bool = True, shard: tuple[int, int] = (0, 1)) -> tuple[SegMetrics | None, ConfusionMatrix]:
+def evaluate(
+    predictor: Predictor,
+    dataset: SegDataset,
+    *,
+    limit: int | None = None,
+    progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
+) -> tuple[SegMetrics | None, ConfusionMatrix]:
     """Predict every image of ``dataset`` with a :class:`runtime.predictor.Predictor` whose
     vocabulary is the dataset's classes, and score the label maps.
 
     ``shard=(rank, world)`` evaluates images rank, rank + world, ... only; the caller sums the
     confusion matrices (metrics are None when the shard holds no labelled pixel).
     """
-    if list(getattr(predictor, "classes", [])) != list(dataset.classes):
-        predictor.set_classes(dataset.classes)  # type: ignore[attr-defined]
+    if list(predictor.classes) != list(dataset.classes):
+        predictor.set_classes(dataset.classes)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     indices = range(shard[0], n, shard[1])
     conf = ConfusionMatrix(dataset.num_classes)
     bar = Progress(len(indices), f"eval {dataset.name}", enabled=progress)
     for i in indices:
         image, gt = dataset.load(i)
-        pred = predictor.predict(image)  # type: ignore[attr-defined]
+        pred = predictor.predict(image)
         conf.update(pred.labels, gt)
         valid = conf.matrix.sum()
         bar.update(extra=f"pACC so far {100 * np.trace(conf.matrix) / max(valid, 1):.1f}%")
@@ -117,5 +125,8 @@ def format_table(metrics: SegMetrics, classes: list[str], *, title: str = "") ->
         if p > 0:
             lines.append(f"| {display_name(c)} | {i:.2f} | {a:.2f} | {p} |")
     absent = int(np.sum(metrics.pixels == 0))
-    lines += ["", f"mIoU {metrics.miou:.2f} | fwIoU {metrics.fwiou:.2f} | mACC {metrics.macc:.2f} | pACC {metrics.pacc:.2f}  ({len(classes) - absent} classes in the ground truth, {absent} absent)"]
+    lines += [
+        "",
+        f"mIoU {metrics.miou:.2f} | fwIoU {metrics.fwiou:.2f} | mACC {metrics.macc:.2f} | pACC {metrics.pacc:.2f}  ({len(classes) - absent} classes in the ground truth, {absent} absent)",
+    ]
     return "\n".join(lines) + "\n"

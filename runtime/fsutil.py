@@ -76,7 +76,9 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def check_outputs(outputs: Mapping[str, str | Path | None], inputs: Mapping[str, str | Path | None] | None = None) -> None:
+def check_outputs(
+    outputs: Mapping[str, str | Path | None], inputs: Mapping[str, str | Path | None] | None = None
+) -> None:
     """Refuse, before any work, outputs that cannot be written or would clobber something.
 
     ``outputs`` and ``inputs`` map a flag (for the message) to a path or None. An output
@@ -95,7 +97,9 @@ def check_outputs(outputs: Mapping[str, str | Path | None], inputs: Mapping[str,
             raise ConfigError(f"{flag} {str(path)!r}: directory {str(parent)!r} is not writable")
         for src_flag, src in sources:
             if _same_file(path, src):
-                raise ConfigError(f"{flag} {str(path)!r} is the same file as {src_flag}: refusing to overwrite an input")
+                raise ConfigError(
+                    f"{flag} {str(path)!r} is the same file as {src_flag}: refusing to overwrite an input"
+                )
         for other_flag, other in named[:i]:
             if _same_file(path, other):
                 raise ConfigError(f"{flag} and {other_flag} name the same file {str(path)!r}")

@@ -29,10 +29,12 @@ POSTPROCESS_BLOCK_BYTES = 32 << 20
 _PIL_LIMIT_LOCK = threading.Lock()
 
 
-def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read an RGB image file (EXIF orientation applied) as uint8 (H, W, 3).
+def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, convert: bool = False) -> np.ndarray:
+    """Read an image file (EXIF orientation applied) as RGB uint8 (H, W, 3): the one decoding rule.
 
-    The size is checked from the header, before decoding, against ``max_pixels``.
+    The size is checked from the header, before decoding, against ``max_pixels``. A non-RGB
+    image is an error unless ``convert`` (datasets: a few COCO/ADE JPEGs are grayscale or
+    palette), since a silent conversion of a user's photo could hide a wrong file.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -51,13 +53,15 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
                     f"image {str(path)!r} is {w}x{h} ({w * h / 1e6:.0f} megapixels), above the limit of {max_pixels / 1e6:.0f}"
                     " megapixels; raise it with --max-pixels if the machine has the memory"
                 )
-            im = ImageOps.exif_transpose(im)
-            mode = im.mode
+            upright: Image.Image = ImageOps.exif_transpose(im)
+            if convert and upright.mode != "RGB":
+                upright = upright.convert("RGB")
+            mode = upright.mode
             if mode != "RGB":
                 raise ImageError(
                     f"image {str(path)!r} has mode {mode!r}; expected an RGB image (convert it first, e.g. Image.convert('RGB'))"
                 )
-            return np.asarray(im, dtype=np.uint8).copy()
+            return np.asarray(upright, dtype=np.uint8).copy()
     except FileNotFoundError:
         raise ImageError(f"image {str(path)!r} does not exist") from None
     except IsADirectoryError:
@@ -100,7 +104,7 @@ def resize_shortest_edge(image: np.ndarray, short: int = SHORT_SIDE, max_size: i
     newh, neww = shortest_edge_size(h, w, short, max_size)
     if (newh, neww) == (h, w):
         return image
-    return np.asarray(Image.fromarray(image).resize((neww, newh), Image.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize((neww, newh), Image.Resampling.BILINEAR))
 
 
 def to_network_input(image: np.ndarray) -> np.ndarray:

@@ -10,13 +10,15 @@ the runtime validates feeds against it.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, InputError
 
 IMAGE_ENCODER = "image_encoder"
 TEXT_ENCODER = "text_encoder"
 DECODER_STAGES = ("decoder_stage0", "decoder_stage1", "decoder_stage2", "decoder_stage3")
 GRAPH_NAMES = (IMAGE_ENCODER, TEXT_ENCODER, *DECODER_STAGES)
+ENCODER_STRIDE = 32  # the cost map is at 1/32 of the network input (ConvNeXt's last stage)
 
 Dim = int | str
 
@@ -41,15 +43,17 @@ class TensorSpec:
         """Validate an actual array against this spec; binds unseen axis names into ``sizes``."""
         expected = "(" + ", ".join(str(d) for d in self.shape) + ")"
         if dtype != self.dtype:
-            raise ValueError(f"input {self.name!r} | got dtype {dtype} | expected {self.dtype}")
+            raise InputError(f"input {self.name!r} | got dtype {dtype} | expected {self.dtype}")
         if len(shape) != len(self.shape):
-            raise ValueError(f"input {self.name!r} | got shape {tuple(shape)} | expected {expected}")
+            raise InputError(f"input {self.name!r} | got shape {tuple(shape)} | expected {expected}")
         for want, got in zip(self.shape, shape):
             if isinstance(want, str):
                 if sizes.setdefault(want, int(got)) != int(got):
-                    raise ValueError(f"input {self.name!r} | got shape {tuple(shape)} | expected {expected} with {want}={sizes[want]}")
+                    raise InputError(
+                        f"input {self.name!r} | got shape {tuple(shape)} | expected {expected} with {want}={sizes[want]}"
+                    )
             elif want != got:
-                raise ValueError(f"input {self.name!r} | got shape {tuple(shape)} | expected {expected}")
+                raise InputError(f"input {self.name!r} | got shape {tuple(shape)} | expected {expected}")
 
 
 @dataclass(frozen=True)
@@ -68,26 +72,35 @@ class GraphSpec:
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
 
-    def dynamic_axis_names(self) -> list[str]:
-        """Named axes used by the inputs, in first-seen order."""
-        names: list[str] = []
-        for t in self.inputs:
-            names += [d for d in t.shape if isinstance(d, str) and d not in names]
-        return names
-
 
 @dataclass(frozen=True)
 class ModelDims:
-    """The sizes that fix every graph's static axes (from the model config)."""
+    """The sizes that fix every graph's static axes (from the model config; no defaults here:
+    their one home is ``sed.config``)."""
 
     embed_dim: int
-    num_templates: int = 80
-    hidden_dim: int = 128
-    decoder_dims: tuple[int, int, int] = (64, 32, 16)
-    guidance_dims: tuple[int, int, int] = (32, 16, 8)
-    corr_guidance_dims: tuple[int, int, int] = (32, 16, 8)
-    feature_size: int = 24
-    image_size: int = 768
+    num_templates: int
+    hidden_dim: int
+    decoder_dims: tuple[int, int, int]
+    guidance_dims: tuple[int, int, int]
+    corr_guidance_dims: tuple[int, int, int]
+    feature_size: int
+    image_size: int
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ModelDims:
+        """Dims of a ``sed.config.SEDConfig`` (duck-typed: runtime does not import sed)."""
+        dec = cfg.decoder
+        return cls(
+            embed_dim=cfg.clip.embed_dim,
+            num_templates=dec.num_templates,
+            hidden_dim=dec.hidden_dim,
+            decoder_dims=tuple(dec.decoder_dims),
+            guidance_dims=tuple(dec.guidance_proj_dims),
+            corr_guidance_dims=tuple(dec.corr_guidance_dims),
+            feature_size=cfg.image_size // ENCODER_STRIDE,
+            image_size=cfg.image_size,
+        )
 
     @property
     def stage_channels(self) -> tuple[int, int, int, int]:
@@ -98,14 +111,12 @@ class ModelDims:
         """Spatial size of the per-class features entering decoder stage k (1..3)."""
         return self.feature_size * 2 ** (k - 1)
 
-    @property
-    def output_size(self) -> int:
-        return self.feature_size * 8
-
     def check_pooling(self, pooling: int) -> int:
         """Class-attention pooling must fit the smallest decoder map (``feature_size``)."""
         if not isinstance(pooling, int) or not 1 <= pooling <= self.feature_size:
-            raise ConfigError(f"--pooling must be between 1 and {self.feature_size} (the smallest decoder map), got {pooling}")
+            raise ConfigError(
+                f"--pooling must be between 1 and {self.feature_size} (the smallest decoder map), got {pooling}"
+            )
         return pooling
 
     def to_dict(self) -> dict:
@@ -214,6 +225,7 @@ def graph_specs(dims: ModelDims) -> dict[str, GraphSpec]:
             TensorSpec("corr_guidance", f32, ("B", "T", corr[k - 1], 2 * size, 2 * size)),
             TensorSpec("guidance", f32, ("B", guid[k - 1], 2 * size, 2 * size)),
         )
+        outputs: tuple[TensorSpec, ...]
         if k < 3:
             outputs = (
                 TensorSpec("next_features", f32, ("B", "T", chans[k], 2 * size, 2 * size)),

@@ -61,7 +61,10 @@ class Manifest:
         d = asdict(self)
         d["dims"] = self.dims.to_dict()
         d["limits"] = self.limits.to_dict()
-        d["io"] = {name: {"inputs": [_tensor(t) for t in s.inputs], "outputs": [_tensor(t) for t in s.outputs]} for name, s in self.specs.items()}
+        d["io"] = {
+            name: {"inputs": [_tensor(t) for t in s.inputs], "outputs": [_tensor(t) for t in s.outputs]}
+            for name, s in self.specs.items()
+        }
         return d
 
     def save(self, directory: str | Path) -> Path:
@@ -91,11 +94,15 @@ class Manifest:
             if not digest:
                 if label == "tokenizer" and not path.is_file():
                     continue  # older exports: the tokenizer installed with open_clip is used
-                raise EngineError(f"{str(directory / MANIFEST_NAME)!r} records no sha256 for {label} ({rel!r}); re-export the engines")
+                raise EngineError(
+                    f"{str(directory / MANIFEST_NAME)!r} records no sha256 for {label} ({rel!r}); re-export the engines"
+                )
             if not path.is_file():
                 raise EngineError(f"engine directory {str(directory)!r} is incomplete: {rel!r} ({label}) is missing")
             if file_sha256(path) != digest:
-                raise EngineError(f"{str(path)!r} ({label}) does not match its sha256 in the manifest: the file is corrupt or was replaced; re-export the engines")
+                raise EngineError(
+                    f"{str(path)!r} ({label}) does not match its sha256 in the manifest: the file is corrupt or was replaced; re-export the engines"
+                )
         seconds = time.perf_counter() - start
         log.debug("verified %s in %s in %.2f s", ", ".join(which), directory, seconds)
         return seconds
@@ -106,15 +113,21 @@ class Manifest:
         directory = Path(directory)
         path = directory / MANIFEST_NAME
         if not directory.is_dir():
-            raise EngineError(f"engine directory {str(directory)!r} does not exist; create it with 'sed-trt export' or 'make engine'")
+            raise EngineError(
+                f"engine directory {str(directory)!r} does not exist; create it with 'sed-trt export' or 'make engine'"
+            )
         if not path.is_file():
-            raise EngineError(f"{str(path)!r} is missing: {str(directory)!r} is not an engine directory made by 'sed-trt export'")
+            raise EngineError(
+                f"{str(path)!r} is missing: {str(directory)!r} is not an engine directory made by 'sed-trt export'"
+            )
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise EngineError(f"cannot read {str(path)!r}: {exc}") from None
         if d.get("format") != MANIFEST_FORMAT:
-            raise EngineError(f"{str(path)!r} has manifest format {d.get('format')!r}; this sed-trt reads format {MANIFEST_FORMAT}: re-export the engines")
+            raise EngineError(
+                f"{str(path)!r} has manifest format {d.get('format')!r}; this sed-trt reads format {MANIFEST_FORMAT}: re-export the engines"
+            )
         try:
             engines = {k: EngineEntry(**v) for k, v in d.get("engines", {}).items()}
             m = cls(
@@ -134,7 +147,9 @@ class Manifest:
                 engines=engines,
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise EngineError(f"{str(path)!r} is malformed ({type(exc).__name__}: {exc}); re-export the engines") from None
+            raise EngineError(
+                f"{str(path)!r} is malformed ({type(exc).__name__}: {exc}); re-export the engines"
+            ) from None
         missing = [g for g in GRAPH_NAMES if g not in m.graphs]
         if missing:
             raise EngineError(f"{str(path)!r} lists no graph for {missing}; re-export the engines")
@@ -142,7 +157,12 @@ class Manifest:
         if unknown:
             raise EngineError(f"{str(path)!r} lists unknown graphs {unknown}; re-export the engines")
         for label, (rel, _) in m.files().items():
-            if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or not is_within(directory / rel, directory):
+            if (
+                not isinstance(rel, str)
+                or not rel
+                or Path(rel).is_absolute()
+                or not is_within(directory / rel, directory)
+            ):
                 raise EngineError(f"{str(path)!r}: {label} file {rel!r} is outside the engine directory; refusing it")
         for name, rel in m.graphs.items():
             if not (directory / rel).is_file():
@@ -152,7 +172,9 @@ class Manifest:
     def check_backbone(self, backbone: str | None) -> None:
         """Refuse an engine directory exported for another backbone."""
         if backbone is not None and Path(backbone).stem != self.backbone:
-            raise EngineError(f"engine directory was exported for backbone {self.backbone!r}, not {Path(backbone).stem!r}")
+            raise EngineError(
+                f"engine directory was exported for backbone {self.backbone!r}, not {Path(backbone).stem!r}"
+            )
 
 
 def _tensor(t: TensorSpec) -> dict[str, Any]:

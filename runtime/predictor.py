@@ -8,18 +8,55 @@ scatters probabilities back to the full vocabulary (rejected classes exactly 0).
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime.backends.base import Backend
-from runtime.errors import ConfigError, EngineError, VocabularyError
+from runtime.backends.base import Array, Backend
+from runtime.cer import select_classes
+from runtime.errors import ConfigError, StateError, VocabularyError
 from runtime.image import labels_from_probs, preprocess
 from runtime.io_spec import DECODER_STAGES, IMAGE_ENCODER, TEXT_ENCODER
 from runtime.text_cache import TextFeatureCache, cached_text_features
 from runtime.tokenizer import ClipTokenizer
 from runtime.vocab import validate_vocabulary
+
+
+@dataclass
+class EncoderOutputs:
+    """Image encoder outputs: clip_dense (B, E, s, s) and the guidance of stages 1..3."""
+
+    clip_dense: Array
+    guidance: tuple[Array, Array, Array]
+
+
+@dataclass
+class StageOutputs:
+    """What leaves a decoder stage, per class (T'): features and cost-map guidance for the next
+    stage and the CER auxiliary logits (B, T', h, w); after stage 3 only ``probs``."""
+
+    features: Array = None
+    corr_guidance: Array = None
+    aux_logits: Array = None
+    probs: Array = None
+
+
+class Timer:
+    """Wall time of named steps in ms, each ended by ``synchronize`` (queued device work counts)."""
+
+    def __init__(self, synchronize: Callable[[], None]) -> None:
+        self.synchronize = synchronize
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.synchronize()
+        self.timings[name] = (time.perf_counter() - start) * 1e3
 
 
 @dataclass
@@ -36,7 +73,15 @@ class Prediction:
 class Predictor:
     """Segments images into the classes of the current vocabulary."""
 
-    def __init__(self, backend: Backend, *, topk: int | None = None, cache: TextFeatureCache | None = None, progress: bool = False, text_batch_size: int = 256) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        topk: int | None = None,
+        cache: TextFeatureCache | None = None,
+        progress: bool = False,
+        text_batch_size: int = 256,
+    ) -> None:
         if topk is not None and topk < 1:
             raise ConfigError(f"topk must be >= 1 (or omitted for no rejection), got {topk}")
         self.backend = backend
@@ -45,7 +90,7 @@ class Predictor:
         self.progress = progress
         self.text_batch_size = text_batch_size
         self.classes: list[str] = []
-        self._text: object = None
+        self._text: Array = None
         self._tokenizer: ClipTokenizer | None = None
 
     @property
@@ -65,7 +110,9 @@ class Predictor:
         classes = validate_vocabulary(list(classes))
         limit = self.backend.max_classes
         if limit is not None and len(classes) > limit:
-            raise EngineError(f"the vocabulary has {len(classes)} classes but the engines were exported for at most {limit}; re-export with --max-classes {len(classes)}")
+            raise VocabularyError(
+                f"the vocabulary has {len(classes)} classes but the engines were exported for at most {limit}; re-export with --max-classes {len(classes)}"
+            )
         feats = cached_text_features(
             self.encode_text,
             self.tokenizer,
@@ -87,45 +134,61 @@ class Predictor:
         self.text_features = np.ascontiguousarray(features, dtype=np.float32)  # (T, P, E) on the host
         self._text = self.backend.ops.from_numpy(self.text_features)
 
+    def encode_image(self, x: Array) -> EncoderOutputs:
+        """Image encoder on a pre-processed (B, 3, H, W) batch."""
+        out = self.backend.run(IMAGE_ENCODER, {"image": x})
+        return EncoderOutputs(
+            clip_dense=out["clip_dense"], guidance=(out["guidance1"], out["guidance2"], out["guidance3"])
+        )
+
+    def decode_stage0(self, enc: EncoderOutputs) -> StageOutputs:
+        """Cost map + embedding for the whole vocabulary."""
+        out = self.backend.run(DECODER_STAGES[0], {"clip_dense": enc.clip_dense, "text_features": self._text})
+        return StageOutputs(
+            features=out["next_features"], corr_guidance=out["next_corr_guidance"], aux_logits=out["aux_logits"]
+        )
+
+    def decode_stage(self, k: int, prev: StageOutputs, enc: EncoderOutputs) -> StageOutputs:
+        """Decoder stage k (1..3) on the classes in ``prev``; stage 3 gives probabilities."""
+        feeds = {"features": prev.features, "corr_guidance": prev.corr_guidance, "guidance": enc.guidance[k - 1]}
+        out = self.backend.run(DECODER_STAGES[k], feeds)
+        if k == 3:
+            return StageOutputs(probs=out["probs"])
+        return StageOutputs(
+            features=out["next_features"], corr_guidance=out["next_corr_guidance"], aux_logits=out["aux_logits"]
+        )
+
     def predict(self, image: np.ndarray) -> Prediction:
         """Segment one RGB uint8 image (H, W, 3)."""
         if self._text is None:
-            raise RuntimeError("no vocabulary: call set_classes() first")
-        backend, ops = self.backend, self.backend.ops
-        timings: dict[str, float] = {}
-        tick = time.perf_counter()
-
-        def lap(name: str) -> None:
-            nonlocal tick
-            ops.synchronize()
-            now = time.perf_counter()
-            timings[name] = (now - tick) * 1e3
-            tick = now
-
-        x = ops.from_numpy(preprocess(image))
-        lap("preprocess_ms")
-        enc = backend.run(IMAGE_ENCODER, {"image": x})
-        lap("image_encoder_ms")
-        out = backend.run(DECODER_STAGES[0], {"clip_dense": enc["clip_dense"], "text_features": self._text})
-        lap("decoder_stage0_ms")
+            raise StateError("no vocabulary: call set_classes() first")
+        ops = self.backend.ops
+        timer = Timer(ops.synchronize)
         num_classes = len(self.classes)
-        kept = np.arange(num_classes)
+        kept = np.arange(num_classes)  # indices into the vocabulary of the classes still decoded
         survivors: list[int] = []
+        with timer("preprocess_ms"):
+            x = ops.from_numpy(preprocess(image))
+        with timer("image_encoder_ms"):
+            enc = self.encode_image(x)
+        with timer("decoder_stage0_ms"):
+            out = self.decode_stage0(enc)
         for k in (1, 2, 3):
-            # Run CER: keep the classes in some pixel's top-k, gather their per-class tensors
-            sel = ops.select(out["aux_logits"], self.topk)
-            feats, cg = out["next_features"], out["next_corr_guidance"]
-            if len(sel) < len(kept):
-                feats, cg, kept = ops.take(feats, sel, 1), ops.take(cg, sel, 1), kept[sel]
-            survivors.append(len(kept))
-            lap(f"cer{k}_ms")
-            out = backend.run(DECODER_STAGES[k], {"features": feats, "corr_guidance": cg, "guidance": enc[f"guidance{k}"]})
-            lap(f"decoder_stage{k}_ms")
-        probs = ops.to_numpy(ops.scatter_classes(out["probs"], kept, num_classes))[0]
-        lap("scatter_ms")
-        labels = labels_from_probs(probs, image.shape[:2], classes=kept)
-        lap("postprocess_ms")
+            with timer(f"cer{k}_ms"):  # keep the classes in some pixel's top-k; gather their tensors
+                sel = select_classes(ops, out.aux_logits, self.topk)
+                if len(sel) < len(kept):
+                    out = StageOutputs(
+                        features=ops.take(out.features, sel, 1), corr_guidance=ops.take(out.corr_guidance, sel, 1)
+                    )
+                    kept = kept[sel]
+                survivors.append(len(kept))
+            with timer(f"decoder_stage{k}_ms"):
+                out = self.decode_stage(k, out, enc)
+        with timer("scatter_ms"):
+            probs = ops.to_numpy(ops.scatter_classes(out.probs, kept, num_classes))[0]
+        with timer("postprocess_ms"):
+            labels = labels_from_probs(probs, image.shape[:2], classes=kept)
         mask = np.zeros(num_classes, dtype=bool)
         mask[kept] = True
-        timings["total_ms"] = sum(timings.values())
+        timings = dict(timer.timings, total_ms=sum(timer.timings.values()))
         return Prediction(probs=probs, labels=labels, kept=mask, survivors=survivors, timings=timings)

@@ -10,7 +10,9 @@ from typing import TextIO
 class Progress:
     """Prints ``desc: 42% (21/50) 3.1s`` lines to stderr, at most every ``interval`` seconds."""
 
-    def __init__(self, total: int, desc: str, *, enabled: bool = True, interval: float = 1.0, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, total: int, desc: str, *, enabled: bool = True, interval: float = 1.0, stream: TextIO | None = None
+    ) -> None:
         self.total = max(int(total), 1)
         self.desc = desc
         self.enabled = enabled
@@ -30,7 +32,11 @@ class Progress:
             self._last = now
             pct = 100.0 * self.done / self.total
             tail = f" {self.extra}" if self.extra else ""
-            print(f"{self.desc}: {pct:5.1f}% ({self.done}/{self.total}) {now - self.start:.1f}s{tail}", file=self.stream, flush=True)
+            print(
+                f"{self.desc}: {pct:5.1f}% ({self.done}/{self.total}) {now - self.start:.1f}s{tail}",
+                file=self.stream,
+                flush=True,
+            )
 
     def log(self, message: str) -> None:
         """A one-off line under the same prefix."""

@@ -54,7 +54,9 @@ class TextFeatureCache:
     @staticmethod
     def key(fingerprint: str, classes: list[str], templates: tuple[str, ...] = IMAGENET_TEMPLATES) -> str:
         """Hash of the text tower, the templates and the class strings."""
-        payload = json.dumps({"model": fingerprint, "templates": list(templates), "classes": classes}, ensure_ascii=False)
+        payload = json.dumps(
+            {"model": fingerprint, "templates": list(templates), "classes": classes}, ensure_ascii=False
+        )
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
     def _path(self, key: str) -> Path | None:
@@ -93,12 +95,22 @@ class TextFeatureCache:
         path = self._path(key)
         if path is None:
             return
-        header = {"format": self.FORMAT, "key": key, "producer": producer, "shape": list(features.shape), "sha256": _digest(features)}
+        header = {
+            "format": self.FORMAT,
+            "key": key,
+            "producer": producer,
+            "shape": list(features.shape),
+            "sha256": _digest(features),
+        }
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda tmp: _save_entry(tmp, header, features))
         except OSError as exc:
-            log.warning("cannot write the text-feature cache at %s (%s); continuing without it", path.parent, exc.strerror or exc)
+            log.warning(
+                "cannot write the text-feature cache at %s (%s); continuing without it",
+                path.parent,
+                exc.strerror or exc,
+            )
 
 
 def _digest(features: np.ndarray) -> str:
@@ -177,11 +189,15 @@ def cached_text_features(
         hit = cache.get(key, shape=shape)
         if hit is not None:
             return hit
-    feats = encode_vocabulary(encode, tokenizer, classes, num_templates=num_templates, batch_size=batch_size, progress=progress)
+    feats = encode_vocabulary(
+        encode, tokenizer, classes, num_templates=num_templates, batch_size=batch_size, progress=progress
+    )
     if shape is not None and feats.shape != shape:
         raise EngineError(f"the text encoder returned features of shape {feats.shape}, expected {shape}")
     if not np.isfinite(feats).all():
-        raise EngineError("the text encoder produced non-finite features (corrupt weights or graph?); nothing was cached")
+        raise EngineError(
+            "the text encoder produced non-finite features (corrupt weights or graph?); nothing was cached"
+        )
     if cache is not None:
         cache.put(key, feats, producer=fingerprint)
     return feats

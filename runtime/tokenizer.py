@@ -28,14 +28,18 @@ def default_bpe_path() -> Path:
     """The merges file shipped with open_clip_torch (found without importing torch)."""
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"cannot find {BPE_FILENAME}: install open_clip_torch or use an engine directory that contains it")
+        raise ConfigError(
+            f"cannot find {BPE_FILENAME}: install open_clip_torch or use an engine directory that contains it"
+        )
     return Path(list(spec.submodule_search_locations)[0]) / BPE_FILENAME
 
 
 @functools.lru_cache(maxsize=1)
 def _byte_to_unicode() -> dict[int, str]:
     # Printable bytes map to themselves; the rest to code points above 255, so no BPE symbol is whitespace.
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     codes = printable[:]
     extra = 0
     for b in range(256):
@@ -59,7 +63,8 @@ class ClipTokenizer:
         path = Path(bpe_path) if bpe_path is not None else default_bpe_path()
         if not path.is_file():
             raise ConfigError(f"BPE merges file not found: {path}")
-        lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")[1 : _NUM_MERGES + 1]
+        with gzip.open(path, "rt", encoding="utf-8") as f:  # the file was left open before
+            lines = f.read().split("\n")[1 : _NUM_MERGES + 1]
         merges = [tuple(line.split()) for line in lines]
         byte_symbols = list(_byte_to_unicode().values())
         vocab = byte_symbols + [s + "</w>" for s in byte_symbols] + ["".join(m) for m in merges]

@@ -11,11 +11,14 @@ def palette(n: int) -> np.ndarray:
     """Deterministic, well-spread colours (n, 3) uint8 (golden-ratio hues)."""
     import colorsys
 
-    cols = [colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.65 + 0.35 * ((i // 7) % 2), 0.95 - 0.25 * ((i // 3) % 2)) for i in range(n)]
+    cols = [
+        colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.65 + 0.35 * ((i // 7) % 2), 0.95 - 0.25 * ((i // 3) % 2))
+        for i in range(n)
+    ]
     return (np.array(cols) * 255).astype(np.uint8)
 
 
-def _font(size: int):  # noqa: ANN202
+def _font(size: int):
     from PIL import ImageFont
 
     try:
@@ -24,11 +27,16 @@ def _font(size: int):  # noqa: ANN202
         return ImageFont.load_default()
 
 
-def legend_entries(labels: np.ndarray, classes: list[str], *, max_legend: int = 40) -> tuple[list[tuple[int, str]], int]:
+def legend_entries(
+    labels: np.ndarray, classes: list[str], *, max_legend: int = 40
+) -> tuple[list[tuple[int, str]], int]:
     """(class index, "name 12.3%") for the classes present, largest area first, and how many were left out."""
     ids, counts = np.unique(labels, return_counts=True)
     order = np.argsort(-counts, kind="stable")
-    entries = [(int(ids[j]), f"{display_name(classes[int(ids[j])])[:26]} {100.0 * counts[j] / labels.size:.1f}%") for j in order[:max_legend]]
+    entries = [
+        (int(ids[j]), f"{display_name(classes[int(ids[j])])[:26]} {100.0 * counts[j] / labels.size:.1f}%")
+        for j in order[:max_legend]
+    ]
     return entries, len(order) - len(entries)
 
 

@@ -160,13 +160,17 @@ def _read_vocabulary_file(path: Path) -> list[str]:
     except OSError as exc:
         raise VocabularyError(f"cannot read vocabulary file {str(path)!r}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
-        raise VocabularyError(f"vocabulary file {str(path)!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+        raise VocabularyError(
+            f"vocabulary file {str(path)!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from None
     text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not part of the first class
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise VocabularyError(f"vocabulary file {str(path)!r} is not valid JSON: {exc.msg} (line {exc.lineno})") from None
+            raise VocabularyError(
+                f"vocabulary file {str(path)!r} is not valid JSON: {exc.msg} (line {exc.lineno})"
+            ) from None
         if not isinstance(data, list) or not all(isinstance(c, str) for c in data):
             raise VocabularyError(f"vocabulary file {str(path)!r} must hold a JSON list of strings")
         return data

@@ -10,9 +10,10 @@ import torch
 
 from runtime.backends.base import Backend
 from runtime.backends.torch_ops import TorchOps
-from runtime.io_spec import DECODER_STAGES, IMAGE_ENCODER, TEXT_ENCODER
+from runtime.errors import ConfigError, StateError
 from sed.build import load_sed, resolve_device
 from sed.checkpoint import text_tower_fingerprint
+from sed.graphs import graph_outputs
 from sed.modeling.sed import SED
 
 
@@ -37,7 +38,17 @@ class TorchBackend(Backend):
 
     name = "torch"
 
-    def __init__(self, model: SED | None = None, *, backbone: str | Path | None = None, weights: str | Path | None = None, device: str = "cpu", pooling: int = 1, threads: int | None = None, allow_tf32: bool = False) -> None:
+    def __init__(
+        self,
+        model: SED | None = None,
+        *,
+        backbone: str | Path | None = None,
+        weights: str | Path | None = None,
+        device: str = "cpu",
+        pooling: int = 1,
+        threads: int | None = None,
+        allow_tf32: bool = False,
+    ) -> None:
         super().__init__()
         resolve_device(device)
         self._model = model
@@ -61,7 +72,7 @@ class TorchBackend(Backend):
     @property
     def model(self) -> SED:
         if self._model is None:
-            raise RuntimeError("torch backend is not active: call activate() first")
+            raise StateError("torch backend is not active: call activate() first")
         return self._model
 
     @property
@@ -79,7 +90,7 @@ class TorchBackend(Backend):
             torch.set_num_threads(self.threads)
         if self._model is None:
             if self.backbone is None:
-                raise RuntimeError("torch backend needs a model or a backbone")
+                raise ConfigError("the torch backend needs a model or a backbone")
             self._model = load_sed(self.backbone, self.weights, device=self.device)
             self._set_dims(self._model)
         self._model.eval()
@@ -91,17 +102,6 @@ class TorchBackend(Backend):
             return self._run_graph(graph, feeds)
 
     def _run_graph(self, graph: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        m = self.model
-        if graph == IMAGE_ENCODER:
-            enc = m.encode_image(feeds["image"])
-            return {"clip_dense": enc.clip_dense, **{f"guidance{k}": g for k, g in enumerate(enc.guidance, 1)}}
-        if graph == TEXT_ENCODER:
-            return {"text_embeddings": m.encode_text(feeds["tokens"])}
-        if graph == DECODER_STAGES[0]:
-            out = m.decode_stage0(feeds["clip_dense"], feeds["text_features"])
-        else:
-            k = DECODER_STAGES.index(graph)
-            out = m.decode_stage(k, feeds["features"], feeds["corr_guidance"], feeds["guidance"], self.pooling)
-            if k == 3:
-                return {"probs": out.aux_logits.sigmoid()}
-        return {"next_features": out.features, "next_corr_guidance": out.corr_guidance, "aux_logits": out.aux_logits}
+        spec = self.specs[graph]
+        outs = graph_outputs(self.model, graph, [feeds[n] for n in spec.input_names], pooling=self.pooling)
+        return dict(zip(spec.output_names, outs))

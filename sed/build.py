@@ -38,7 +38,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ConfigError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise BackendUnavailableError(f"--device {device}: no CUDA GPU is available here (torch.cuda.is_available() is False)")
+            raise BackendUnavailableError(
+                f"--device {device}: no CUDA GPU is available here (torch.cuda.is_available() is False)"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif dev.type != "cpu":

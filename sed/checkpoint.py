@@ -11,6 +11,7 @@ import hashlib
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -29,7 +30,9 @@ def read_checkpoint(path: str | Path, what: str) -> Mapping[str, object]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "unsupported global" not in str(exc).lower():  # torch's words for a refused Python object
-            raise CheckpointError(f"cannot read {what} {str(path)!r}: not a PyTorch checkpoint (or a damaged one)") from None
+            raise CheckpointError(
+                f"cannot read {what} {str(path)!r}: not a PyTorch checkpoint (or a damaged one)"
+            ) from None
         raise CheckpointError(
             f"refusing {what} {str(path)!r}: it holds Python objects besides tensors, and unpickling them could run code; "
             "save a plain state dict (torch.save(model.state_dict(), path))"
@@ -93,7 +96,9 @@ def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], *, what: str)
         raise CheckpointError(f"{what} does not match the model: " + "; ".join(problems))
     bad = sorted(k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
     if bad:
-        raise CheckpointError(f"{what} holds NaN or infinite values in {_format_keys(bad, 4)}: the file is corrupt or training diverged")
+        raise CheckpointError(
+            f"{what} holds NaN or infinite values in {_format_keys(bad, 4)}: the file is corrupt or training diverged"
+        )
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
 
 
@@ -112,7 +117,7 @@ def load_clip_weights(model: nn.Module, path: str | Path) -> None:
     """Load open_clip CLIP weights (e.g. ``open_clip_pytorch_model.bin``) into ``model.clip_model``."""
     sd = extract_state_dict(read_checkpoint(path, "CLIP weights"))
     sd = {k[len("clip_model.") :] if k.startswith("clip_model.") else k: v for k, v in sd.items()}
-    load_strict(model.clip_model, sd, what=f"CLIP weights {str(path)!r}")
+    load_strict(cast(nn.Module, model.clip_model), sd, what=f"CLIP weights {str(path)!r}")
 
 
 def text_tower_fingerprint(model: nn.Module) -> str:

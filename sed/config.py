@@ -84,7 +84,9 @@ def clip_config_from_dict(name: str, d: dict[str, Any]) -> ClipConfig:
     """Validate an open_clip model-config dict; unknown keys are an error."""
     unknown = set(d) - _TOP_LEVEL_KEYS
     if unknown:
-        raise ConfigError(f"model config {name!r} has unknown keys {sorted(unknown)}; allowed: {sorted(_TOP_LEVEL_KEYS)}")
+        raise ConfigError(
+            f"model config {name!r} has unknown keys {sorted(unknown)}; allowed: {sorted(_TOP_LEVEL_KEYS)}"
+        )
     for key in ("embed_dim", "vision_cfg", "text_cfg"):
         if key not in d:
             raise ConfigError(f"model config {name!r} lacks {key!r}")
@@ -95,7 +97,9 @@ def clip_config_from_dict(name: str, d: dict[str, Any]) -> ClipConfig:
     if vision.get("timm_pool", "") not in ("", "avg"):
         raise ConfigError(f"model config {name!r}: timm_pool must be '' (got {vision.get('timm_pool')!r})")
     if vision.get("timm_proj") not in ("linear", "mlp"):
-        raise ConfigError(f"model config {name!r}: timm_proj must be 'linear' or 'mlp' (got {vision.get('timm_proj')!r})")
+        raise ConfigError(
+            f"model config {name!r}: timm_proj must be 'linear' or 'mlp' (got {vision.get('timm_proj')!r})"
+        )
     return ClipConfig(
         name=name,
         embed_dim=int(d["embed_dim"]),
@@ -117,7 +121,9 @@ def load_config(name_or_path: str | Path) -> SEDConfig:
         name = text
         path = _configs_dir() / f"{text}.json"
     else:
-        raise ConfigError(f"unknown model {text!r}; available: {list_models()} or a path to an open_clip model-config JSON")
+        raise ConfigError(
+            f"unknown model {text!r}; available: {list_models()} or a path to an open_clip model-config JSON"
+        )
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:

@@ -15,7 +15,9 @@ def labels_from_probs_torch(probs: torch.Tensor, out_hw: tuple[int, int], chunk:
     best = torch.full(out_hw, -float("inf"), dtype=probs.dtype, device=probs.device)
     labels = torch.zeros(out_hw, dtype=torch.int64, device=probs.device)
     for start in range(0, probs.shape[0], chunk):
-        resized = F.interpolate(probs[None, start : start + chunk], size=out_hw, mode="bilinear", align_corners=False)[0]
+        resized = F.interpolate(probs[None, start : start + chunk], size=out_hw, mode="bilinear", align_corners=False)[
+            0
+        ]
         val, arg = resized.max(dim=0)
         better = val > best
         best = torch.where(better, val, best)

@@ -49,7 +49,14 @@ def parity_engine_dir(tmp_path_factory: pytest.TempPathFactory, parity_dir: Path
     from runtime.io_spec import ExportLimits
 
     out = tmp_path_factory.mktemp("engine_parity")
-    run_export(parity_model, out, backbone="sed_tiny_linear", weights=parity_dir / "checkpoint.pth", limits=ExportLimits(max_classes=64, opt_classes=24), progress=False)
+    run_export(
+        parity_model,
+        out,
+        backbone="sed_tiny_linear",
+        weights=parity_dir / "checkpoint.pth",
+        limits=ExportLimits(max_classes=64, opt_classes=24),
+        progress=False,
+    )
     return out
 
 
@@ -69,5 +76,13 @@ def small_engine_dir(tmp_path_factory: pytest.TempPathFactory, small_model) -> P
     from runtime.io_spec import ExportLimits
 
     out = tmp_path_factory.mktemp("engine_small")
-    run_export(small_model, out, backbone="sed_tiny_linear", weights=None, limits=ExportLimits(max_classes=1000, opt_classes=150), validate=False, progress=False)
+    run_export(
+        small_model,
+        out,
+        backbone="sed_tiny_linear",
+        weights=None,
+        limits=ExportLimits(max_classes=1000, opt_classes=150),
+        validate=False,
+        progress=False,
+    )
     return out

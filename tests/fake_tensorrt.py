@@ -110,12 +110,15 @@ class _TimingCache:
 class _Config:
     def __init__(self) -> None:
         self.profiles: list[_Profile] = []
-        self.flags: set[int] = set()
+        self.flags: set[int] = {BuilderFlag.TF32}  # as TensorRT: TF32 "Enabled by default"
         self.pools: dict[int, int] = {}
         self.cache: _TimingCache | None = None
 
     def set_flag(self, flag: int) -> None:
         self.flags.add(flag)
+
+    def clear_flag(self, flag: int) -> None:
+        self.flags.discard(flag)
 
     def set_memory_pool_limit(self, pool: int, size: int) -> None:
         self.pools[pool] = size
@@ -128,12 +131,13 @@ class _Config:
         return _TimingCache(data)
 
     def set_timing_cache(self, cache: _TimingCache, ignore_mismatch: bool) -> bool:
+        if cache.data.startswith(b"foreign") and not ignore_mismatch:
+            return False  # a cache from another GPU or TensorRT version: not applied
         self.cache = cache
         return True
 
-    def get_timing_cache(self) -> _TimingCache:
-        assert self.cache is not None, "get_timing_cache before set_timing_cache"
-        return self.cache
+    def get_timing_cache(self) -> _TimingCache | None:
+        return self.cache  # None when no cache was accepted
 
 
 class Builder:
@@ -156,7 +160,13 @@ class Builder:
         missing = [n for n in network.inputs if n not in config.profiles[0].shapes]
         assert not missing, f"dynamic inputs without a profile: {missing}"
         CALLS.append(("build", network.onnx_path, config.profiles[0].shapes))
-        return json.dumps({"onnx": network.onnx_path, "profile": {k: [list(s) for s in v] for k, v in config.profiles[0].shapes.items()}}).encode()
+        CALLS.append(("build_flags", network.onnx_path, set(config.flags)))
+        return json.dumps(
+            {
+                "onnx": network.onnx_path,
+                "profile": {k: [list(s) for s in v] for k, v in config.profiles[0].shapes.items()},
+            }
+        ).encode()
 
 
 _NP = {onnx.TensorProto.FLOAT: (np.float32, ctypes.c_float), onnx.TensorProto.INT64: (np.int64, ctypes.c_int64)}
@@ -169,8 +179,8 @@ class _Engine:
         self.plan = plan
         self.model = onnx.load(plan["onnx"])
         self.session = ort.InferenceSession(plan["onnx"], providers=["CPUExecutionProvider"])
-        self.inputs = [i for i in self.model.graph.input]
-        self.outputs = [o for o in self.model.graph.output]
+        self.inputs = list(self.model.graph.input)
+        self.outputs = list(self.model.graph.output)
         self.io = [*self.inputs, *self.outputs]
 
     @property
@@ -234,7 +244,9 @@ class _Context:
             dtype, ctype = _NP[vi.type.tensor_type.elem_type]
             shape = self.shapes[vi.name]
             n = int(np.prod(shape))
-            feeds[vi.name] = np.ctypeslib.as_array((ctype * n).from_address(self.addresses[vi.name])).reshape(shape).copy()
+            feeds[vi.name] = (
+                np.ctypeslib.as_array((ctype * n).from_address(self.addresses[vi.name])).reshape(shape).copy()
+            )
         outs = self.engine.session.run([o.name for o in self.engine.outputs], feeds)
         for vi, arr in zip(self.engine.outputs, outs):
             assert tuple(arr.shape) == self.get_tensor_shape(vi.name)

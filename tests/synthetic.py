@@ -16,7 +16,9 @@ from PIL import Image
 COLOURS = {0: (220, 40, 40), 1: (40, 200, 60), 2: (40, 60, 220), 3: (230, 210, 40)}
 
 
-def make_sample(rng: np.random.Generator, h: int, w: int, class_ids: tuple[int, ...] = tuple(COLOURS), ignore: int = 255) -> tuple[np.ndarray, np.ndarray]:
+def make_sample(
+    rng: np.random.Generator, h: int, w: int, class_ids: tuple[int, ...] = tuple(COLOURS), ignore: int = 255
+) -> tuple[np.ndarray, np.ndarray]:
     """One (image uint8 (h, w, 3), label (h, w)) pair."""
     ids = list(class_ids)
     bg = int(rng.choice(ids))
@@ -34,7 +36,19 @@ def make_sample(rng: np.random.Generator, h: int, w: int, class_ids: tuple[int, 
     return image, label
 
 
-def write_split(root: Path, image_dir: str, label_dir: str, n: int, *, seed: int, size: tuple[int, int] = (72, 96), label_ext: str = ".png", ignore: int = 255, label_dtype: type = np.uint8, stem: str = "img") -> list[str]:
+def write_split(
+    root: Path,
+    image_dir: str,
+    label_dir: str,
+    n: int,
+    *,
+    seed: int,
+    size: tuple[int, int] = (72, 96),
+    label_ext: str = ".png",
+    ignore: int = 255,
+    label_dtype: type = np.uint8,
+    stem: str = "img",
+) -> list[str]:
     """Write ``n`` samples under ``root/image_dir`` (jpg) and ``root/label_dir``; returns the stems."""
     rng = np.random.default_rng(seed)
     (root / image_dir).mkdir(parents=True, exist_ok=True)

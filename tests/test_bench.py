@@ -10,7 +10,17 @@ from benchmarks.bench import BenchConfig, run_bench
 
 
 def test_bench_tiny_writes_table_and_plot(tmp_path):
-    cfg = BenchConfig(backbone="sed_tiny_linear", image_sizes=(64,), vocab_sizes=(3, 20), topks=(None, 1), fixed_survivors=2, backends=("torch", "onnxruntime", "tensorrt"), repeats=2, warmup=1, out_dir=str(tmp_path))
+    cfg = BenchConfig(
+        backbone="sed_tiny_linear",
+        image_sizes=(64,),
+        vocab_sizes=(3, 20),
+        topks=(None, 1),
+        fixed_survivors=2,
+        backends=("torch", "onnxruntime", "tensorrt"),
+        repeats=2,
+        warmup=1,
+        out_dir=str(tmp_path),
+    )
     result = run_bench(cfg)
     data = json.loads((tmp_path / "bench.json").read_text())
     assert {r["backend"] for r in data["rows"]} == {"torch", "onnxruntime"}
@@ -38,14 +48,20 @@ def test_figures_from_a_fixed_bench_json(tmp_path):
     for fig in (latency, parts, memory):
         assert Image.open(fig.path).size == (1080, 624)
         assert fig.title.startswith("SED sed_tiny_linear (random weights), 64 px") and "AMD EPYC, 2 CPUs" in fig.title
-    assert set(latency.labels) == {f"{b}, {s}" for b in ("torch", "onnxruntime") for s in ("no CER", "CER top-2", "stages 1-3 at 2 classes")}
+    assert set(latency.labels) == {
+        f"{b}, {s}" for b in ("torch", "onnxruntime") for s in ("no CER", "CER top-2", "stages 1-3 at 2 classes")
+    }
     assert "150 classes, no CER" in parts.title
-    assert parts.labels[-2:] == ["onnxruntime", "torch"] and "post-processing" in parts.labels and "image encoder" in parts.labels
+    assert (
+        parts.labels[-2:] == ["onnxruntime", "torch"]
+        and "post-processing" in parts.labels
+        and "image encoder" in parts.labels
+    )
     assert memory.labels == ["onnxruntime host RSS", "torch host RSS"]
 
 
 def test_figures_command(tmp_path, capsys):
-    from runtime.cli import main
+    from sed_trt.cli import main
 
     shutil.copyfile(Path(__file__).parent / "data" / "bench_small.json", tmp_path / "bench.json")
     assert main(["figures", str(tmp_path / "bench.json")]) == 0

@@ -10,7 +10,11 @@ import pytest
 from export.trt_build import tensorrt_unavailable_reason
 
 REASON = tensorrt_unavailable_reason()
-pytestmark = [pytest.mark.gpu, pytest.mark.trt, pytest.mark.skipif(REASON is not None, reason=f"needs TensorRT and a GPU: {REASON}")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.trt,
+    pytest.mark.skipif(REASON is not None, reason=f"needs TensorRT and a GPU: {REASON}"),
+]
 
 
 @pytest.mark.parametrize("precision,atol", [("fp32", 1e-3), ("fp16", 2e-2)])

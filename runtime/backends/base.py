@@ -9,11 +9,13 @@ from typing import Any
 
 import numpy as np
 
+from runtime.errors import ConfigError, EngineError, InputError, SedTrtError, StateError
 from runtime.io_spec import ExportLimits, GraphSpec, ModelDims, graph_specs
 
 Array = Any  # np.ndarray for host backends, torch.Tensor for device backends
 
 log = logging.getLogger("sed_trt")
+_warned_random: set[Path] = set()  # engine directories already warned about in this process
 
 
 class ArrayOps(abc.ABC):
@@ -31,21 +33,14 @@ class ArrayOps(abc.ABC):
 
     @abc.abstractmethod
     def topk_union(self, logits: Array, k: int) -> np.ndarray:
-        """Sorted classes that are in the per-pixel top-k of any pixel and image of (B, T, H, W)."""
+        """Sorted classes that are in the per-pixel top-k of any pixel and image of (B, T, H, W) (see runtime.cer)."""
 
     @abc.abstractmethod
     def scatter_classes(self, probs: Array, kept: np.ndarray, num_classes: int) -> Array:
         """(B, T', H, W) -> (B, T, H, W) with exact zeros outside ``kept``."""
 
-    def synchronize(self) -> None:
+    def synchronize(self) -> None:  # noqa: B027 (a no-op by default: host arrays are always ready)
         """Wait for queued device work (timing); a no-op on the host."""
-
-    def select(self, logits: Array, topk: int | None) -> np.ndarray:
-        """CER selection rule; None (or k >= T) keeps every class."""
-        t = int(logits.shape[1])
-        if topk is None or topk >= t:
-            return np.arange(t)
-        return self.topk_union(logits, topk)
 
 
 class NumpyOps(ArrayOps):
@@ -61,11 +56,9 @@ class NumpyOps(ArrayOps):
         return np.ascontiguousarray(np.take(x, idx, axis=axis))
 
     def topk_union(self, logits: np.ndarray, k: int) -> np.ndarray:
-        t = logits.shape[1]
-        top = np.argpartition(-logits, k - 1, axis=1)[:, :k]  # B K H W, unordered
-        keep = np.zeros(t, dtype=bool)
-        keep[top.ravel()] = True
-        return np.flatnonzero(keep)
+        from runtime.cer import topk_union
+
+        return topk_union(logits, k)
 
     def scatter_classes(self, probs: np.ndarray, kept: np.ndarray, num_classes: int) -> np.ndarray:
         out = np.zeros((probs.shape[0], num_classes, *probs.shape[2:]), dtype=probs.dtype)
@@ -132,12 +125,14 @@ class Backend(abc.ABC):
     def run(self, graph: str, feeds: dict[str, Array]) -> dict[str, Array]:
         """Validate ``feeds`` against the I/O spec, then execute ``graph``."""
         if not self.active:
-            raise RuntimeError(f"{self.name} backend is not active: call activate() (or use it as a context manager) first")
+            raise StateError(
+                f"{self.name} backend is not active: call activate() (or use it as a context manager) first"
+            )
         spec = self.specs[graph]
         sizes: dict[str, int] = {}
         for t in spec.inputs:
             if t.name not in feeds:
-                raise ValueError(f"graph {graph!r} | missing input {t.name!r} | expected {spec.input_names}")
+                raise InputError(f"graph {graph!r} | missing input {t.name!r} | expected {spec.input_names}")
             x = feeds[t.name]
             t.check(tuple(x.shape), _dtype_name(x), sizes)
         return self._run(graph, feeds)
@@ -167,12 +162,64 @@ class EngineDirBackend(Backend):
         self.dims = self.manifest.dims
         self.limits = self.manifest.limits
         self.pooling = self.manifest.pooling
+        self._runners: dict[str, Any] = {}
+
+    def _prepare(self) -> None:
+        """Import the engine library and settle options before any graph loads (raise
+        :class:`BackendUnavailableError` when it is missing). Graph backends override it."""
+
+    def _load(self, graph: str, path: Path) -> Any:
+        """A runner for one graph file (ONNX Runtime session, OpenVINO infer request...)."""
+        raise NotImplementedError
+
+    def activate(self) -> EngineDirBackend:
+        """Verify the files, then load a runner per graph of the manifest."""
+        self._prepare()
+        self.verify()
+        runners = {}
+        for name, rel in self.manifest.graphs.items():
+            try:
+                runners[name] = self._load(name, self.engine_dir / rel)
+            except SedTrtError:
+                raise
+            except Exception as exc:  # each engine library raises its own types
+                reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                raise EngineError(f"{self.name} cannot load {rel!r}: {reason}") from None
+        self._runners = runners
+        self.active = True
+        return self
+
+    def deactivate(self) -> None:
+        self._runners = {}
+        self.active = False
+
+    def check_compatible(
+        self, *, pooling: int | None = None, image_size: int | None = None, weights: str | Path | None = None
+    ) -> None:
+        """Refuse a request the exported graphs cannot serve (pooling and input size are baked in)."""
+        if pooling is not None and pooling != self.pooling:
+            raise ConfigError(f"the engines were exported with --pooling {self.pooling}; got --pooling {pooling}")
+        if image_size is not None and image_size != self.dims.image_size:
+            raise ConfigError(
+                f"the engines were exported with --image-size {self.dims.image_size}; got --image-size {image_size}"
+            )
+        if weights is not None:
+            from runtime.fsutil import file_sha256
+
+            if not Path(weights).is_file():
+                raise ConfigError(f"--weights {str(weights)!r} does not exist")
+            if self.manifest.checkpoint_sha256 != file_sha256(weights):
+                raise ConfigError(f"--weights {str(weights)!r} is not the checkpoint the engines were exported from")
 
     def verify(self) -> None:
         """Check the files this backend loads against the manifest; warn about random weights."""
         self.manifest.verify_files(self.engine_dir, which=self.verify_kinds)
-        if self.manifest.checkpoint_sha256 is None:
-            log.warning("the engines in %s were exported with RANDOM weights (no --weights): fine for speed, useless for predictions", self.engine_dir)
+        if self.manifest.checkpoint_sha256 is None and self.engine_dir.resolve() not in _warned_random:
+            _warned_random.add(self.engine_dir.resolve())
+            log.warning(
+                "the engines in %s were exported with RANDOM weights (no --weights): fine for speed, useless for predictions",
+                self.engine_dir,
+            )
 
     @property
     def random_weights(self) -> bool:

@@ -52,6 +52,7 @@ class OpenVINOBackend(EngineDirBackend):
         precision: str = "f32",
         threads: int | None = None,
         cache_dir: str | Path | None = None,
+        release_memory: bool = False,
         backbone: str | None = None,
     ) -> None:
         super().__init__(engine_dir, backbone=backbone)
@@ -60,10 +61,15 @@ class OpenVINOBackend(EngineDirBackend):
         self.precision = PRECISIONS[precision]
         self.threads = threads
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        # Free each graph's intermediate buffers after it ran. Measured (ConvNeXt-B, 768 px, 150
+        # classes, 2-core EPYC): peak RSS 10.3 -> 7.3 GB, time per image 9-11 -> 16 s.
+        self.release_memory = release_memory
+        self._compiled: dict[str, Any] = {}
         self.ops = NumpyOps()
         self.device = f"CPU ({self.precision})"
-        self._requests: dict[str, Any] = {}
-        self._outputs: dict[str, list[str]] = {}
+        self._core: Any = None
+        self._config: dict[str, Any] = {}
+        self._expected: Any = None
 
     @property
     def label(self) -> str:
@@ -85,36 +91,37 @@ class OpenVINOBackend(EngineDirBackend):
             cfg["INFERENCE_NUM_THREADS"] = int(self.threads)
         return cfg
 
-    def activate(self) -> OpenVINOBackend:
+    def _prepare(self) -> None:
         ov = import_openvino()
-        self.verify()
-        core = ov.Core()
-        cfg = self.config(core)
+        self._core = ov.Core()
+        self._config = self.config(self._core)
+        self._expected = {"f32": ov.Type.f32, "bf16": ov.Type.bf16}[self.precision]
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            core.set_property({"CACHE_DIR": str(self.cache_dir)})
+            self._core.set_property({"CACHE_DIR": str(self.cache_dir)})
         except OSError:
             pass  # no cache: compile every start-up
-        for name, rel in self.manifest.graphs.items():
-            try:
-                compiled = core.compile_model(str(self.engine_dir / rel), "CPU", cfg)
-            except Exception as exc:
-                raise EngineError(f"OpenVINO cannot compile {rel!r}: {str(exc).strip().splitlines()[0][:200]}") from None
-            got = compiled.get_property("INFERENCE_PRECISION_HINT")
-            if got != {"f32": ov.Type.f32, "bf16": ov.Type.bf16}[self.precision]:
-                raise EngineError(f"OpenVINO compiled {rel!r} with precision {got}, not the requested {self.precision}")
-            self._requests[name] = compiled.create_infer_request()
-            self._outputs[name] = [o.get_any_name() for o in compiled.outputs]
-        self.active = True
-        return self
+
+    def _load(self, graph: str, path: Path) -> Any:
+        compiled = self._core.compile_model(str(path), "CPU", self._config)
+        got = compiled.get_property("INFERENCE_PRECISION_HINT")
+        if got != self._expected:
+            raise EngineError(
+                f"OpenVINO compiled {path.name!r} with precision {got}, not the requested {self.precision}"
+            )
+        self._compiled[graph] = compiled
+        return compiled.create_infer_request()
 
     def deactivate(self) -> None:
-        self._requests.clear()
-        self.active = False
+        super().deactivate()
+        self._compiled = {}
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         spec = self.specs[graph]
-        request = self._requests[graph]
+        request = self._runners[graph]
         request.infer({n: np.ascontiguousarray(feeds[n]) for n in spec.input_names})
         # The request's output buffers are reused by its next call: copy them out.
-        return {name: np.array(request.get_tensor(name).data) for name in spec.output_names}
+        out = {name: np.array(request.get_tensor(name).data) for name in spec.output_names}
+        if self.release_memory:
+            self._compiled[graph].release_memory()
+        return out

@@ -25,7 +25,9 @@ def import_tensorrt() -> ModuleType:
     try:
         import tensorrt as trt
     except ImportError as exc:
-        raise BackendUnavailableError(f"TensorRT is not installed ({exc}); on a machine with an NVIDIA GPU: pip install 'sed-trt[trt]'") from None
+        raise BackendUnavailableError(
+            f"TensorRT is not installed ({exc}); on a machine with an NVIDIA GPU: pip install 'sed-trt[trt]'"
+        ) from None
     return trt
 
 
@@ -48,7 +50,15 @@ class TensorRTBackend(EngineDirBackend):
     verify_kinds = ("engine", "tokenizer")
     text_file_kind = "engine"
 
-    def __init__(self, engine_dir: str | Path, *, backbone: str | None = None, device: str = "cuda", trt_module: ModuleType | None = None, check_gpu: bool = True) -> None:
+    def __init__(
+        self,
+        engine_dir: str | Path,
+        *,
+        backbone: str | None = None,
+        device: str = "cuda",
+        trt_module: ModuleType | None = None,
+        check_gpu: bool = True,
+    ) -> None:
         super().__init__(engine_dir, backbone=backbone)
         missing = [g for g in GRAPH_NAMES if g not in self.manifest.engines]
         if missing:
@@ -76,7 +86,9 @@ class TensorRTBackend(EngineDirBackend):
     def _check_entry(self, graph: str, trt: ModuleType, torch: ModuleType) -> None:
         entry = self.manifest.engines[graph]
         if entry.tensorrt_version != str(trt.__version__):
-            raise EngineError(f"engine {entry.file!r} was built with TensorRT {entry.tensorrt_version}, this is {trt.__version__}: rebuild it")
+            raise EngineError(
+                f"engine {entry.file!r} was built with TensorRT {entry.tensorrt_version}, this is {trt.__version__}: rebuild it"
+            )
         if self.check_gpu:
             major, minor = torch.cuda.get_device_capability(0)
             if entry.compute_capability != f"{major}.{minor}":
@@ -88,7 +100,9 @@ class TensorRTBackend(EngineDirBackend):
     def activate(self) -> TensorRTBackend:
         trt, torch = self._import()
         if self.check_gpu and not torch.cuda.is_available():
-            raise BackendUnavailableError("the tensorrt backend needs an NVIDIA GPU (torch.cuda.is_available() is False)")
+            raise BackendUnavailableError(
+                "the tensorrt backend needs an NVIDIA GPU (torch.cuda.is_available() is False)"
+            )
         self.verify()
         from runtime.backends.torch_ops import TorchOps
 
@@ -99,11 +113,15 @@ class TensorRTBackend(EngineDirBackend):
             plan = (self.engine_dir / self.manifest.engines[graph].file).read_bytes()
             engine = runtime.deserialize_cuda_engine(plan)
             if engine is None:
-                raise EngineError(f"TensorRT could not deserialize {self.manifest.engines[graph].file!r} (built for another TensorRT or GPU?)")
+                raise EngineError(
+                    f"TensorRT could not deserialize {self.manifest.engines[graph].file!r} (built for another TensorRT or GPU?)"
+                )
             names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
             spec = self.specs[graph]
             if names != set(spec.input_names) | set(spec.output_names):
-                raise EngineError(f"engine for {graph} has tensors {sorted(names)}, the I/O spec expects {spec.input_names + spec.output_names}")
+                raise EngineError(
+                    f"engine for {graph} has tensors {sorted(names)}, the I/O spec expects {spec.input_names + spec.output_names}"
+                )
             self._engines[graph] = engine
             self._contexts[graph] = engine.create_execution_context()
         if self.device.startswith("cuda"):
@@ -141,7 +159,9 @@ class TensorRTBackend(EngineDirBackend):
                 x = aligned_empty(torch, tuple(x.shape), x.dtype, self.device).copy_(x)
             if not ctx.set_input_shape(name, tuple(x.shape)):
                 lo, _, hi = engine.get_tensor_profile_shape(name, 0)
-                raise EngineError(f"{graph}: input {name!r} shape {tuple(x.shape)} is outside the engine profile [{tuple(lo)} .. {tuple(hi)}]")
+                raise EngineError(
+                    f"{graph}: input {name!r} shape {tuple(x.shape)} is outside the engine profile [{tuple(lo)} .. {tuple(hi)}]"
+                )
             ctx.set_tensor_address(name, x.data_ptr())
             keep.append(x)
         outputs = {}

@@ -8,6 +8,14 @@ import torch
 from runtime.backends.base import ArrayOps
 
 
+def torch_topk_union(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """runtime.cer's top-k union on the device: sorted int64 indices (T',) of (B, T, H, W) logits."""
+    top = logits.topk(k, dim=1).indices  # B K H W
+    keep = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+    keep[top.flatten()] = True
+    return keep.nonzero().squeeze(1)
+
+
 class TorchOps(ArrayOps):
     """torch tensors on one device; ``stream`` (CUDA) orders our ops with the engines'."""
 
@@ -25,11 +33,7 @@ class TorchOps(ArrayOps):
         return x.index_select(axis, torch.from_numpy(np.asarray(idx, dtype=np.int64)).to(x.device)).contiguous()
 
     def topk_union(self, logits: torch.Tensor, k: int) -> np.ndarray:
-        t = logits.shape[1]
-        top = logits.topk(k, dim=1).indices  # B K H W
-        keep = torch.zeros(t, dtype=torch.bool, device=logits.device)
-        keep[top.flatten()] = True
-        return keep.nonzero().squeeze(1).cpu().numpy()  # the one small device-to-host read per stage
+        return torch_topk_union(logits, k).cpu().numpy()  # the one small device-to-host read per stage
 
     def scatter_classes(self, probs: torch.Tensor, kept: np.ndarray, num_classes: int) -> torch.Tensor:
         out = probs.new_zeros(probs.shape[0], num_classes, *probs.shape[2:])

@@ -1,24 +1,16 @@
-"""CER: category early rejection between decoder stages (reference, torch)."""
+"""CER: category early rejection between decoder stages, for the torch model (rule: runtime.cer)."""
 
 from __future__ import annotations
 
 import torch
 
+from runtime.backends.torch_ops import torch_topk_union
+from runtime.cer import keeps_all
+
 
 def select_categories(logits: torch.Tensor, topk: int | None) -> torch.Tensor:
-    """Classes in the per-pixel top-k of any pixel of any image (the official rule).
-
-    Args:
-        logits: auxiliary logits (B, T, H, W).
-        topk: k; None keeps every class.
-
-    Returns:
-        Sorted int64 indices (T',) into the T axis; the union spans pixels and the batch.
-    """
-    t = logits.shape[1]
-    if topk is None or topk >= t:
-        return torch.arange(t, device=logits.device)
-    top = logits.topk(topk, dim=1).indices  # B K H W
-    keep = torch.zeros(t, dtype=torch.bool, device=logits.device)
-    keep[top.flatten()] = True
-    return keep.nonzero().squeeze(1)
+    """Sorted int64 indices (T',) of the classes CER keeps from auxiliary logits (B, T, H, W)."""
+    if keeps_all(topk, logits.shape[1]):
+        return torch.arange(logits.shape[1], device=logits.device)
+    assert topk is not None
+    return torch_topk_union(logits, topk)

@@ -48,7 +48,9 @@ def trunk_widths(clip: nn.Module) -> tuple[int, int, int, int]:
     widths = []
     for stage in stages:
         last = stage.blocks[-1]
-        widths.append(int(last.gamma.shape[0]) if getattr(last, "gamma", None) is not None else int(last.conv_dw.weight.shape[0]))
+        widths.append(
+            int(last.gamma.shape[0]) if getattr(last, "gamma", None) is not None else int(last.conv_dw.weight.shape[0])
+        )
     return tuple(widths)  # type: ignore[return-value]
 
 

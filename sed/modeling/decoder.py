@@ -9,9 +9,9 @@ classes on axis 1 for any batch size; each stage method is one exported graph.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sed.config import DecoderConfig
@@ -36,14 +36,25 @@ class StageOutput:
 class DecoderStage(nn.Module):
     """One gradual-fusion stage (official ``Up``): FAM (spatial, then class-level), then SFM."""
 
-    def __init__(self, in_dim: int, out_dim: int, *, guidance_dim: int, corr_guidance_dim: int, kernel_size: int = 9, num_heads: int = 4) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        *,
+        guidance_dim: int,
+        corr_guidance_dim: int,
+        kernel_size: int = 9,
+        num_heads: int = 4,
+    ) -> None:
         super().__init__()
         self.cnext = SpatialFusion(in_dim, kernel_size=kernel_size)
         self.attention = ClassFusion(in_dim, num_heads=num_heads)
         self.up = nn.ConvTranspose2d(in_dim, in_dim - guidance_dim, 2, stride=2)
         self.conv = DoubleConv(in_dim - guidance_dim + guidance_dim + corr_guidance_dim, out_dim)
 
-    def forward(self, x: torch.Tensor, guidance: torch.Tensor, corr_guidance: torch.Tensor, pooling: int = 1) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, *, corr_guidance: torch.Tensor, guidance: torch.Tensor, pooling: int = 1
+    ) -> torch.Tensor:
         """(B, T, C, H, W) -> (B, T, out, 2H, 2W)."""
         b, t, c, h, w = x.shape
         y = self.cnext(x.reshape(b * t, c, h, w))  # B T C H W -> (B T) C H W
@@ -96,14 +107,16 @@ class GradualFusionDecoder(nn.Module):
 
     @property
     def stages(self) -> tuple[DecoderStage, DecoderStage, DecoderStage]:
-        return (self.decoder1, self.decoder2, self.decoder3)
+        return cast(tuple[DecoderStage, DecoderStage, DecoderStage], (self.decoder1, self.decoder2, self.decoder3))
 
     @property
     def heads(self) -> tuple[nn.Conv2d, nn.Conv2d, nn.Conv2d, nn.Conv2d]:
         """Heads applied after stage 0..3 (head0..2 are the CER auxiliary heads)."""
         return (self.head0, self.head1, self.head2, self.head)
 
-    def project_guidance(self, res4: torch.Tensor, res3: torch.Tensor, res2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def project_guidance(
+        self, res4: torch.Tensor, res3: torch.Tensor, res2: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encoder guidance of stages 1..3: (B, 32, 2s, 2s), (B, 16, 4s, 4s), (B, 8, 8s, 8s)."""
         proj = self.decoder_guidance_projection
         return proj[0](res4), proj[1](res3), proj[2](res2)
@@ -115,7 +128,16 @@ class GradualFusionDecoder(nn.Module):
         aux = _per_class_conv(self.head0, x.detach() if detach_aux else x)
         return StageOutput(features=x, corr_guidance=cg, aux_logits=aux.squeeze(2))
 
-    def stage(self, k: int, features: torch.Tensor, corr_guidance: torch.Tensor, guidance: torch.Tensor, *, pooling: int = 1, detach_aux: bool = False) -> StageOutput:
+    def stage(
+        self,
+        k: int,
+        features: torch.Tensor,
+        *,
+        corr_guidance: torch.Tensor,
+        guidance: torch.Tensor,
+        pooling: int = 1,
+        detach_aux: bool = False,
+    ) -> StageOutput:
         """Decoder stage k in 1..3 on the classes present in ``features`` (T dynamic).
 
         Args:
@@ -128,12 +150,7 @@ class GradualFusionDecoder(nn.Module):
             features (B, T, C_{k+1}, 2s_k, 2s_k), cost-map guidance for stage k+1 (computed
             per class from ``corr_guidance``; None for k = 3) and the head's logits.
         """
-        x = self.stages[k - 1](features, guidance, corr_guidance, pooling)
+        x = self.stages[k - 1](features, corr_guidance=corr_guidance, guidance=guidance, pooling=pooling)
         cg = _per_class_conv(self.decoder_corr_guidance_projection[k], corr_guidance) if k < 3 else None
         aux = _per_class_conv(self.heads[k], x.detach() if detach_aux and k < 3 else x)
         return StageOutput(features=x, corr_guidance=cg, aux_logits=aux.squeeze(2))
-
-
-def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear (align_corners=False) resize of (B, T, h, w) logits, as the training loss does."""
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)

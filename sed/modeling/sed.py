@@ -7,6 +7,7 @@ State-dict keys are ``clip_model.*`` and ``transformer.*``: the official checkpo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,19 @@ class SEDOutput:
     kept: torch.Tensor
 
 
+@dataclass
+class TrainLogits:
+    """Logits of a training forward, each (B, T, h, w): the final head and the auxiliary heads
+    after the cost-map embedding (stage 0) and decoder stages 1 and 2."""
+
+    final: torch.Tensor
+    aux: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+    def in_loss_order(self) -> tuple[torch.Tensor, ...]:
+        """(final, aux0, aux1, aux2): the official ``loss_sem_seg_0..3`` order."""
+        return (self.final, *self.aux)
+
+
 class SED(nn.Module):
     """A Simple Encoder-Decoder for open-vocabulary semantic segmentation."""
 
@@ -53,17 +67,7 @@ class SED(nn.Module):
 
     def io_dims(self) -> ModelDims:
         """The static sizes of this model's graphs (the I/O contract of runtime.io_spec)."""
-        dec = self.cfg.decoder
-        return ModelDims(
-            embed_dim=self.cfg.clip.embed_dim,
-            num_templates=dec.num_templates,
-            hidden_dim=dec.hidden_dim,
-            decoder_dims=dec.decoder_dims,
-            guidance_dims=dec.guidance_proj_dims,
-            corr_guidance_dims=dec.corr_guidance_dims,
-            feature_size=self.cfg.image_size // 32,
-            image_size=self.cfg.image_size,
-        )
+        return ModelDims.from_config(self.cfg)
 
     # --- HECG encoder ---------------------------------------------------------------
     def to_canvas(self, image: torch.Tensor) -> torch.Tensor:
@@ -72,9 +76,14 @@ class SED(nn.Module):
         size = self.cfg.image_size
         return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
+    @property
+    def visual(self) -> nn.Module:
+        """The CLIP image tower (open_clip's ``visual``)."""
+        return cast(nn.Module, self.clip_model.visual)
+
     def encode_image(self, image: torch.Tensor, *, keep_features: bool = False) -> EncodedImage:
         """Raw RGB image (B, 3, H, W), H and W dynamic -> dense CLIP embedding and decoder guidance."""
-        feats = encode_image_dense(self.clip_model.visual, self.to_canvas(image))
+        feats = encode_image_dense(self.visual, self.to_canvas(image))
         guidance = self.transformer.project_guidance(feats.res4, feats.res3, feats.res2)
         return EncodedImage(clip_dense=feats.clip_dense, guidance=guidance, features=feats if keep_features else None)
 
@@ -87,12 +96,16 @@ class SED(nn.Module):
         """Cost map of (B, E, s, s) with (T, P, E), then its embedding (stage 0)."""
         return self.transformer.embed_cost_map(cost_map(clip_dense, text_features))
 
-    def decode_stage(self, k: int, features: torch.Tensor, corr_guidance: torch.Tensor, guidance: torch.Tensor, pooling: int = 1) -> StageOutput:
+    def decode_stage(
+        self, k: int, features: torch.Tensor, *, corr_guidance: torch.Tensor, guidance: torch.Tensor, pooling: int = 1
+    ) -> StageOutput:
         """Decoder stage k in 1..3 (see :meth:`GradualFusionDecoder.stage`)."""
-        return self.transformer.stage(k, features, corr_guidance, guidance, pooling=pooling)
+        return self.transformer.stage(k, features, corr_guidance=corr_guidance, guidance=guidance, pooling=pooling)
 
     @torch.no_grad()
-    def forward(self, image: torch.Tensor, text_features: torch.Tensor, *, topk: int | None = None, pooling: int = 1) -> SEDOutput:
+    def forward(
+        self, image: torch.Tensor, text_features: torch.Tensor, *, topk: int | None = None, pooling: int = 1
+    ) -> SEDOutput:
         """Inference: raw image (B, 3, H, W) and text features (T, P, E) -> SEDOutput.
 
         With ``topk`` set, CER keeps at each of the three rejection points the classes in
@@ -105,7 +118,14 @@ class SED(nn.Module):
             # Run CER: reject classes absent from every pixel's top-k
             sel = select_categories(out.aux_logits, topk)
             kept = kept[sel]
-            out = self.decode_stage(k, out.features[:, sel], out.corr_guidance[:, sel], enc.guidance[k - 1], pooling)
+            assert out.corr_guidance is not None
+            out = self.decode_stage(
+                k,
+                out.features[:, sel],
+                corr_guidance=out.corr_guidance[:, sel],
+                guidance=enc.guidance[k - 1],
+                pooling=pooling,
+            )
         b, _, h, w = out.aux_logits.shape
         probs = image.new_zeros(b, text_features.shape[0], h, w)
         probs[:, kept] = out.aux_logits.sigmoid()
@@ -113,18 +133,28 @@ class SED(nn.Module):
         mask[kept] = True
         return SEDOutput(probs=probs, logits=out.aux_logits, kept=mask)
 
-    def forward_train(self, image: torch.Tensor, text_features: torch.Tensor, *, pooling: int | None = None) -> tuple[torch.Tensor, ...]:
+    def forward_train(
+        self, image: torch.Tensor, text_features: torch.Tensor, *, pooling: int | None = None
+    ) -> TrainLogits:
         """Training forward (no CER): final logits and the three auxiliary logits, each (B, T, h, w).
 
         As in the official code, the auxiliary heads see detached features and the
         skip features res2..res4 are detached, so the encoder learns only through the cost map.
         """
         pooling = self.cfg.decoder.train_pooling if pooling is None else pooling
-        feats = encode_image_dense(self.clip_model.visual, self.to_canvas(image))
+        feats = encode_image_dense(self.visual, self.to_canvas(image))
         guidance = self.transformer.project_guidance(feats.res4.detach(), feats.res3.detach(), feats.res2.detach())
         out = self.transformer.embed_cost_map(cost_map(feats.clip_dense, text_features), detach_aux=True)
         aux = [out.aux_logits]
         for k in (1, 2, 3):
-            out = self.transformer.stage(k, out.features, out.corr_guidance, guidance[k - 1], pooling=pooling, detach_aux=True)
+            assert out.corr_guidance is not None
+            out = self.transformer.stage(
+                k,
+                out.features,
+                corr_guidance=out.corr_guidance,
+                guidance=guidance[k - 1],
+                pooling=pooling,
+                detach_aux=True,
+            )
             aux.append(out.aux_logits)
-        return aux[3], aux[0], aux[1], aux[2]
+        return TrainLogits(final=aux[3], aux=(aux[0], aux[1], aux[2]))

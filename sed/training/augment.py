@@ -77,7 +77,9 @@ def color_aug_ssd(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfi
     return image
 
 
-def augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
+def augment(
+    image: np.ndarray, label: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig
+) -> tuple[np.ndarray, np.ndarray]:
     """(H, W, 3) uint8 and (H, W) int64 -> (C, C, 3) uint8 and (C, C) int64, C = crop_size."""
     from PIL import Image
 
@@ -85,7 +87,7 @@ def augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, cfg:
     short = int(rng.choice(cfg.min_sizes))
     nh, nw = shortest_edge_size(h, w, short, cfg.max_size)
     if (nh, nw) != (h, w):
-        image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+        image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.Resampling.BILINEAR))
         label = resize_label_nearest(label, (nh, nw))
     c = cfg.crop_size
     ch, cw = min(c, nh), min(c, nw)

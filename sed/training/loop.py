@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ import torch
 from runtime.datasets import SegDataset
 from runtime.errors import CheckpointError, ConfigError, TrainingError
 from runtime.progress import Progress, step
+from sed.modeling.sed import SED
 from sed.training.augment import AugmentConfig, augment
 from sed.training.solver import SolverConfig, build_optimizer, clip_gradients, freeze_text_tower, sed_loss, set_lr
 
@@ -43,7 +44,9 @@ class TrainConfig:
     checkpoint_period: int = 5000
     log_period: int = 20
     device: str = "cpu"
-    eval_period: int = 0  # evaluate on the eval dataset every N iterations and at the end (0: only at the end, if given)
+    eval_period: int = (
+        0  # evaluate on the eval dataset every N iterations and at the end (0: only at the end, if given)
+    )
     eval_limit: int | None = None  # first N images of the eval dataset
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
@@ -75,7 +78,9 @@ class TrainSamples(torch.utils.data.Dataset):
         image, label = self.dataset.load(self.index(g))
         image, label = augment(image, label, np.random.default_rng([self.cfg.seed, 1, g]), self.cfg.augment)
         # (C, C, 3) HWC uint8 -> (3, C, C) float, raw 0-255 (the model normalises)
-        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float(), torch.from_numpy(np.ascontiguousarray(label))
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float(), torch.from_numpy(
+            np.ascontiguousarray(label)
+        )
 
 
 class PositionSampler(torch.utils.data.Sampler[int]):
@@ -104,7 +109,8 @@ class TrainForward(torch.nn.Module):
         self.pooling = pooling
 
     def forward(self, images: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.model.forward_train(images, text, pooling=self.pooling)
+        # DDP hooks into plain tensor containers: the logits leave as a tuple in loss order
+        return self.model.forward_train(images, text, pooling=self.pooling).in_loss_order()
 
 
 def _dist() -> tuple[int, int]:
@@ -129,7 +135,9 @@ def text_features_for(model: torch.nn.Module, classes: list[str]) -> torch.Tenso
     def encode(tokens: np.ndarray) -> np.ndarray:
         return model.encode_text(torch.from_numpy(tokens).to(device)).float().cpu().numpy()
 
-    feats = encode_vocabulary(encode, ClipTokenizer(default_bpe_path()), classes, num_templates=model.cfg.decoder.num_templates)
+    feats = encode_vocabulary(
+        encode, ClipTokenizer(default_bpe_path()), classes, num_templates=cast(SED, model).cfg.decoder.num_templates
+    )
     return torch.from_numpy(feats).to(device)
 
 
@@ -144,7 +152,9 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return path
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int, cfg: TrainConfig) -> None:
+def save_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int, cfg: TrainConfig
+) -> None:
     """Official layout under "model" (loadable by load_sed_checkpoint) + what resuming needs."""
     from sed.checkpoint import to_official_state_dict
 
@@ -177,7 +187,9 @@ def _truncate_log(path: Path, iteration: int) -> None:
     path.write_text("".join(f"{line}\n" for line in keep), encoding="utf-8")
 
 
-def evaluate_model(model: torch.nn.Module, dataset: SegDataset, *, limit: int | None = None, progress: bool = False) -> dict[str, float]:
+def evaluate_model(
+    model: torch.nn.Module, dataset: SegDataset, *, limit: int | None = None, progress: bool = False
+) -> dict[str, float]:
     """mIoU etc. of the model being trained (torch backend, official evaluation settings).
 
     Under DDP every process scores a shard and the confusion matrices are summed.
@@ -186,11 +198,15 @@ def evaluate_model(model: torch.nn.Module, dataset: SegDataset, *, limit: int | 
     from runtime.predictor import Predictor
     from sed.backend import TorchBackend
 
-    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if torch.distributed.is_initialized() else (0, 1)
+    rank, world = (
+        (torch.distributed.get_rank(), torch.distributed.get_world_size())
+        if torch.distributed.is_initialized()
+        else (0, 1)
+    )
     was_training = model.training
     device = next(model.parameters()).device
     try:
-        backend = TorchBackend(model, device=str(device)).activate()
+        backend = TorchBackend(cast(SED, model), device=str(device)).activate()
         _, conf = evaluate(Predictor(backend), dataset, limit=limit, progress=progress, shard=(rank, world))
     finally:
         model.train(was_training)
@@ -200,10 +216,24 @@ def evaluate_model(model: torch.nn.Module, dataset: SegDataset, *, limit: int | 
         conf = ConfusionMatrix(dataset.num_classes)
         conf.matrix = total.cpu().numpy()
     metrics = compute_metrics(conf)
-    return {"mIoU": metrics.miou, "fwIoU": metrics.fwiou, "mACC": metrics.macc, "pACC": metrics.pacc, "pixels": int(conf.matrix.sum())}
+    return {
+        "mIoU": metrics.miou,
+        "fwIoU": metrics.fwiou,
+        "mACC": metrics.macc,
+        "pACC": metrics.pacc,
+        "pixels": int(conf.matrix.sum()),
+    }
 
 
-def train(model: torch.nn.Module, dataset: SegDataset, cfg: TrainConfig, *, resume: bool = False, progress: bool = True, eval_dataset: SegDataset | None = None) -> dict[str, Any]:
+def train(
+    model: torch.nn.Module,
+    dataset: SegDataset,
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    eval_dataset: SegDataset | None = None,
+) -> dict[str, Any]:
     """Train ``model`` on ``dataset`` for ``cfg.solver.max_iter`` iterations.
 
     With ``resume``, continue from ``out_dir/last_checkpoint`` (model, optimiser, iteration,
@@ -220,7 +250,9 @@ def train(model: torch.nn.Module, dataset: SegDataset, cfg: TrainConfig, *, resu
         raise ConfigError(f"crop size must be a multiple of 32, got {cfg.augment.crop_size}")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(cfg.device if world == 1 or cfg.device == "cpu" else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    device = torch.device(
+        cfg.device if world == 1 or cfg.device == "cpu" else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    )
     if device.type == "cuda":
         torch.cuda.set_device(device)
     torch.manual_seed(cfg.seed)
@@ -240,7 +272,7 @@ def train(model: torch.nn.Module, dataset: SegDataset, cfg: TrainConfig, *, resu
                 raise CheckpointError(f"{str(ckpt)!r} lacks {key!r}: not a resumable training checkpoint")
         load_strict(model, remap_official_state_dict(state["model"]), what=f"checkpoint {str(ckpt)!r}")  # type: ignore[arg-type]
         optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
-        start_iter = int(state["iteration"])  # type: ignore[arg-type]
+        start_iter = int(state["iteration"])  # type: ignore[call-overload]
         if "torch_rng" in state:
             torch.set_rng_state(state["torch_rng"])  # type: ignore[arg-type]
         if "cuda_rng" in state and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():  # type: ignore[arg-type]
@@ -250,7 +282,9 @@ def train(model: torch.nn.Module, dataset: SegDataset, cfg: TrainConfig, *, resu
             _truncate_log(out / "metrics.jsonl", start_iter)
     net: torch.nn.Module = TrainForward(model, cfg.pooling)
     if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     text = text_features_for(model, dataset.classes)
     num_classes = len(dataset.classes)
@@ -264,7 +298,7 @@ def train(model: torch.nn.Module, dataset: SegDataset, cfg: TrainConfig, *, resu
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG (drop path) untouched
     )
     bar = Progress(max_iter - start_iter, "train", enabled=progress and rank == 0, interval=5.0)
-    log = open(out / "metrics.jsonl", "a", encoding="utf-8") if rank == 0 else None
+    log = open(out / "metrics.jsonl", "a", encoding="utf-8") if rank == 0 else None  # noqa: SIM115 (closed in finally)
     record: dict[str, Any] = {}
     window: dict[str, list[float]] = {}
     tick = time.perf_counter()
@@ -273,7 +307,7 @@ def train(model: torch.nn.Module, dataset: SegDataset, cfg: TrainConfig, *, resu
             lr_factor = set_lr(optimizer, it, max_iter)
             outputs = net(images.to(device), text)
             losses = sed_loss(outputs, labels.to(device), num_classes)
-            loss = sum(losses.values())
+            loss = torch.stack(list(losses.values())).sum()
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 raise TrainingError(f"loss became {loss_value} at iteration {it}; lower --lr or check the labels")
@@ -282,13 +316,22 @@ def train(model: torch.nn.Module, dataset: SegDataset, cfg: TrainConfig, *, resu
             grad_norm = clip_gradients(model, cfg.solver.clip_grad_norm)
             optimizer.step()
             done = it + 1
-            for k, v in (("loss", loss_value), *((k, float(v.detach())) for k, v in losses.items()), ("grad_norm", grad_norm)):
+            for k, v in (
+                ("loss", loss_value),
+                *((k, float(v.detach())) for k, v in losses.items()),
+                ("grad_norm", grad_norm),
+            ):
                 window.setdefault(k, []).append(v)
             if done % cfg.log_period == 0 or done == max_iter:
                 # means over the iterations since the last record (one batch is noisy)
                 now = time.perf_counter()
                 n = len(window["loss"])
-                record = {"iteration": done, **{k: sum(v) / n for k, v in window.items()}, "lr": cfg.solver.base_lr * lr_factor, "sec_per_iter": (now - tick) / n}
+                record = {
+                    "iteration": done,
+                    **{k: sum(v) / n for k, v in window.items()},
+                    "lr": cfg.solver.base_lr * lr_factor,
+                    "sec_per_iter": (now - tick) / n,
+                }
                 window, tick = {}, now
                 if log is not None:
                     log.write(json.dumps(record) + "\n")
@@ -299,7 +342,10 @@ def train(model: torch.nn.Module, dataset: SegDataset, cfg: TrainConfig, *, resu
                 save_checkpoint(out / name, model, optimizer, done, cfg)
             if eval_dataset is not None and ((cfg.eval_period and done % cfg.eval_period == 0) or done == max_iter):
                 scores = evaluate_model(model, eval_dataset, limit=cfg.eval_limit, progress=progress and rank == 0)
-                bar.log(f"iteration {done}: {eval_dataset.name} " + " ".join(f"{k} {v:.2f}" for k, v in scores.items() if k != "pixels"))
+                bar.log(
+                    f"iteration {done}: {eval_dataset.name} "
+                    + " ".join(f"{k} {v:.2f}" for k, v in scores.items() if k != "pixels")
+                )
                 if log is not None:
                     log.write(json.dumps({"iteration": done, "eval": {"dataset": eval_dataset.name, **scores}}) + "\n")
                     log.flush()

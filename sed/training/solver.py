@@ -14,8 +14,16 @@ from runtime.datasets import IGNORE
 # detectron2's norm_module_types: these get weight_decay_norm (0). timm's LayerNorm2d is an
 # nn.LayerNorm; the decoder's channels-last LayerNorm is not, so it keeps weight decay.
 NORM_TYPES: tuple[type[nn.Module], ...] = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm,
-    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.LocalResponseNorm,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
 )
 
 
@@ -53,7 +61,15 @@ def param_groups(model: nn.Module, cfg: SolverConfig) -> list[dict[str, object]]
                 wd = cfg.weight_decay_norm
             elif isinstance(module, nn.Embedding):
                 wd = cfg.weight_decay_embed
-            groups.append({"params": [p], "lr": lr, "initial_lr": lr, "weight_decay": wd, "name": f"{module_name}.{pname}".lstrip(".")})
+            groups.append(
+                {
+                    "params": [p],
+                    "lr": lr,
+                    "initial_lr": lr,
+                    "weight_decay": wd,
+                    "name": f"{module_name}.{pname}".lstrip("."),
+                }
+            )
     return groups
 
 
@@ -81,7 +97,7 @@ def clip_gradients(model: nn.Module, max_norm: float) -> float:
 
 
 def sed_loss(outputs: tuple[torch.Tensor, ...], labels: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
-    """BCE-with-logits on the final and the three auxiliary outputs.
+    """BCE-with-logits on the final and the three auxiliary outputs (``TrainLogits.in_loss_order()``).
 
     Each output (B, T, h, w) is upsampled bilinearly to the label size (B, H, W); targets are
     one-hot over T; ignored pixels keep an all-zero target (the official behaviour).

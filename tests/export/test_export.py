@@ -21,7 +21,9 @@ def test_every_graph_passes_the_trt_check(small_engine_dir):
         model = onnx.load(str(small_engine_dir / rel))
         assert check_trt_compatible(model) == [], name
         assert model.opset_import[0].version == 20
-        assert not model.graph.initializer or all(not t.HasField("data_location") or t.data_location == 0 for t in model.graph.initializer)
+        assert not model.graph.initializer or all(
+            not t.HasField("data_location") or t.data_location == 0 for t in model.graph.initializer
+        )
 
 
 def test_trt_check_catches_unsupported_graphs():
@@ -55,7 +57,9 @@ def test_decoder_stage_graph_matches_torch(small_model, small_engine_dir, stage,
     for name in spec.output_names:
         assert got[name].shape == want[name].shape
         assert got[name].shape[1] == num_classes
-        np.testing.assert_allclose(got[name], want[name], atol=1e-4 * max(1.0, float(np.abs(want[name]).max())), rtol=1e-4)
+        np.testing.assert_allclose(
+            got[name], want[name], atol=1e-4 * max(1.0, float(np.abs(want[name]).max())), rtol=1e-4
+        )
 
 
 def test_batch_axis_is_dynamic(small_model, small_engine_dir):

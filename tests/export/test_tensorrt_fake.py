@@ -14,7 +14,7 @@ import pytest
 
 from export.trt_build import build_engines, profile_shapes
 from runtime.backends import create_backend
-from runtime.errors import EngineError
+from runtime.errors import EngineError, ExportError
 from runtime.io_spec import GRAPH_NAMES
 from runtime.manifest import Manifest
 from runtime.predictor import Predictor
@@ -36,22 +36,32 @@ def test_builder_uses_strong_typing_and_profiles_cover_runtime_ranges(trt_dir):
     manifest = Manifest.load(trt_dir)
     assert set(manifest.engines) == set(GRAPH_NAMES)
     creates = [c for c in fake_tensorrt.CALLS if c[0] == "create_network"]
-    assert creates and all(flags == 1 << fake_tensorrt.NetworkDefinitionCreationFlag.STRONGLY_TYPED for _, flags in creates)
+    assert creates and all(
+        flags == 1 << fake_tensorrt.NetworkDefinitionCreationFlag.STRONGLY_TYPED for _, flags in creates
+    )
     builds = {c[1].split("/")[-1]: c[2] for c in fake_tensorrt.CALLS if c[0] == "build"}
     stage1 = builds["decoder_stage1.onnx"]["features"]
-    assert stage1[0][1] == 1 and stage1[1][1] == 24 and stage1[2][1] == manifest.limits.max_classes  # T: min 1, opt vocab, max export max
+    assert (
+        stage1[0][1] == 1 and stage1[1][1] == 24 and stage1[2][1] == manifest.limits.max_classes
+    )  # T: min 1, opt vocab, max export max
     for name, spec in manifest.specs.items():
         for inp, (lo, opt, hi) in profile_shapes(spec, manifest.limits).items():
             assert all(a <= b <= c for a, b, c in zip(lo, opt, hi))
             assert manifest.engines[name].profiles[inp][2] == list(hi)
     entry = manifest.engines["decoder_stage0"]
-    assert entry.tensorrt_version == fake_tensorrt.__version__ and entry.compute_capability == "9.0" and entry.precision == "fp32"
+    assert (
+        entry.tensorrt_version == fake_tensorrt.__version__
+        and entry.compute_capability == "9.0"
+        and entry.precision == "fp32"
+    )
     assert (trt_dir / "timing.cache").read_bytes().startswith(b"fake-timing-cache")
 
 
 @pytest.mark.parametrize("topk", [None, 2])
 def test_trt_backend_runs_the_shared_predictor(trt_dir, parity, parity_image, topk):
-    trt_backend = create_backend("tensorrt", engine_dir=trt_dir, device="cpu", trt_module=fake_tensorrt, check_gpu=False).activate()
+    trt_backend = create_backend(
+        "tensorrt", engine_dir=trt_dir, device="cpu", trt_module=fake_tensorrt, check_gpu=False
+    ).activate()
     ort_backend = create_backend("onnxruntime", engine_dir=trt_dir).activate()
     results = []
     for backend in (trt_backend, ort_backend):
@@ -77,7 +87,9 @@ def test_trt_backend_refuses_mismatches(trt_dir, parity):
     manifest.save(other)
     with pytest.raises(EngineError, match="built with TensorRT 10.0.0"):
         create_backend("tensorrt", engine_dir=other, device="cpu", trt_module=fake_tensorrt, check_gpu=False).activate()
-    backend = create_backend("tensorrt", engine_dir=trt_dir, device="cpu", trt_module=fake_tensorrt, check_gpu=False).activate()
+    backend = create_backend(
+        "tensorrt", engine_dir=trt_dir, device="cpu", trt_module=fake_tensorrt, check_gpu=False
+    ).activate()
     feeds = {"clip_dense": np.zeros((1, 48, 24, 24), np.float32), "text_features": np.zeros((65, 80, 48), np.float32)}
     with pytest.raises(EngineError, match="outside the engine profile"):
         backend.run("decoder_stage0", feeds)
@@ -96,5 +108,32 @@ def test_fp16_on_tensorrt_11_is_refused_clearly(trt_dir):
     from export.trt_build import build_engine
 
     manifest = Manifest.load(trt_dir)
-    with pytest.raises(EngineError, match="fp16 on TensorRT 11"):
-        build_engine(trt_dir / "decoder_stage0.onnx", manifest.specs["decoder_stage0"], manifest.limits, precision="fp16", trt=fake_tensorrt)
+    with pytest.raises(ExportError, match="fp16 on TensorRT 11"):
+        build_engine(
+            trt_dir / "decoder_stage0.onnx",
+            manifest.specs["decoder_stage0"],
+            manifest.limits,
+            precision="fp16",
+            trt=fake_tensorrt,
+        )
+
+
+def test_fp32_engines_clear_tf32_and_a_foreign_timing_cache_is_replaced(trt_dir, caplog, monkeypatch):
+    """TensorRT turns TF32 on by default: an "fp32" build must clear it; a refused cache must not crash."""
+    import logging
+
+    from export.trt_build import build_engine
+
+    monkeypatch.setattr(logging.getLogger("sed_trt"), "propagate", True)  # the CLI's handler stops it
+
+    manifest = Manifest.load(trt_dir)
+    spec = manifest.specs["decoder_stage0"]
+    fake_tensorrt.CALLS.clear()
+    _, cache = build_engine(
+        trt_dir / "decoder_stage0.onnx", spec, manifest.limits, timing_cache=b"foreign-gpu", trt=fake_tensorrt
+    )
+    flags = [c[2] for c in fake_tensorrt.CALLS if c[0] == "build_flags"]
+    assert flags and fake_tensorrt.BuilderFlag.TF32 not in flags[-1]
+    assert "another GPU or TensorRT version" in caplog.text and not cache.startswith(b"foreign")
+    build_engine(trt_dir / "decoder_stage0.onnx", spec, manifest.limits, tf32=True, trt=fake_tensorrt)
+    assert fake_tensorrt.BuilderFlag.TF32 in [c[2] for c in fake_tensorrt.CALLS if c[0] == "build_flags"][-1]

@@ -16,14 +16,36 @@ from tests.synthetic import write_split
 def _layout(root: Path, name: str, n: int = 3, **kw: object) -> None:
     spec = BUILTIN_DATASETS[name]
     dtype = np.uint16 if spec.label_ext == ".tif" else np.uint8
-    write_split(root, spec.image_dir, spec.label_dir, n, seed=1, label_ext=spec.label_ext, ignore=spec.ignore_label, label_dtype=dtype, **kw)
+    write_split(
+        root,
+        spec.image_dir,
+        spec.label_dir,
+        n,
+        seed=1,
+        label_ext=spec.label_ext,
+        ignore=spec.ignore_label,
+        label_dtype=dtype,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("name", sorted(BUILTIN_DATASETS))
 def test_builtin_layouts(tmp_path: Path, name: str) -> None:
     _layout(tmp_path, name)
     ds = open_dataset(name, root=tmp_path)
-    assert len(ds) == 3 and ds.num_classes == {"coco_stuff_train": 171, "coco_stuff_val": 171, "ade150": 150, "ade847": 847, "voc20": 20, "pc59": 59, "pc459": 459}[name]
+    assert (
+        len(ds) == 3
+        and ds.num_classes
+        == {
+            "coco_stuff_train": 171,
+            "coco_stuff_val": 171,
+            "ade150": 150,
+            "ade847": 847,
+            "voc20": 20,
+            "pc59": 59,
+            "pc459": 459,
+        }[name]
+    )
     image, label = ds.load(0)
     assert image.dtype == np.uint8 and image.shape[2] == 3 and label.shape == image.shape[:2]
     assert (label == IGNORE).any() and set(np.unique(label[label != IGNORE])) <= {0, 1, 2, 3}
@@ -78,7 +100,9 @@ def test_errors(tmp_path: Path) -> None:
 
 def test_custom_dataset_and_env_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_split(tmp_path / "mine", "images", "labels", 2, seed=3)
-    ds = open_dataset(None, images=tmp_path / "mine" / "images", labels=tmp_path / "mine" / "labels", classes="red,green,blue,yellow")
+    ds = open_dataset(
+        None, images=tmp_path / "mine" / "images", labels=tmp_path / "mine" / "labels", classes="red,green,blue,yellow"
+    )
     assert ds.classes == ["red", "green", "blue", "yellow"] and len(ds) == 2
     _layout(tmp_path, "ade150", n=2)
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from runtime.backends import create_backend
-from runtime.cli import main
 from runtime.errors import ConfigError
 from runtime.predictor import Predictor
+from sed_trt.cli import main
 
 pytest.importorskip("openvino", reason="the openvino extra is not installed")
 pytestmark = pytest.mark.parity
@@ -36,12 +36,12 @@ def test_f32_holds_the_official_vectors(ov_backend, parity, parity_image, topk):
 
 def test_one_request_per_graph_serves_every_vocabulary_size(ov_backend, parity, parity_image):
     """Dynamic T: vocabularies of 1, 5 and 24 classes run on the same compiled graphs."""
-    requests = dict(ov_backend._requests)
+    requests = dict(ov_backend._runners)
     for n in (1, 5, 24):
         pred = Predictor(ov_backend)
         pred.set_classes(parity["classes"][:n])
         assert pred.predict(parity_image).probs.shape == (n, 192, 192)
-    assert ov_backend._requests == requests and len(requests) == 6
+    assert ov_backend._runners == requests and len(requests) == 6
 
 
 def test_precision_is_pinned_and_bf16_needs_native_support(parity_engine_dir, monkeypatch):
@@ -60,14 +60,79 @@ def test_precision_is_pinned_and_bf16_needs_native_support(parity_engine_dir, mo
 
 
 def test_cli_precision_and_compare(parity_dir, parity_engine_dir, tmp_path, capsys):
-    base = ["--image", str(parity_dir / "image.png"), "--classes", "sky; tree; road, route; person", "--no-cache", "--quiet"]
-    assert main(["predict", "--backend", "onnxruntime", "--engine-dir", str(parity_engine_dir), "--precision", "bf16", *base]) == 2
+    base = [
+        "--image",
+        str(parity_dir / "image.png"),
+        "--classes",
+        "sky; tree; road, route; person",
+        "--no-cache",
+        "--quiet",
+    ]
+    assert (
+        main(
+            [
+                "predict",
+                "--backend",
+                "onnxruntime",
+                "--engine-dir",
+                str(parity_engine_dir),
+                "--precision",
+                "bf16",
+                *base,
+            ]
+        )
+        == 2
+    )
     assert "applies to --backend openvino only" in capsys.readouterr().err
-    assert main(["predict", "--backend", "openvino", "--engine-dir", str(parity_engine_dir), "--save-npz", str(tmp_path / "ov.npz"), *base]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--backend",
+                "openvino",
+                "--engine-dir",
+                str(parity_engine_dir),
+                "--save-npz",
+                str(tmp_path / "ov.npz"),
+                *base,
+            ]
+        )
+        == 0
+    )
     assert np.load(tmp_path / "ov.npz")["probs"].shape == (4, 192, 192)
     out = tmp_path / "cmp.json"
-    assert main(["compare", "--engine-dir", str(parity_engine_dir), "--backends", "openvino", "--topk", "2", "--out-json", str(out), *base]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--engine-dir",
+                str(parity_engine_dir),
+                "--backends",
+                "openvino",
+                "--topk",
+                "2",
+                "--out-json",
+                str(out),
+                *base,
+            ]
+        )
+        == 0
+    )
     assert "| openvino |" in capsys.readouterr().out
     ref, ov_row = json.loads(out.read_text())["rows"]
     assert ref["backend"] == "onnxruntime" and ref["max_abs_dprob"] == 0.0
     assert ov_row["max_abs_dprob"] < 1e-4 and ov_row["kept_identical"] and ov_row["label_agreement"] > 0.999
+
+
+def test_release_memory_gives_the_same_result(ov_backend, parity_engine_dir, parity, parity_image, tmp_path):
+    pred = Predictor(ov_backend, topk=2)
+    pred.set_classes(parity["classes"])
+    want = pred.predict(parity_image)
+    lean = create_backend("openvino", engine_dir=parity_engine_dir, release_memory=True, cache_dir=tmp_path)
+    with lean:
+        p2 = Predictor(lean, topk=2)
+        p2.set_classes(parity["classes"])
+        for _ in range(2):  # the second run re-allocates what the first released
+            got = p2.predict(parity_image)
+            np.testing.assert_array_equal(got.labels, want.labels)
+            np.testing.assert_array_equal(got.probs, want.probs)

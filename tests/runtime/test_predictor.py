@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from runtime.backends import create_backend
-from runtime.errors import EngineError
+from runtime.errors import EngineError, StateError, VocabularyError
 from runtime.predictor import Predictor
 from runtime.text_cache import TextFeatureCache
 
@@ -79,7 +79,7 @@ def test_engine_dir_errors(parity_engine_dir, tmp_path, parity):
     with pytest.raises(EngineError, match="manifest format 99"):
         create_backend("onnxruntime", engine_dir=broken)
     backend = create_backend("onnxruntime", engine_dir=parity_engine_dir).activate()
-    with pytest.raises(EngineError, match="at most 64"):
+    with pytest.raises(VocabularyError, match="at most 64"):
         Predictor(backend).set_classes([f"class {i}" for i in range(65)])
-    with pytest.raises(RuntimeError, match="set_classes"):
+    with pytest.raises(StateError, match="set_classes"):
         Predictor(backend).predict(np.zeros((8, 8, 3), np.uint8))

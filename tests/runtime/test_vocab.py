@@ -10,7 +10,13 @@ import pytest
 
 from runtime.errors import VocabularyError
 from runtime.tokenizer import ClipTokenizer, trim_tokens
-from runtime.vocab import IMAGENET_TEMPLATES, build_prompts, builtin_vocabulary_text, load_vocabulary, pool_text_embeddings
+from runtime.vocab import (
+    IMAGENET_TEMPLATES,
+    build_prompts,
+    builtin_vocabulary_text,
+    load_vocabulary,
+    pool_text_embeddings,
+)
 
 OFFICIAL_MD5 = {
     "coco171": ("bd6c981512a726d460d8e94af131124b", 171),
@@ -32,12 +38,23 @@ def test_builtin_vocabularies_are_the_official_files(name):
 
 def test_ade847_synonyms_and_templates():
     assert sum(", " in c for c in load_vocabulary("ade847")) == 217
-    assert len(IMAGENET_TEMPLATES) == 80 and IMAGENET_TEMPLATES[0] == "a bad photo of a {}." and IMAGENET_TEMPLATES[79] == "a tattoo of the {}."
+    assert (
+        len(IMAGENET_TEMPLATES) == 80
+        and IMAGENET_TEMPLATES[0] == "a bad photo of a {}."
+        and IMAGENET_TEMPLATES[79] == "a tattoo of the {}."
+    )
 
 
 def test_prompts_template_major_and_pooling():
     prompts, counts = build_prompts(["sky", "building, edifice"], IMAGENET_TEMPLATES[:2])
-    assert prompts == ["a bad photo of a sky.", "a photo of many sky.", "a bad photo of a building.", "a bad photo of a edifice.", "a photo of many building.", "a photo of many edifice."]
+    assert prompts == [
+        "a bad photo of a sky.",
+        "a photo of many sky.",
+        "a bad photo of a building.",
+        "a bad photo of a edifice.",
+        "a photo of many building.",
+        "a photo of many edifice.",
+    ]
     assert counts == [1, 2]
     emb = np.random.default_rng(0).standard_normal((6, 5)).astype(np.float32)
     out = pool_text_embeddings(emb, counts, 2)

@@ -39,8 +39,14 @@ def test_missing_file_says_where_official_weights_are(tiny, tmp_path):
     "edit,message",
     [
         (lambda sd: sd.pop("sem_seg_head.predictor.transformer.head.bias"), "missing keys: transformer.head.bias"),
-        (lambda sd: sd.__setitem__("sem_seg_head.predictor.transformer.extra", torch.zeros(1)), "unexpected keys: transformer.extra"),
-        (lambda sd: sd.__setitem__("sem_seg_head.predictor.transformer.head.bias", torch.zeros(2)), "shape mismatches: transformer.head.bias"),
+        (
+            lambda sd: sd.__setitem__("sem_seg_head.predictor.transformer.extra", torch.zeros(1)),
+            "unexpected keys: transformer.extra",
+        ),
+        (
+            lambda sd: sd.__setitem__("sem_seg_head.predictor.transformer.head.bias", torch.zeros(2)),
+            "shape mismatches: transformer.head.bias",
+        ),
     ],
 )
 def test_mismatch_is_an_error_naming_keys(tiny, tmp_path, edit, message):

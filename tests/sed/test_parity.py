@@ -20,7 +20,9 @@ def run(parity_model, parity, parity_image):
     m = parity_model
     x = torch.from_numpy(preprocess(parity_image))
     with torch.no_grad():
-        text = encode_vocabulary(lambda t: m.encode_text(torch.from_numpy(t)).numpy(), ClipTokenizer(), parity["classes"])
+        text = encode_vocabulary(
+            lambda t: m.encode_text(torch.from_numpy(t)).numpy(), ClipTokenizer(), parity["classes"]
+        )
         enc = m.encode_image(x, keep_features=True)
     return {"x": x, "text": text, "enc": enc}
 
@@ -50,8 +52,8 @@ def test_cost_map_and_aux_heads(parity_model, parity, run):
     with torch.no_grad():
         cm = cost_map(enc.clip_dense, text)[0].permute(1, 0, 2, 3).numpy()  # T P H W -> P T H W (official layout)
         o0 = m.decode_stage0(enc.clip_dense, text)
-        o1 = m.decode_stage(1, o0.features, o0.corr_guidance, enc.guidance[0])
-        o2 = m.decode_stage(2, o1.features, o1.corr_guidance, enc.guidance[1])
+        o1 = m.decode_stage(1, o0.features, corr_guidance=o0.corr_guidance, guidance=enc.guidance[0])
+        o2 = m.decode_stage(2, o1.features, corr_guidance=o1.corr_guidance, guidance=enc.guidance[1])
     np.testing.assert_allclose(cm, exp["cost_map"], atol=1e-5)
     np.testing.assert_allclose(o0.aux_logits[0].numpy(), exp["aux_24"], atol=1e-4)
     np.testing.assert_allclose(o1.aux_logits[0].numpy(), exp["aux_48"], atol=1e-4)

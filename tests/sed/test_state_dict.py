@@ -29,7 +29,9 @@ def test_state_dict_matches_official(backbone, count):
     ours = {k: list(v.shape) for k, v in to_official_state_dict(model).items()}
     official = _official(backbone)
     assert len(ours) == count
-    assert set(ours) == set(official), f"missing {sorted(set(official) - set(ours))[:5]} extra {sorted(set(ours) - set(official))[:5]}"
+    assert set(ours) == set(official), (
+        f"missing {sorted(set(official) - set(ours))[:5]} extra {sorted(set(ours) - set(official))[:5]}"
+    )
     bad = {k: (ours[k], official[k]) for k in ours if ours[k] != official[k]}
     assert not bad
     assert all(k.startswith(OFFICIAL_PREFIX) for k in ours)

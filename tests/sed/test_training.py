@@ -22,11 +22,13 @@ from sed.training.solver import SolverConfig, cosine_factor, freeze_text_tower, 
 from tests.synthetic import COLOURS, make_sample, write_split
 
 
-def tiny_model(image_size: int = 64, drop_path: float = 0.0):  # noqa: ANN201
+def tiny_model(image_size: int = 64, drop_path: float = 0.0):
     torch.manual_seed(0)
     cfg = dataclasses.replace(load_config("sed_tiny_linear"), image_size=image_size)
     if drop_path:  # stochastic depth (SED-L trains with 0.1): makes the run depend on the RNG
-        cfg = dataclasses.replace(cfg, clip=dataclasses.replace(cfg.clip, vision_cfg={**cfg.clip.vision_cfg, "timm_drop_path": drop_path}))
+        cfg = dataclasses.replace(
+            cfg, clip=dataclasses.replace(cfg.clip, vision_cfg={**cfg.clip.vision_cfg, "timm_drop_path": drop_path})
+        )
     model = build_sed(cfg)
     if drop_path:  # timm's layer-scale init (1e-6) would make the dropped branches negligible
         for name, p in model.clip_model.visual.named_parameters():
@@ -46,7 +48,9 @@ def test_loss_matches_hand_computation() -> None:
         for x in range(4):
             if labels[0, y, x] >= 0:
                 target[0, labels[0, y, x], y, x] = 1.0  # ignored pixels: all-zero target (official)
-    assert losses["loss_sem_seg_0"].item() == pytest.approx(F.binary_cross_entropy_with_logits(final, target).item(), rel=1e-6)
+    assert losses["loss_sem_seg_0"].item() == pytest.approx(
+        F.binary_cross_entropy_with_logits(final, target).item(), rel=1e-6
+    )
     up = F.interpolate(aux, size=(4, 4), mode="bilinear", align_corners=False)
     manual = -(target * F.logsigmoid(up) + (1 - target) * F.logsigmoid(-up)).mean()
     assert losses["loss_sem_seg_1"].item() == pytest.approx(manual.item(), rel=1e-5)
@@ -66,8 +70,18 @@ def test_parameter_groups_follow_the_recipe() -> None:
     assert "clip_model.logit_scale" not in by_name and "clip_model.token_embedding.weight" not in by_name
     for name, g in by_name.items():
         assert g["lr"] == pytest.approx(cfg.base_lr * (0.01 if name.startswith("clip_model.") else 1.0))
-    norm_params = {f"{m}.{p}" for m, mod in model.named_modules() if isinstance(mod, torch.nn.LayerNorm) for p, _ in mod.named_parameters(recurse=False)}
-    custom_ln = {f"{m}.{p}" for m, mod in model.named_modules() if isinstance(mod, ChannelsLastLayerNorm) for p, _ in mod.named_parameters(recurse=False)}
+    norm_params = {
+        f"{m}.{p}"
+        for m, mod in model.named_modules()
+        if isinstance(mod, torch.nn.LayerNorm)
+        for p, _ in mod.named_parameters(recurse=False)
+    }
+    custom_ln = {
+        f"{m}.{p}"
+        for m, mod in model.named_modules()
+        if isinstance(mod, ChannelsLastLayerNorm)
+        for p, _ in mod.named_parameters(recurse=False)
+    }
     assert norm_params & trainable and custom_ln
     for name in norm_params & trainable:
         assert by_name[name]["weight_decay"] == 0.0  # timm LayerNorm2d / nn.LayerNorm
@@ -177,16 +191,44 @@ def test_train_then_eval_torch_and_onnxruntime(tmp_path: Path, capsys: pytest.Ca
     _train_then_eval(tmp_path, capsys, iters=20, n_train=8, exact=False)
 
 
-def _train_then_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str], *, iters: int, n_train: int, exact: bool) -> tuple[dict, list[dict]]:
+def _train_then_eval(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], *, iters: int, n_train: int, exact: bool
+) -> tuple[dict, list[dict]]:
     """`sed-trt train` on a synthetic COCO-Stuff layout, then `sed-trt eval` with both CPU backends."""
-    from runtime.cli import main
+    from sed_trt.cli import main
 
     data, out, eng = tmp_path / "data", tmp_path / "run", tmp_path / "eng"
     _synthetic_coco(data, n_train, 12)
     model = ["--backbone", "sed_tiny_linear", "--image-size", "64"]
     common = [*model, "--data-root", str(data), "--classes", FOUR]
     half, period = iters // 2, iters // 10
-    rc = main(["train", *common, "--out-dir", str(out), "--iters", str(iters), "--lr", "2e-3", "--batch-size", "4", "--workers", "0", "--log-period", str(period), "--checkpoint-period", str(half), "--device", "cpu", "--quiet", "--eval-dataset", "coco_stuff_val", "--eval-period", str(half)])
+    rc = main(
+        [
+            "train",
+            *common,
+            "--out-dir",
+            str(out),
+            "--iters",
+            str(iters),
+            "--lr",
+            "2e-3",
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+            "--log-period",
+            str(period),
+            "--checkpoint-period",
+            str(half),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--eval-dataset",
+            "coco_stuff_val",
+            "--eval-period",
+            str(half),
+        ]
+    )
     assert rc == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     log = [r for r in records if "loss" in r]
@@ -207,9 +249,42 @@ def _train_then_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str], *, iter
     for backend in ("torch", "onnxruntime"):
         extra = ["--engine-dir", str(eng)] if backend == "onnxruntime" else []
         if backend == "onnxruntime":
-            assert main(["export", *model, "--weights", str(ckpt), "--out-dir", str(eng), "--max-classes", "8", "--opt-classes", "4", "--engines", "skip", "--quiet"]) == 0
+            assert (
+                main(
+                    [
+                        "export",
+                        *model,
+                        "--weights",
+                        str(ckpt),
+                        "--out-dir",
+                        str(eng),
+                        "--max-classes",
+                        "8",
+                        "--opt-classes",
+                        "4",
+                        "--engines",
+                        "skip",
+                        "--quiet",
+                    ]
+                )
+                == 0
+            )
         path = tmp_path / f"{backend}.json"
-        args = ["eval", *common, "--weights", str(ckpt), "--dataset", "coco_stuff_val", "--backend", backend, *extra, "--no-cache", "--quiet", "--out-json", str(path)]
+        args = [
+            "eval",
+            *common,
+            "--weights",
+            str(ckpt),
+            "--dataset",
+            "coco_stuff_val",
+            "--backend",
+            backend,
+            *extra,
+            "--no-cache",
+            "--quiet",
+            "--out-json",
+            str(path),
+        ]
         assert main(args) == 0
         table = capsys.readouterr().out
         assert "| person |" in table and "mIoU" in table
@@ -230,7 +305,9 @@ def _train_then_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str], *, iter
 def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
     import os
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     ds = open_dataset("coco_stuff_train", root=root, classes=FOUR)
     val = open_dataset("coco_stuff_val", root=root, classes=FOUR)
@@ -253,11 +330,27 @@ def test_ddp_two_processes_equal_one_process(tmp_path: Path) -> None:
     mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / "data"), str(tmp_path / "ddp")), nprocs=2, join=True)
     single = tiny_model()
     val = open_dataset("coco_stuff_val", root=tmp_path / "data", classes=FOUR)
-    train(single, open_dataset("coco_stuff_train", root=tmp_path / "data", classes=FOUR), _cfg(tmp_path / "one", 3), progress=False, eval_dataset=val)
+    train(
+        single,
+        open_dataset("coco_stuff_train", root=tmp_path / "data", classes=FOUR),
+        _cfg(tmp_path / "one", 3),
+        progress=False,
+        eval_dataset=val,
+    )
     # the evaluation at the end is sharded over the two processes (images 0,2,4 and 1,3)
-    ev = [json.loads(line)["eval"] for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines() if "eval" in line]
-    ev1 = [json.loads(line)["eval"] for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines() if "eval" in line]
-    assert len(ev) == len(ev1) == 1 and ev[0]["pixels"] == ev1[0]["pixels"] == sum(int((val.label(i) >= 0).sum()) for i in range(5))
+    ev = [
+        json.loads(line)["eval"]
+        for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+        if "eval" in line
+    ]
+    ev1 = [
+        json.loads(line)["eval"]
+        for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()
+        if "eval" in line
+    ]
+    assert len(ev) == len(ev1) == 1 and ev[0]["pixels"] == ev1[0]["pixels"] == sum(
+        int((val.label(i) >= 0).sum()) for i in range(5)
+    )
     assert ev[0]["mIoU"] == pytest.approx(ev1[0]["mIoU"], abs=0.5)
     ddp = torch.load(tmp_path / "ddp" / "model_final.pth", map_location="cpu", weights_only=True)["model"]
     for k, v in single.state_dict().items():

@@ -1,0 +1,34 @@
+"""CER, category early rejection: which classes go on to the next decoder stage.
+
+The official rule, in one place for the model and every backend: keep the classes that are
+in the per-pixel top-k of some pixel of some image (union over pixels and the batch); with
+no k, or k >= T, keep them all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def keeps_all(topk: int | None, num_classes: int) -> bool:
+    """Whether the rule keeps every class (no rejection asked for, or k >= T)."""
+    return topk is None or topk >= num_classes
+
+
+def topk_union(logits: np.ndarray, k: int) -> np.ndarray:
+    """Sorted indices of the classes in some pixel's top-k of (B, T, H, W) logits (numpy)."""
+    top = np.argpartition(-logits, k - 1, axis=1)[:, :k]  # B K H W, unordered
+    keep = np.zeros(logits.shape[1], dtype=bool)
+    keep[top.ravel()] = True
+    return np.flatnonzero(keep)
+
+
+def select_classes(ops: Any, logits: Any, topk: int | None) -> np.ndarray:
+    """The surviving class indices (host int64) of auxiliary logits (B, T, H, W) held by ``ops``."""
+    t = int(logits.shape[1])
+    if keeps_all(topk, t):
+        return np.arange(t)
+    assert topk is not None
+    return ops.topk_union(logits, topk)

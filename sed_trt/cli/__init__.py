@@ -1,0 +1,80 @@
+"""``sed-trt``: a thin command line over library functions, one module per subcommand.
+
+Every library error (:class:`runtime.errors.SedTrtError`) becomes one line on stderr and
+exit status 2; nothing is written unless the work succeeded. Library warnings (logger
+``sed_trt``) are printed as ``[sed-trt] WARNING: ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from runtime.errors import SedTrtError
+from sed_trt.cli import bench, compare, evaluate, export, predict, train
+from sed_trt.cli.args import HelpFormatter
+
+SUBCOMMANDS = (predict, export, compare, evaluate, train, bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sed-trt", description="Fast, faithful SED open-vocabulary segmentation.", formatter_class=HelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in SUBCOMMANDS:
+        module.register(sub)
+    return parser
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record (redirections included)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
+def configure_logging() -> None:
+    """Library warnings as ``[sed-trt] WARNING: ...`` lines on stderr (``--quiet`` hides progress only)."""
+    logger = logging.getLogger("sed_trt")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("[sed-trt] %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging()
+    try:
+        return int(args.func(args) or 0)
+    except SedTrtError as exc:
+        print(f"sed-trt: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sed-trt: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(
+            "sed-trt: error: out of memory (try a smaller vocabulary, --topk, or a machine with more memory)",
+            file=sys.stderr,
+        )
+        return 2
+    except Exception as exc:  # a bug: one line for the user, the traceback on request
+        if os.environ.get("SED_TRT_DEBUG"):
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(
+            f"sed-trt: internal error: {type(exc).__name__}: {first} (set SED_TRT_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1

@@ -1,0 +1,172 @@
+"""Argument groups and converters shared by the subcommands (one definition per flag)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from runtime.backends import Backend
+from runtime.errors import ConfigError
+from runtime.image import DEFAULT_MAX_PIXELS
+from runtime.text_cache import TextFeatureCache, default_cache_dir
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default, unless the help already says it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" not in text and action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def add_subcommand(sub: argparse._SubParsersAction, name: str, run: Any) -> argparse.ArgumentParser:
+    """A subcommand whose help is ``run``'s docstring and whose action is ``run(args)``."""
+    p = sub.add_parser(name, help=run.__doc__, description=run.__doc__, formatter_class=HelpFormatter)
+    p.set_defaults(func=run)
+    return p
+
+
+def add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress output (warnings still show)")
+
+
+def add_model_args(p: argparse.ArgumentParser, *, backbone_default: str | None = None) -> None:
+    p.add_argument(
+        "--backbone",
+        default=backbone_default,
+        help="convnext_b | convnext_l | sed_tiny_linear | PATH.json (open_clip model config)",
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="SED checkpoint (.pth); the official ones are linked from github.com/xb534/SED (default: random weights)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=positive_int,
+        default=None,
+        help="network input side, a multiple of 32 (default 768, the paper's; 384 for SED-fast style)",
+    )
+
+
+def add_cache_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", default=None, help="text-feature cache (default: $SED_TRT_CACHE or ~/.cache/sed-trt)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk text-feature cache")
+
+
+def add_image_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", required=True, help="RGB image file (PNG, JPEG, ...)")
+    p.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=DEFAULT_MAX_PIXELS,
+        help="refuse larger images (width x height), checked before decoding",
+    )
+
+
+def add_classes_arg(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    p.add_argument(
+        "--classes",
+        required=required,
+        default=None,
+        help="ade150 | ade847 | pc59 | pc459 | voc20 | coco171 | FILE (.json list or .txt lines) | 'a,b,c' ('a, syn; b' for synonyms)",
+    )
+
+
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime", "openvino", "tensorrt"],
+        default="torch",
+        help="what runs the model",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["f32", "bf16"],
+        default="f32",
+        help="openvino: inference precision; bf16 (an opt-in, needs AMX or AVX512-BF16) is faster and less exact",
+    )
+    p.add_argument(
+        "--release-memory",
+        action="store_true",
+        help="openvino: free each graph's buffers after it runs (ConvNeXt-B, 768 px, 150 classes: peak 10.3 -> 7.3 GB, 1.6x slower)",
+    )
+    p.add_argument(
+        "--engine-dir", default=None, help="directory written by 'sed-trt export' (onnxruntime, openvino, tensorrt)"
+    )
+    p.add_argument(
+        "--topk",
+        type=positive_int,
+        default=None,
+        help="CER: keep classes in some pixel's top-k at each rejection point (default: no rejection)",
+    )
+    p.add_argument("--pooling", type=positive_int, default=1, help="class-attention pooling (1 = official evaluation)")
+    p.add_argument("--device", default="cpu", help="torch device for the torch backend (cpu, cuda, cuda:N)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: the library's choice)")
+    add_cache_args(p)
+    add_quiet(p)
+
+
+def model_spec(args: argparse.Namespace) -> Any:
+    """The model config the arguments name: ``--backbone`` with ``--image-size`` applied."""
+    if args.backbone is None:
+        raise ConfigError("--backbone is required")
+    if args.image_size is None:
+        return args.backbone
+    import dataclasses
+
+    from sed.config import load_config
+
+    if args.image_size % 32:
+        raise ConfigError(f"--image-size must be a multiple of 32, got {args.image_size}")
+    return dataclasses.replace(load_config(args.backbone), image_size=args.image_size)
+
+
+def make_backend(args: argparse.Namespace) -> Backend:
+    """Create (not activate) the backend the arguments ask for; the runtime checks it fits."""
+    from runtime.backends import open_backend
+
+    if args.backend == "torch":
+        import sed  # noqa: F401  (registers the torch backend)
+
+        backbone = model_spec(args) if args.backbone is not None else None
+    else:
+        backbone = args.backbone
+    return open_backend(
+        args.backend,
+        engine_dir=args.engine_dir,
+        backbone=backbone,
+        weights=args.weights,
+        device=args.device,
+        pooling=args.pooling,
+        image_size=args.image_size,
+        threads=args.threads,
+        precision=args.precision,
+        release_memory=args.release_memory,
+    )
+
+
+def make_cache(args: argparse.Namespace) -> TextFeatureCache:
+    return TextFeatureCache(None if args.no_cache else (args.cache_dir or default_cache_dir()))

@@ -1,0 +1,79 @@
+"""``sed-trt compare``: how closely backends and precisions reproduce a reference."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from runtime.errors import ConfigError
+from sed_trt.cli.args import (
+    add_cache_args,
+    add_classes_arg,
+    add_image_args,
+    add_quiet,
+    add_subcommand,
+    make_cache,
+    positive_int,
+)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Accuracy of backends and precisions against a reference on one image: probabilities, labels, CER kept sets."""
+    from runtime.backends import open_backend
+    from runtime.compare import compare_backends, format_agreements
+    from runtime.fsutil import atomic_write, check_outputs
+    from runtime.image import load_image
+    from runtime.vocab import load_vocabulary
+
+    check_outputs({"--out-json": args.out_json}, {"--image": args.image})
+    labels = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if "torch" in labels or args.reference == "torch":
+        if args.backbone is None:
+            raise ConfigError("torch rows need --backbone (and --weights for trained weights)")
+        import sed  # noqa: F401  (registers the torch backend)
+    classes = load_vocabulary(args.classes)
+    image = load_image(args.image, max_pixels=args.max_pixels)
+    common = {
+        "engine_dir": args.engine_dir,
+        "backbone": args.backbone,
+        "weights": args.weights,
+        "threads": args.threads,
+    }
+    reference = open_backend(args.reference, **common)
+    others = [open_backend(label, **common) for label in labels]
+    rows = compare_backends(reference, others, image, classes, topk=args.topk, cache=make_cache(args))
+    title = f"{len(classes)} classes, CER {f'top-{args.topk}' if args.topk else 'off'}, reference {reference.label}, image {args.image}"
+    print(format_agreements(rows, title=title), end="")
+    if args.out_json:
+        payload = {
+            "image": str(args.image),
+            "classes": len(classes),
+            "topk": args.topk,
+            "rows": [r.as_dict() for r in rows],
+        }
+        atomic_write(args.out_json, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2) + "\n"))
+        print(f"wrote {args.out_json}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_subcommand(sub, "compare", run)
+    p.add_argument("--engine-dir", required=True, help="engine directory written by 'sed-trt export'")
+    add_image_args(p)
+    add_classes_arg(p)
+    p.add_argument("--topk", type=positive_int, default=None, help="CER top-k (default: no rejection)")
+    p.add_argument(
+        "--reference", choices=["onnxruntime", "torch"], default="onnxruntime", help="what the others are compared with"
+    )
+    p.add_argument(
+        "--backends",
+        default="openvino,openvino-bf16",
+        help="comma list of backends to compare (torch, onnxruntime, openvino, openvino-bf16, tensorrt)",
+    )
+    p.add_argument("--backbone", default=None, help="model for torch rows (as in predict)")
+    p.add_argument("--weights", default=None, help="SED checkpoint for torch rows (also checked against the engines)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: the library's choice)")
+    add_cache_args(p)
+    p.add_argument("--out-json", default=None, help="also write the rows as JSON")
+    add_quiet(p)

@@ -1,0 +1,106 @@
+"""``sed-trt export`` and ``sed-trt build-engines``: model -> ONNX graphs -> TensorRT engines."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from runtime.errors import ConfigError
+from sed_trt.cli.args import add_model_args, add_quiet, add_subcommand, model_spec, positive_int
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Export ONNX graphs + manifest (and TensorRT engines where TensorRT and a GPU exist)."""
+    from export.onnx_export import check_export_target, run_export
+    from runtime.io_spec import ExportLimits
+    from sed.build import load_sed
+
+    if args.backbone is None:
+        raise ConfigError("export needs --backbone")
+    if args.opt_classes > args.max_classes:
+        raise ConfigError(f"--opt-classes {args.opt_classes} exceeds --max-classes {args.max_classes}")
+    check_export_target(Path(args.out_dir))  # before the model loads: fail in a second, not a minute
+    model = load_sed(model_spec(args), args.weights)
+    limits = ExportLimits(max_batch=args.max_batch, max_classes=args.max_classes, opt_classes=args.opt_classes)
+    run_export(
+        model,
+        args.out_dir,
+        backbone=Path(args.backbone).stem,
+        weights=args.weights,
+        limits=limits,
+        pooling=args.pooling,
+        opset=args.opset,
+        validate=not args.no_validate,
+        progress=not args.quiet,
+    )
+    if args.engines == "skip":
+        return 0
+    from export.trt_build import build_engines, tensorrt_unavailable_reason
+    from runtime.progress import step
+
+    reason = tensorrt_unavailable_reason()
+    if reason is not None:
+        if args.engines == "require":
+            raise ConfigError(f"cannot build TensorRT engines: {reason}")
+        step(f"stopping after ONNX: {reason}")
+        return 0
+    build_engines(args.out_dir, precision=args.precision, tf32=args.tf32, progress=not args.quiet)
+    return 0
+
+
+def run_build_engines(args: argparse.Namespace) -> int:
+    """Build TensorRT engines for an exported engine directory (needs TensorRT and a GPU)."""
+    from export.trt_build import build_engines
+
+    build_engines(
+        args.engine_dir, precision=args.precision, opt_classes=args.opt_classes, tf32=args.tf32, progress=not args.quiet
+    )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_subcommand(sub, "export", run_export)
+    add_model_args(p)
+    p.add_argument(
+        "--out-dir", required=True, help="engine directory to write (replaced as a whole once the new one is complete)"
+    )
+    p.add_argument(
+        "--max-classes", type=positive_int, default=1000, help="largest vocabulary the graphs/engines accept"
+    )
+    p.add_argument(
+        "--opt-classes", type=positive_int, default=150, help="vocabulary size TensorRT tunes its kernels for"
+    )
+    p.add_argument("--max-batch", type=positive_int, default=1, help="largest batch of images")
+    p.add_argument(
+        "--pooling",
+        type=positive_int,
+        default=1,
+        help="class-attention pooling baked into the graphs (1 = official evaluation)",
+    )
+    p.add_argument("--opset", type=int, default=20, choices=range(17, 21), metavar="{17..20}", help="ONNX opset")
+    p.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    p.add_argument(
+        "--engines",
+        choices=["auto", "skip", "require"],
+        default="auto",
+        help="TensorRT engines: build if possible (auto), never, or fail without TensorRT",
+    )
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="TensorRT engine precision")
+    p.add_argument(
+        "--tf32", action="store_true", help="let fp32 engines use TF32 (TensorRT's own default; faster, less exact)"
+    )
+    add_quiet(p)
+
+    p = add_subcommand(sub, "build-engines", run_build_engines)
+    p.add_argument("--engine-dir", required=True, help="engine directory written by 'sed-trt export'")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="TensorRT engine precision")
+    p.add_argument(
+        "--tf32", action="store_true", help="let fp32 engines use TF32 (TensorRT's own default; faster, less exact)"
+    )
+    p.add_argument(
+        "--opt-classes",
+        type=positive_int,
+        default=None,
+        help="vocabulary size the kernels are tuned for (default: the export's)",
+    )
+    add_quiet(p)
