@@ -41,6 +41,7 @@ class BenchConfig:
     warmup: int = 1
     threads: int | None = None
     device: str = "cpu"  # the torch backend's device (cuda for the PyTorch-on-GPU rows)
+    ort_arena: bool = False  # ONNX Runtime's CPU memory arena (see OnnxRuntimeBackend)
     out_dir: str = "results"
 
 
@@ -170,7 +171,7 @@ def _backends(cfg: BenchConfig, model: Any, engine_dir: Callable[[], Path]) -> l
             if name == "torch":
                 b = create_backend("torch", model=model.to(cfg.device), device=cfg.device, threads=cfg.threads)
             elif name == "onnxruntime":
-                b = create_backend("onnxruntime", engine_dir=engine_dir(), threads=cfg.threads)
+                b = create_backend("onnxruntime", engine_dir=engine_dir(), threads=cfg.threads, mem_arena=cfg.ort_arena)
             elif name.startswith("openvino"):  # openvino (f32) or openvino-bf16
                 b = create_backend("openvino", engine_dir=engine_dir(), threads=cfg.threads, **parse_label(name)[1])
             else:
@@ -390,7 +391,8 @@ def markdown_table(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [
         f"Machine: {m['processor']}, {m['cpu_count']} CPUs (native bf16: {m.get('cpu_bf16', 'unknown')}), GPU: {m['cuda'] or 'none'}; {m['platform']}. "
-        f"Threads: torch {m['torch_threads']}, ONNX Runtime / OpenVINO {result['config']['threads'] or 'default (one per physical core)'}."
+        f"Threads: torch {m['torch_threads']}, ONNX Runtime / OpenVINO {result['config']['threads'] or 'default (one per physical core)'}; "
+        f"ONNX Runtime CPU arena {'on' if result['config'].get('ort_arena') else 'off'}."
         + (
             " openvino-bf16 rows computed in bf16; every other row in fp32."
             if any(r["backend"].endswith("bf16") for r in result["rows"])

@@ -64,6 +64,7 @@ def open_backend(
     threads: int | None = None,
     precision: str = "f32",
     release_memory: bool = False,
+    ort_arena: bool = False,
 ) -> Backend:
     """Create (not activate) a backend for a request, refusing one that cannot serve it.
 
@@ -80,6 +81,10 @@ def open_backend(
         if name != "openvino":
             raise ConfigError("--release-memory applies to --backend openvino only")
         options["release_memory"] = True
+    if ort_arena:
+        if name != "onnxruntime":
+            raise ConfigError("--ort-arena applies to --backend onnxruntime only")
+        options["mem_arena"] = True
     if name == "torch":
         if backbone is None:
             raise ConfigError("--backbone is required with --backend torch")

@@ -22,9 +22,14 @@ class OnnxRuntimeBackend(EngineDirBackend):
         *,
         providers: list[str] | None = None,
         threads: int | None = None,
+        mem_arena: bool = False,
         backbone: str | None = None,
     ) -> None:
         super().__init__(engine_dir, backbone=backbone)
+        # ONNX Runtime's CPU arena, measured on ConvNeXt-B (2-core EPYC): peak RSS 19.5 -> 5.6 GB
+        # at 847 classes / 384 px and 12.4 -> 4.1 GB at 150 / 768 px without it, for ~16 % more
+        # time at 150 / 384 px. Off by default: an out-of-memory kill is worse than slower.
+        self.mem_arena = mem_arena
         self.ops = NumpyOps()
         self.providers = providers or ["CPUExecutionProvider"]
         self.threads = threads
@@ -44,6 +49,7 @@ class OnnxRuntimeBackend(EngineDirBackend):
             )
         self._options = ort.SessionOptions()
         self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._options.enable_cpu_mem_arena = self.mem_arena
         if self.threads:
             self._options.intra_op_num_threads = self.threads
 

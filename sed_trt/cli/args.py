@@ -109,6 +109,11 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
         help="openvino: inference precision; bf16 (an opt-in, needs AMX or AVX512-BF16) is faster and less exact",
     )
     p.add_argument(
+        "--ort-arena",
+        action="store_true",
+        help="onnxruntime: use its CPU memory arena (~16%% faster, ~3x the peak memory)",
+    )
+    p.add_argument(
         "--release-memory",
         action="store_true",
         help="openvino: free each graph's buffers after it runs (ConvNeXt-B, 768 px, 150 classes: peak 10.3 -> 7.3 GB, 1.6x slower)",
@@ -165,6 +170,7 @@ def make_backend(args: argparse.Namespace) -> Backend:
         threads=args.threads,
         precision=args.precision,
         release_memory=args.release_memory,
+        ort_arena=args.ort_arena,
     )
 
 

@@ -83,3 +83,14 @@ def test_engine_dir_errors(parity_engine_dir, tmp_path, parity):
         Predictor(backend).set_classes([f"class {i}" for i in range(65)])
     with pytest.raises(StateError, match="set_classes"):
         Predictor(backend).predict(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_onnxruntime_arena_is_off_unless_asked(parity_engine_dir):
+    from runtime.backends import open_backend
+    from runtime.errors import ConfigError
+
+    lean = create_backend("onnxruntime", engine_dir=parity_engine_dir).activate()
+    fat = open_backend("onnxruntime", engine_dir=parity_engine_dir, ort_arena=True).activate()
+    assert lean._options.enable_cpu_mem_arena is False and fat._options.enable_cpu_mem_arena is True
+    with pytest.raises(ConfigError, match="applies to --backend onnxruntime only"):
+        open_backend("openvino", engine_dir=parity_engine_dir, ort_arena=True)
