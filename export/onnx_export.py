@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from export.check import check_trt_compatible
+from export.trt_build import TIMING_CACHE
 from export.wrappers import wrapper_for
 from runtime.errors import EngineError, ExportError
 from runtime.fsutil import check_writable_dir, current_umask, file_sha256
@@ -34,7 +35,7 @@ from runtime.io_spec import (
 )
 from runtime.manifest import MANIFEST_NAME, Manifest
 from runtime.progress import step
-from runtime.tokenizer import default_bpe_path
+from runtime.tokenizer import BPE_FILENAME, default_bpe_path
 from sed.checkpoint import text_tower_fingerprint
 from sed.modeling.sed import SED
 
@@ -184,9 +185,6 @@ def _versions() -> dict[str, str]:
     }
 
 
-TIMING_CACHE = "timing.cache"  # TensorRT's timing cache: independent of the graphs, kept across re-exports
-
-
 def check_export_target(out: Path) -> None:
     """Refuse, before any work, a target that is unwritable or a directory of something else."""
     check_writable_dir(out, "--out-dir")
@@ -269,7 +267,7 @@ def run_export(
             validate=validate,
             progress=progress,
         )
-        if (final / TIMING_CACHE).is_file():
+        if (final / TIMING_CACHE).is_file():  # independent of the graphs: kept across re-exports
             shutil.copyfile(final / TIMING_CACHE, out / TIMING_CACHE)
         os.chmod(out, 0o777 & ~current_umask())
         _swap_in(out, final)
@@ -315,7 +313,7 @@ def _export_into(
                     enabled=progress,
                 )
         files[name] = path.name
-    tokenizer_file = "bpe_simple_vocab_16e6.txt.gz"
+    tokenizer_file = BPE_FILENAME
     shutil.copyfile(default_bpe_path(), out / tokenizer_file)
     manifest = Manifest(
         backbone=backbone,

@@ -26,7 +26,7 @@ from runtime.progress import step
 
 log = logging.getLogger("sed_trt")
 
-TIMING_CACHE = "timing.cache"
+TIMING_CACHE = "timing.cache"  # TensorRT's timing cache in an engine directory
 
 
 def gpu_info() -> tuple[str, str]:

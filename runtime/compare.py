@@ -72,6 +72,7 @@ def compare_backends(
         ref_predictor.set_classes(classes)
         ref, ref_ms = _timed(ref_predictor, image)
         features = ref_predictor.text_features
+        assert features is not None  # set_classes set them
     rows = [agreement(reference.label, ref, ref, ref_ms)]
     for backend in others:
         with backend:

@@ -12,11 +12,12 @@ from typing import Any
 from runtime.errors import EngineError
 from runtime.fsutil import atomic_write, file_sha256, is_within
 from runtime.io_spec import GRAPH_NAMES, ExportLimits, GraphSpec, ModelDims, TensorSpec, graph_specs
+from runtime.tokenizer import BPE_FILENAME
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sed_trt")
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Manifest:
     text_fingerprint: str
     graphs: dict[str, str]
     graph_sha256: dict[str, str] = field(default_factory=dict)
-    tokenizer_file: str = "bpe_simple_vocab_16e6.txt.gz"
+    tokenizer_file: str = BPE_FILENAME
     tokenizer_sha256: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     engines: dict[str, EngineEntry] = field(default_factory=dict)
@@ -141,7 +142,7 @@ class Manifest:
                 text_fingerprint=d["text_fingerprint"],
                 graphs=dict(d["graphs"]),
                 graph_sha256=dict(d.get("graph_sha256", {})),
-                tokenizer_file=d.get("tokenizer_file", "bpe_simple_vocab_16e6.txt.gz"),
+                tokenizer_file=d.get("tokenizer_file", BPE_FILENAME),
                 tokenizer_sha256=d.get("tokenizer_sha256", ""),
                 versions=dict(d.get("versions", {})),
                 engines=engines,

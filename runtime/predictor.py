@@ -43,6 +43,11 @@ class StageOutputs:
     aux_logits: Array = None
     probs: Array = None
 
+    @classmethod
+    def from_graph(cls, out: dict[str, Array]) -> StageOutputs:
+        """The outputs of decoder graph 0, 1 or 2 (named in runtime.io_spec)."""
+        return cls(features=out["next_features"], corr_guidance=out["next_corr_guidance"], aux_logits=out["aux_logits"])
+
 
 class Timer:
     """Wall time of named steps in ms, each ended by ``synchronize`` (queued device work counts)."""
@@ -90,7 +95,8 @@ class Predictor:
         self.progress = progress
         self.text_batch_size = text_batch_size
         self.classes: list[str] = []
-        self._text: Array = None
+        self.text_features: np.ndarray | None = None  # (T, P, E) on the host
+        self._text: Array = None  # the same, as the backend's array
         self._tokenizer: ClipTokenizer | None = None
 
     @property
@@ -131,7 +137,7 @@ class Predictor:
         if features.shape[0] != len(classes):
             raise VocabularyError(f"text features hold {features.shape[0]} classes, the vocabulary {len(classes)}")
         self.classes = list(classes)
-        self.text_features = np.ascontiguousarray(features, dtype=np.float32)  # (T, P, E) on the host
+        self.text_features = np.ascontiguousarray(features, dtype=np.float32)
         self._text = self.backend.ops.from_numpy(self.text_features)
 
     def encode_image(self, x: Array) -> EncoderOutputs:
@@ -143,20 +149,15 @@ class Predictor:
 
     def decode_stage0(self, enc: EncoderOutputs) -> StageOutputs:
         """Cost map + embedding for the whole vocabulary."""
-        out = self.backend.run(DECODER_STAGES[0], {"clip_dense": enc.clip_dense, "text_features": self._text})
-        return StageOutputs(
-            features=out["next_features"], corr_guidance=out["next_corr_guidance"], aux_logits=out["aux_logits"]
+        return StageOutputs.from_graph(
+            self.backend.run(DECODER_STAGES[0], {"clip_dense": enc.clip_dense, "text_features": self._text})
         )
 
     def decode_stage(self, k: int, prev: StageOutputs, enc: EncoderOutputs) -> StageOutputs:
         """Decoder stage k (1..3) on the classes in ``prev``; stage 3 gives probabilities."""
         feeds = {"features": prev.features, "corr_guidance": prev.corr_guidance, "guidance": enc.guidance[k - 1]}
         out = self.backend.run(DECODER_STAGES[k], feeds)
-        if k == 3:
-            return StageOutputs(probs=out["probs"])
-        return StageOutputs(
-            features=out["next_features"], corr_guidance=out["next_corr_guidance"], aux_logits=out["aux_logits"]
-        )
+        return StageOutputs(probs=out["probs"]) if k == 3 else StageOutputs.from_graph(out)
 
     def predict(self, image: np.ndarray) -> Prediction:
         """Segment one RGB uint8 image (H, W, 3)."""

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.cer import topk_union
 from runtime.errors import ConfigError, EngineError, InputError, SedTrtError, StateError
 from runtime.io_spec import ExportLimits, GraphSpec, ModelDims, graph_specs
 
@@ -56,8 +57,6 @@ class NumpyOps(ArrayOps):
         return np.ascontiguousarray(np.take(x, idx, axis=axis))
 
     def topk_union(self, logits: np.ndarray, k: int) -> np.ndarray:
-        from runtime.cer import topk_union
-
         return topk_union(logits, k)
 
     def scatter_classes(self, probs: np.ndarray, kept: np.ndarray, num_classes: int) -> np.ndarray:
@@ -214,7 +213,7 @@ class EngineDirBackend(Backend):
     def verify(self) -> None:
         """Check the files this backend loads against the manifest; warn about random weights."""
         self.manifest.verify_files(self.engine_dir, which=self.verify_kinds)
-        if self.manifest.checkpoint_sha256 is None and self.engine_dir.resolve() not in _warned_random:
+        if self.random_weights and self.engine_dir.resolve() not in _warned_random:
             _warned_random.add(self.engine_dir.resolve())
             log.warning(
                 "the engines in %s were exported with RANDOM weights (no --weights): fine for speed, useless for predictions",

@@ -9,7 +9,6 @@ second start-up skips compilation.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +16,14 @@ import numpy as np
 
 from runtime.backends.base import EngineDirBackend, NumpyOps
 from runtime.errors import BackendUnavailableError, ConfigError, EngineError
+from runtime.text_cache import default_cache_dir as sed_trt_cache_dir
 
 PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16"}
 
 
 def default_cache_dir() -> Path:
-    """Where compiled OpenVINO blobs go: ``$SED_TRT_CACHE/openvino`` or ``~/.cache/sed-trt/openvino``."""
-    env = os.environ.get("SED_TRT_CACHE")
-    return (Path(env) if env else Path.home() / ".cache" / "sed-trt") / "openvino"
+    """Where compiled OpenVINO blobs go: ``openvino/`` in sed-trt's cache (``$SED_TRT_CACHE``)."""
+    return sed_trt_cache_dir() / "openvino"
 
 
 def import_openvino() -> Any:

@@ -303,28 +303,9 @@ def test_outputs_never_clobber_inputs_or_each_other(parity_dir, tmp_path, capsys
     image = tmp_path / "photo.png"
     shutil.copyfile(parity_dir / "image.png", image)
     original = image.read_bytes()
-    base = [
-        "predict",
-        "--backbone",
-        "sed_tiny_linear",
-        "--image",
-        str(image),
-        "--classes",
-        "cat,dog",
-        "--no-cache",
-        "--quiet",
-    ]
-    assert main([*base, "--out", str(image)]) == 2
-    _one_line_error(capsys, "same file as --image")
-    assert main([*base, "--out", str(tmp_path / "x.npz"), "--save-npz", str(tmp_path / "x.npz")]) == 2
-    _one_line_error(capsys, "name the same file")
-    (tmp_path / "dir.png").mkdir()
-    assert main([*base, "--save-npz", str(tmp_path / "o.npz"), "--out", str(tmp_path / "dir.png")]) == 2
-    _one_line_error(capsys, "is a directory")
-    vocab = tmp_path / "classes.txt"
-    vocab.write_text("cat\ndog\n")
-    assert (
-        main(
+
+    def predict(*extra: str, classes: str = "cat,dog") -> int:
+        return main(
             [
                 "predict",
                 "--backbone",
@@ -332,15 +313,23 @@ def test_outputs_never_clobber_inputs_or_each_other(parity_dir, tmp_path, capsys
                 "--image",
                 str(image),
                 "--classes",
-                str(vocab),
+                classes,
                 "--no-cache",
                 "--quiet",
-                "--out",
-                str(vocab),
+                *extra,
             ]
         )
-        == 2
-    )
+
+    assert predict("--out", str(image)) == 2
+    _one_line_error(capsys, "same file as --image")
+    assert predict("--out", str(tmp_path / "x.npz"), "--save-npz", str(tmp_path / "x.npz")) == 2
+    _one_line_error(capsys, "name the same file")
+    (tmp_path / "dir.png").mkdir()
+    assert predict("--save-npz", str(tmp_path / "o.npz"), "--out", str(tmp_path / "dir.png")) == 2
+    _one_line_error(capsys, "is a directory")
+    vocab = tmp_path / "classes.txt"
+    vocab.write_text("cat\ndog\n")
+    assert predict("--out", str(vocab), classes=str(vocab)) == 2
     _one_line_error(capsys, "same file as --classes")
     assert image.read_bytes() == original and not (tmp_path / "o.npz").exists() and vocab.read_text() == "cat\ndog\n"
 
