@@ -41,7 +41,7 @@ class BenchConfig:
     warmup: int = 1
     threads: int | None = None
     device: str = "cpu"  # the torch backend's device (cuda for the PyTorch-on-GPU rows)
-    ort_arena: bool = False  # ONNX Runtime's CPU memory arena (see OnnxRuntimeBackend)
+    ort_arena: bool = True  # ONNX Runtime's CPU memory arena (see OnnxRuntimeBackend)
     out_dir: str = "results"
 
 
@@ -126,6 +126,81 @@ class MemoryMonitor:
         return out
 
 
+def graph_flops(model: Any, image_hw: tuple[int, int], pooling: int = 1) -> dict[str, tuple[float, float]]:
+    """FLOPs of every graph as (fixed, per class), counted on the graph table (:mod:`sed.graphs`)
+    with torch's FLOP counter: matmuls and convolutions (2 per multiply-add), the work a FLOP
+    floor is made of; element-wise ops are not counted. The image encoder at ``image_hw``."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from export.onnx_export import example_inputs
+    from runtime.image import preprocess
+    from runtime.io_spec import DECODER_GRAPHS, IMAGE_ENCODER, graph_specs
+    from sed.graphs import graph_outputs
+
+    specs = graph_specs(model.io_dims(), pooling)
+
+    def count(graph: str, feeds: dict[str, np.ndarray]) -> float:
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            graph_outputs(model, graph, [torch.from_numpy(feeds[n]) for n in specs[graph].input_names], pooling=pooling)
+        return float(fc.get_total_flops())
+
+    image = np.zeros((*image_hw, 3), dtype=np.uint8)
+    out = {IMAGE_ENCODER: (count(IMAGE_ENCODER, {"image": preprocess(image)}), 0.0)}
+    for graph in DECODER_GRAPHS:
+        one, two = (count(graph, example_inputs(specs[graph], {"B": 1, "N": n})) for n in (1, 2))
+        out[graph] = (2 * one - two, two - one)
+    return out
+
+
+def gemm_gflops(threads: int | None = None, size: int = 2048, repeats: int = 5) -> float:
+    """This machine's fp32 GEMM rate (torch, best of ``repeats``): the FLOP floor's denominator."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    saved = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        a @ b
+        best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    finally:
+        torch.set_num_threads(saved)
+    return 2 * size**3 / best / 1e9
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def efficiency(
+    parts_ms: dict[str, float], survivors: list[int], vocab: int, flops: dict[str, tuple[float, float]], peak: float
+) -> dict[str, dict[str, float]]:
+    """Achieved GFLOP/s and share of the GEMM rate per part of one prediction (CER survivors counted)."""
+    from runtime.io_spec import DECODER_STAGE0, FUSE_GRAPHS, IMAGE_ENCODER, SUMMARY_GRAPHS
+
+    def total(graphs: tuple[str, ...], classes: int) -> float:
+        return sum(flops[g][0] + flops[g][1] * classes for g in graphs)
+
+    work = {
+        "image_encoder": (total((IMAGE_ENCODER,), 0), parts_ms.get("image_encoder_ms")),
+        "decoder_stage0": (total((DECODER_STAGE0,), vocab), parts_ms.get("decoder_stage0_ms")),
+    }
+    for k in (1, 2, 3):
+        work[f"decoder_stage{k}"] = (
+            total((SUMMARY_GRAPHS[k - 1], FUSE_GRAPHS[k - 1]), survivors[k - 1]),
+            parts_ms.get(f"decoder_stage{k}_ms"),
+        )
+    out = {}
+    for name, (f, ms) in work.items():
+        if ms:
+            rate = f / (ms / 1e3) / 1e9
+            out[name] = {"gflop": f / 1e9, "gflops": rate, "share": rate / peak}
+    return out
+
+
 def _engine_dir(cfg: BenchConfig, image_size: int, model: Any) -> Path:
     from export.onnx_export import run_export
     from runtime.errors import EngineError
@@ -154,7 +229,7 @@ def _engine_dir(cfg: BenchConfig, image_size: int, model: Any) -> Path:
         out,
         backbone=Path(cfg.backbone).stem,
         weights=cfg.weights,
-        limits=ExportLimits(max_classes=max(1000, max(cfg.vocab_sizes)), opt_classes=150),
+        limits=ExportLimits(max_classes=max(1000, max(cfg.vocab_sizes))),
         validate=False,
     )
     return out
@@ -232,21 +307,23 @@ def _time_fixed_survivors(
 ) -> dict[str, float]:
     """Decoder stages 1-3 on exactly ``survivors`` classes (the controlled CER setting)."""
     from runtime.image import preprocess
-    from runtime.io_spec import DECODER_STAGES, IMAGE_ENCODER
+    from runtime.predictor import Predictor
 
     ops = backend.ops
-    enc = backend.run(IMAGE_ENCODER, {"image": ops.from_numpy(preprocess(image))})
-    out = backend.run(DECODER_STAGES[0], {"clip_dense": enc["clip_dense"], "text_features": ops.from_numpy(text)})
-    keep = np.arange(min(survivors, text.shape[0]))
-    feats, cg = ops.take(out["next_features"], keep, 1), ops.take(out["next_corr_guidance"], keep, 1)
+    pred = Predictor(backend)
+    keep = min(survivors, text.shape[0])
+    pred.set_text_features([f"c{i}" for i in range(keep)], text[:keep])
+    enc = pred.encode_image(ops.from_numpy(preprocess(image)))
+    first = pred.decode_stage0(enc)
     times = []
     for _ in range(repeats + 1):
         ops.synchronize()
         start = time.perf_counter()
-        f, c = feats, cg
+        out = dataclasses.replace(
+            first, features=ops.take(first.features, np.arange(keep), 1)
+        )  # stage 1 works in place
         for k in (1, 2, 3):
-            res = backend.run(DECODER_STAGES[k], {"features": f, "corr_guidance": c, "guidance": enc[f"guidance{k}"]})
-            f, c = res.get("next_features"), res.get("next_corr_guidance")
+            out = pred.decode_stage(k, out, enc)
         ops.synchronize()
         times.append((time.perf_counter() - start) * 1e3)
     return _stats(times[1:])
@@ -269,8 +346,10 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     image = _image()
     rows: list[dict[str, Any]] = []
     text_rows: list[dict[str, Any]] = []
+    peak = gemm_gflops(cfg.threads)
     for size in cfg.image_sizes:
         model = load_sed(dc.replace(load_config(cfg.backbone), image_size=size), cfg.weights)
+        flops = graph_flops(model, image.shape[:2])
         exported: list[Path] = []  # exported on first use: torch-only runs need no graphs
 
         def engine_dir(size: int = size, model: Any = model, exported: list[Path] = exported) -> Path:
@@ -313,6 +392,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                             "ms": _stats(totals),
                             "parts_ms": {k: statistics.median(v) for k, v in parts.items()},
                             "survivors": survivors,
+                            "efficiency": efficiency(
+                                {k: statistics.median(v) for k, v in parts.items()}, survivors, vocab, flops, peak
+                            ),
                             **_placement(backend),
                             **mem.result(),
                         }
@@ -344,6 +426,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "cpu_bf16": _cpu_bf16(),
+        "fp32_gemm_gflops": peak,
     }
     result = {"config": dc.asdict(cfg), "machine": machine, "rows": rows, "text_encoder": text_rows}
     (out_dir / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -386,6 +469,17 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _decoder_rate(row: dict[str, Any]) -> str:
+    eff = row.get("efficiency") or {}
+    dec = [v for k, v in eff.items() if k.startswith("decoder")]
+    if not dec:
+        return "-"
+    gflop = sum(v["gflop"] for v in dec)
+    seconds = sum(v["gflop"] / v["gflops"] for v in dec)
+    share = sum(v["gflop"] / v["share"] for v in dec)  # GFLOP / share = GFLOP/s of the peak x seconds
+    return f"{gflop / seconds:.0f} ({100 * gflop / share:.0f} %)"
+
+
 def markdown_table(result: dict[str, Any]) -> str:
     """The people-facing table."""
     m = result["machine"]
@@ -400,8 +494,10 @@ def markdown_table(result: dict[str, Any]) -> str:
         ),
         f"Backbone {result['config']['backbone']} ({'random weights' if not result['config']['weights'] else 'trained weights'}); median of {result['config']['repeats']} runs after {result['config']['warmup']} warm-up.",
         "",
-        "| backend | input | classes | setting | median ms | p90 ms | encoder ms | decoder ms | survivors per stage | peak host MB | peak device MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"Efficiency: achieved GFLOP/s of matmuls and convolutions (counted on the graphs) and its share of this machine's fp32 GEMM rate, {m.get('fp32_gemm_gflops', float('nan')):.0f} GFLOP/s (torch, 2048^3).",
+        "",
+        "| backend | input | classes | setting | median ms | p90 ms | encoder ms | decoder ms | post-processing ms | decoder GFLOP/s (share) | survivors per stage | peak host MB | peak device MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         parts = r["parts_ms"]
@@ -412,9 +508,28 @@ def markdown_table(result: dict[str, Any]) -> str:
         )
         dev = r.get("peak_torch_device_mb")
         dev_text = "-" if dev is None else f"{dev:.0f} (device used {r['device_used_mb']:.0f})"
+        post = f"{parts['postprocess_ms']:.0f}" if "postprocess_ms" in parts else "-"
         lines.append(
-            f"| {r['backend']} | {r['image_size']} | {r['vocab']} | {setting} | {r['ms']['median']:.0f} | {r['ms']['p90']:.0f} | {enc} | {dec:.0f} | {r['survivors']} | {r['peak_host_mb']:.0f} | {dev_text} |"
+            f"| {r['backend']} | {r['image_size']} | {r['vocab']} | {setting} | {r['ms']['median']:.0f} | {r['ms']['p90']:.0f} | {enc} | {dec:.0f} | {post} | {_decoder_rate(r)} | {r['survivors']} | {r['peak_host_mb']:.0f} | {dev_text} |"
         )
+    eff_rows = [r for r in result["rows"] if r.get("efficiency") and r["setting"] == "no_cer"]
+    if eff_rows:
+        parts_names = ["image_encoder", "decoder_stage0", "decoder_stage1", "decoder_stage2", "decoder_stage3"]
+        lines += [
+            "",
+            "Per part, without CER: GFLOP/s (share of the GEMM rate).",
+            "",
+            "| backend | input | classes | " + " | ".join(n.replace("_", " ") for n in parts_names) + " |",
+            "|---|---|---|" + "---|" * len(parts_names),
+        ]
+        for r in eff_rows:
+            cells = [
+                f"{r['efficiency'][n]['gflops']:.0f} ({100 * r['efficiency'][n]['share']:.0f} %)"
+                if n in r["efficiency"]
+                else "-"
+                for n in parts_names
+            ]
+            lines.append(f"| {r['backend']} | {r['image_size']} | {r['vocab']} | " + " | ".join(cells) + " |")
     lines += ["", "| backend | text encoder, 80 prompts (ms) |", "|---|---|"]
     lines += [f"| {t['backend']} ({t['image_size']}) | {t['ms']['median']:.0f} |" for t in result["text_encoder"]]
     return "\n".join(lines) + "\n"

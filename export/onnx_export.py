@@ -24,7 +24,6 @@ from export.wrappers import wrapper_for
 from runtime.errors import EngineError, ExportError
 from runtime.fsutil import check_writable_dir, current_umask, file_sha256
 from runtime.io_spec import (
-    DECODER_STAGES,
     GRAPH_NAMES,
     IMAGE_ENCODER,
     TEXT_ENCODER,
@@ -41,7 +40,7 @@ from sed.modeling.sed import SED
 
 DEFAULT_OPSET = 20
 # Example sizes used for tracing: >= 2 on every dynamic axis so none is specialised.
-TRACE_SIZES = {"B": 2, "T": 3, "Q": 4, "L": 7, "H": 64, "W": 96}
+TRACE_SIZES = {"B": 2, "N": 3, "Q": 4, "L": 7, "H": 64, "W": 96}
 
 
 def example_inputs(
@@ -58,15 +57,18 @@ def example_inputs(
             arr[:, -1] = vocab_size - 1  # EOT (the largest id: where the encoder pools)
         elif t.name == "image":
             arr = rng.uniform(0, 255, size=shape).astype(np.float32)
+        elif t.name == "class_kv":  # sums of positive keys (elu + 1) hold the denominators: keep them positive
+            arr = rng.uniform(0.1, 1.0, size=shape).astype(np.float32)
         else:
             arr = rng.standard_normal(shape).astype(np.float32)
         feeds[t.name] = arr
     return feeds
 
 
-def _dynamic_shapes(spec: GraphSpec, limits: ExportLimits) -> dict[str, dict[int, object]]:
+def _dynamic_shapes(spec: GraphSpec, limits: ExportLimits) -> tuple[dict[int, object], ...]:
+    """Dynamic axes of every input, in the spec's order (the wrappers' argument names may differ)."""
     dims: dict[str, object] = {}
-    out: dict[str, dict[int, object]] = {}
+    out: list[dict[int, object]] = []
     for t in spec.inputs:
         axes = {}
         for ax, name in t.dynamic_axes().items():
@@ -74,8 +76,8 @@ def _dynamic_shapes(spec: GraphSpec, limits: ExportLimits) -> dict[str, dict[int
             # torch.export cannot bound an axis below 2 without specialising 0/1 cases; the
             # exported ONNX has no bound at all, the limits are enforced by the runtime.
             axes[ax] = dims.setdefault(name, torch.export.Dim(name, min=1, max=max(r.max, 4096)))
-        out[t.name] = axes
-    return out
+        out.append(axes)
+    return tuple(out)
 
 
 def export_graph(
@@ -159,10 +161,7 @@ def validation_sizes(graph: str, dims: ModelDims, limits: ExportLimits) -> list[
         return [{"B": 1, "H": dims.image_size, "W": dims.image_size}]
     if graph == TEXT_ENCODER:
         return [{"Q": 5, "L": 9}, {"Q": 1, "L": 77}]
-    sizes = [{"B": 1, "T": 1}, {"B": 1, "T": 7}]
-    if graph == DECODER_STAGES[0]:
-        sizes.append({"B": 1, "T": limits.max_classes})  # cheap at 1/32 scale
-    return sizes
+    return [{"B": 1, "N": 1}, {"B": 1, "N": limits.class_chunk}]
 
 
 def _versions() -> dict[str, str]:
@@ -292,7 +291,7 @@ def _export_into(
     progress: bool,
 ) -> Manifest:
     dims = model.io_dims()
-    specs = graph_specs(dims)
+    specs = graph_specs(dims, pooling)
     model = model.eval()
     files: dict[str, str] = {}
     graphs = GRAPH_NAMES

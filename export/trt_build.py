@@ -138,7 +138,6 @@ def build_engines(
     engine_dir: str | Path,
     *,
     precision: str = "fp32",
-    opt_classes: int | None = None,
     workspace_bytes: int | None = None,
     tf32: bool = False,
     trt: ModuleType | None = None,
@@ -151,9 +150,7 @@ def build_engines(
     directory = Path(engine_dir)
     manifest = Manifest.load(directory)
     manifest.verify_files(directory, which=("graph",))  # never build an engine from a corrupt graph
-    limits = manifest.limits
-    if opt_classes is not None:
-        limits = ExportLimits.from_dict({**limits.to_dict(), "opt_classes": min(opt_classes, limits.max_classes)})
+    limits = manifest.limits  # decoder profiles span 1..class_chunk classes, optimised for a full chunk
     cache_path = directory / TIMING_CACHE
     cache = cache_path.read_bytes() if cache_path.is_file() else b""
     specs = manifest.specs

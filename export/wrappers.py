@@ -2,7 +2,8 @@
 
 torch.export needs a forward with named arguments; these classes only give the graph table
 of ``sed.graphs`` the input names of :mod:`runtime.io_spec`. CER's data-dependent parts
-(top-k union, gather, scatter into zeros) are in no graph: the runtime does them between graphs.
+(top-k union, gather, scatter into zeros) and the chunking over classes are in no graph:
+the runtime does them between graphs.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from runtime.io_spec import DECODER_STAGES, IMAGE_ENCODER, TEXT_ENCODER
+from runtime.io_spec import DECODER_STAGE0, FUSE_GRAPHS, IMAGE_ENCODER, SUMMARY_GRAPHS, TEXT_ENCODER
 from sed.graphs import graph_outputs
 from sed.modeling.sed import SED
 
@@ -27,7 +28,7 @@ class _GraphModule(nn.Module):
 
 
 class ImageEncoderExport(_GraphModule):
-    """image (B, 3, H, W) raw RGB -> clip_dense, guidance1..3 (normalise + 768 resize inside)."""
+    """image (B, 3, H, W) raw RGB -> clip_dense, guidance_term1..3 (normalise + 768 resize inside)."""
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self._run(image)
@@ -41,19 +42,30 @@ class TextEncoderExport(_GraphModule):
 
 
 class DecoderStage0Export(_GraphModule):
-    """clip_dense (B, E, s, s), text_features (T, P, E) -> cost-map embedding, cg for stage 1, aux logits."""
+    """clip_dense (B, E, s, s), text_features (N, P, E) -> cost-map embedding, cg for stage 1, aux logits."""
 
     def forward(self, clip_dense: torch.Tensor, text_features: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self._run(clip_dense, text_features)
 
 
-class DecoderStageExport(_GraphModule):
-    """Decoder stage k (1..3) over the T classes fed in; stage 3 returns sigmoid probabilities."""
+class StageSummariesExport(_GraphModule):
+    """Stage k features of a chunk -> FAM spatial fusion and the chunk's class-attention sums."""
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self._run(features)
+
+
+class StageFuseExport(_GraphModule):
+    """The per-class rest of stage k on a chunk; stage 3 returns sigmoid probabilities."""
 
     def forward(
-        self, features: torch.Tensor, corr_guidance: torch.Tensor, guidance: torch.Tensor
+        self,
+        spatial_features: torch.Tensor,
+        class_kv: torch.Tensor,
+        corr_guidance: torch.Tensor,
+        guidance_term: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
-        return self._run(features, corr_guidance, guidance)
+        return self._run(spatial_features, class_kv, corr_guidance, guidance_term)
 
 
 def wrapper_for(model: SED, graph: str, pooling: int) -> nn.Module:
@@ -62,8 +74,10 @@ def wrapper_for(model: SED, graph: str, pooling: int) -> nn.Module:
         return ImageEncoderExport(model, graph)
     if graph == TEXT_ENCODER:
         return TextEncoderExport(model, graph)
-    if graph == DECODER_STAGES[0]:
+    if graph == DECODER_STAGE0:
         return DecoderStage0Export(model, graph)
-    if graph in DECODER_STAGES:
-        return DecoderStageExport(model, graph, pooling)
+    if graph in SUMMARY_GRAPHS:
+        return StageSummariesExport(model, graph, pooling)
+    if graph in FUSE_GRAPHS:
+        return StageFuseExport(model, graph, pooling)
     raise KeyError(f"unknown graph {graph!r}")

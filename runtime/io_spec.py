@@ -1,10 +1,16 @@
 """The one I/O contract of every exported graph, read by export and runtime alike.
 
 Shapes are templates: an int is fixed, a string names a dynamic axis. The axes are
-B (images), T (categories, shrinks under CER), Q (prompts), L (token columns) and
-H, W (input image size after the shortest-edge resize). Export generates dynamic-shape
-declarations from here; the TensorRT builder generates optimisation profiles from here;
-the runtime validates feeds against it.
+B (images), N (a chunk of categories: the decoder graphs run on at most ``class_chunk``
+classes at a time, whatever the vocabulary size T), Q (prompts), L (token columns) and
+H, W (input image size). Export generates dynamic-shape declarations from here; the
+TensorRT builder generates optimisation profiles from here; the runtime validates feeds
+against it.
+
+The decoder runs chunk by chunk (see ``runtime.predictor``): an output with the N axis is
+one slice of the whole-vocabulary tensor; an output without it (the class-attention sums
+of a ``*_summaries`` graph) is a sum over the chunk's classes, and the sums of all chunks
+are what the matching ``*_fuse`` graph takes.
 """
 
 from __future__ import annotations
@@ -16,8 +22,12 @@ from runtime.errors import ConfigError, InputError
 
 IMAGE_ENCODER = "image_encoder"
 TEXT_ENCODER = "text_encoder"
-DECODER_STAGES = ("decoder_stage0", "decoder_stage1", "decoder_stage2", "decoder_stage3")
-GRAPH_NAMES = (IMAGE_ENCODER, TEXT_ENCODER, *DECODER_STAGES)
+DECODER_STAGE0 = "decoder_stage0"  # cost map and its embedding (per class)
+SUMMARY_GRAPHS = ("decoder_stage1_summaries", "decoder_stage2_summaries", "decoder_stage3_summaries")
+FUSE_GRAPHS = ("decoder_stage1_fuse", "decoder_stage2_fuse", "decoder_stage3_fuse")
+DECODER_GRAPHS = (DECODER_STAGE0, *(g for pair in zip(SUMMARY_GRAPHS, FUSE_GRAPHS) for g in pair))
+GRAPH_NAMES = (IMAGE_ENCODER, TEXT_ENCODER, *DECODER_GRAPHS)
+CLASS_AXIS = "N"
 ENCODER_STRIDE = 32  # the cost map is at 1/32 of the network input (ConvNeXt's last stage)
 
 Dim = int | str
@@ -84,6 +94,7 @@ class ModelDims:
     decoder_dims: tuple[int, int, int]
     guidance_dims: tuple[int, int, int]
     corr_guidance_dims: tuple[int, int, int]
+    num_heads: int
     feature_size: int
     image_size: int
 
@@ -98,6 +109,7 @@ class ModelDims:
             decoder_dims=tuple(dec.decoder_dims),
             guidance_dims=tuple(dec.guidance_proj_dims),
             corr_guidance_dims=tuple(dec.corr_guidance_dims),
+            num_heads=dec.num_heads,
             feature_size=cfg.image_size // ENCODER_STRIDE,
             image_size=cfg.image_size,
         )
@@ -145,8 +157,8 @@ class ExportLimits:
     """Ranges of the dynamic axes that exported graphs and engines promise to accept."""
 
     max_batch: int = 1
-    max_classes: int = 1000
-    opt_classes: int = 150
+    max_classes: int = 1000  # the largest vocabulary the runtime accepts (no graph has a T axis)
+    class_chunk: int = 16  # the largest chunk of classes a decoder graph runs on (axis N)
     max_prompts: int = 1024
     opt_prompts: int = 80
     min_image_side: int = 32
@@ -157,12 +169,16 @@ class ExportLimits:
         """The min/opt/max of a named axis."""
         table = {
             "B": DynamicRange(1, 1, self.max_batch),
-            "T": DynamicRange(1, min(self.opt_classes, self.max_classes), self.max_classes),
+            "N": DynamicRange(1, self.class_chunk, self.class_chunk),
             "Q": DynamicRange(1, min(self.opt_prompts, self.max_prompts), self.max_prompts),
             "L": DynamicRange(2, 16, 77),
             "H": DynamicRange(self.min_image_side, self.opt_image_hw[0], self.max_image_side),
             "W": DynamicRange(self.min_image_side, self.opt_image_hw[1], self.max_image_side),
         }
+        if self.class_chunk < 1 or self.max_classes < 1:
+            raise ConfigError(
+                f"class_chunk and max_classes must be >= 1, got {self.class_chunk} and {self.max_classes}"
+            )
         if axis not in table:
             raise KeyError(f"unknown dynamic axis {axis!r}; known: {sorted(table)}")
         return table[axis]
@@ -178,22 +194,26 @@ class ExportLimits:
         return cls(**d)
 
 
-def graph_specs(dims: ModelDims) -> dict[str, GraphSpec]:
-    """The I/O contract of every graph, for a model of the given sizes."""
+def graph_specs(dims: ModelDims, pooling: int = 1) -> dict[str, GraphSpec]:
+    """The I/O contract of every graph, for a model of the given sizes and class-attention pooling."""
     f32, i64 = "float32", "int64"
     s = dims.feature_size
-    c0, c1, c2, c3 = dims.stage_channels
-    g1, g2, g3 = dims.guidance_dims
-    k1, k2, k3 = dims.corr_guidance_dims
+    chans = dims.stage_channels
+    corr = dims.corr_guidance_dims
+    n = CLASS_AXIS
     specs = {
         IMAGE_ENCODER: GraphSpec(
             IMAGE_ENCODER,
             inputs=(TensorSpec("image", f32, ("B", 3, "H", "W")),),
             outputs=(
                 TensorSpec("clip_dense", f32, ("B", dims.embed_dim, s, s)),
-                TensorSpec("guidance1", f32, ("B", g1, 2 * s, 2 * s)),
-                TensorSpec("guidance2", f32, ("B", g2, 4 * s, 4 * s)),
-                TensorSpec("guidance3", f32, ("B", g3, 8 * s, 8 * s)),
+                # SFM's first-conv response to the encoder guidance of stage k (once per image)
+                *(
+                    TensorSpec(
+                        f"guidance_term{k}", f32, ("B", chans[k], 2 * dims.stage_size(k), 2 * dims.stage_size(k))
+                    )
+                    for k in (1, 2, 3)
+                ),
             ),
         ),
         TEXT_ENCODER: GraphSpec(
@@ -201,38 +221,48 @@ def graph_specs(dims: ModelDims) -> dict[str, GraphSpec]:
             inputs=(TensorSpec("tokens", i64, ("Q", "L")),),
             outputs=(TensorSpec("text_embeddings", f32, ("Q", dims.embed_dim)),),
         ),
-        "decoder_stage0": GraphSpec(
-            "decoder_stage0",
+        DECODER_STAGE0: GraphSpec(
+            DECODER_STAGE0,
             inputs=(
                 TensorSpec("clip_dense", f32, ("B", dims.embed_dim, s, s)),
-                TensorSpec("text_features", f32, ("T", dims.num_templates, dims.embed_dim)),
+                TensorSpec("text_features", f32, (n, dims.num_templates, dims.embed_dim)),
             ),
             outputs=(
-                TensorSpec("next_features", f32, ("B", "T", c0, s, s)),
-                TensorSpec("next_corr_guidance", f32, ("B", "T", k1, 2 * s, 2 * s)),
-                TensorSpec("aux_logits", f32, ("B", "T", s, s)),
+                TensorSpec("next_features", f32, ("B", n, chans[0], s, s)),
+                TensorSpec("next_corr_guidance", f32, ("B", n, corr[0], 2 * s, 2 * s)),
+                TensorSpec("aux_logits", f32, ("B", n, s, s)),
             ),
         ),
     }
-    chans = (c0, c1, c2, c3)
-    guid = (g1, g2, g3)
-    corr = (k1, k2, k3)
     for k in (1, 2, 3):
         size = dims.stage_size(k)
-        name = f"decoder_stage{k}"
-        inputs = (
-            TensorSpec("features", f32, ("B", "T", chans[k - 1], size, size)),
-            TensorSpec("corr_guidance", f32, ("B", "T", corr[k - 1], 2 * size, 2 * size)),
-            TensorSpec("guidance", f32, ("B", guid[k - 1], 2 * size, 2 * size)),
+        c = chans[k - 1]
+        heads = dims.num_heads
+        positions = (size // pooling) ** 2
+        # per position and head: key-value sums (D, D) and key sums (D, 1) side by side
+        summaries = (TensorSpec("class_kv", f32, ("B", positions, heads, c // heads, c // heads + 1)),)
+        specs[SUMMARY_GRAPHS[k - 1]] = GraphSpec(
+            SUMMARY_GRAPHS[k - 1],
+            inputs=(TensorSpec("features", f32, ("B", n, c, size, size)),),
+            outputs=(TensorSpec("spatial_features", f32, ("B", n, c, size, size)), *summaries),
         )
         outputs: tuple[TensorSpec, ...]
         if k < 3:
             outputs = (
-                TensorSpec("next_features", f32, ("B", "T", chans[k], 2 * size, 2 * size)),
-                TensorSpec("next_corr_guidance", f32, ("B", "T", corr[k], 4 * size, 4 * size)),
-                TensorSpec("aux_logits", f32, ("B", "T", 2 * size, 2 * size)),
+                TensorSpec("next_features", f32, ("B", n, chans[k], 2 * size, 2 * size)),
+                TensorSpec("next_corr_guidance", f32, ("B", n, corr[k], 4 * size, 4 * size)),
+                TensorSpec("aux_logits", f32, ("B", n, 2 * size, 2 * size)),
             )
         else:
-            outputs = (TensorSpec("probs", f32, ("B", "T", 2 * size, 2 * size)),)
-        specs[name] = GraphSpec(name, inputs=inputs, outputs=outputs)
+            outputs = (TensorSpec("probs", f32, ("B", n, 2 * size, 2 * size)),)
+        specs[FUSE_GRAPHS[k - 1]] = GraphSpec(
+            FUSE_GRAPHS[k - 1],
+            inputs=(
+                TensorSpec("spatial_features", f32, ("B", n, c, size, size)),
+                *summaries,
+                TensorSpec("corr_guidance", f32, ("B", n, corr[k - 1], 2 * size, 2 * size)),
+                TensorSpec(f"guidance_term{k}", f32, ("B", chans[k], 2 * size, 2 * size)),
+            ),
+            outputs=outputs,
+        )
     return specs

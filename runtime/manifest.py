@@ -15,7 +15,7 @@ from runtime.io_spec import GRAPH_NAMES, ExportLimits, GraphSpec, ModelDims, Ten
 from runtime.tokenizer import BPE_FILENAME
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: decoder stages split into class-chunked summaries + fuse graphs
 
 log = logging.getLogger("sed_trt")
 
@@ -56,7 +56,7 @@ class Manifest:
 
     @property
     def specs(self) -> dict[str, GraphSpec]:
-        return graph_specs(self.dims)
+        return graph_specs(self.dims, self.pooling)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -1,9 +1,16 @@
 """The predictor: vocabulary -> cached text features -> encoder -> decoder stages with CER.
 
-One orchestration for every backend. Between decoder stages it selects the classes in
-the per-pixel top-k of the auxiliary logits (union over pixels and batch), gathers their
-per-class tensors and feeds the next stage with the shrunk category axis; at the end it
-scatters probabilities back to the full vocabulary (rejected classes exactly 0).
+One orchestration for every backend. The decoder graphs run on chunks of at most
+``class_chunk`` classes, so no stage ever holds its high-resolution activations for the
+whole vocabulary: stage 0 chunk by chunk; stages 1-3 in two passes, first the
+``*_summaries`` graph on every chunk (FAM spatial fusion; the class-attention sums of the
+chunks are added up), then the ``*_fuse`` graph on every chunk with those sums. Chunk
+outputs are written into preallocated whole-vocabulary tensors.
+
+Between decoder stages it selects the classes in the per-pixel top-k of the auxiliary
+logits (union over pixels and batch) and gathers, chunk by chunk, only their per-class
+tensors; at the end it scatters probabilities back to the full vocabulary (rejected
+classes exactly 0).
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from runtime.backends.base import Array, Backend
 from runtime.cer import select_classes
 from runtime.errors import ConfigError, StateError, VocabularyError
 from runtime.image import labels_from_probs, preprocess
-from runtime.io_spec import DECODER_STAGES, IMAGE_ENCODER, TEXT_ENCODER
+from runtime.io_spec import CLASS_AXIS, DECODER_STAGE0, FUSE_GRAPHS, IMAGE_ENCODER, SUMMARY_GRAPHS, TEXT_ENCODER
 from runtime.text_cache import TextFeatureCache, cached_text_features
 from runtime.tokenizer import ClipTokenizer
 from runtime.vocab import validate_vocabulary
@@ -27,10 +34,10 @@ from runtime.vocab import validate_vocabulary
 
 @dataclass
 class EncoderOutputs:
-    """Image encoder outputs: clip_dense (B, E, s, s) and the guidance of stages 1..3."""
+    """Image encoder outputs: clip_dense (B, E, s, s) and SFM's guidance terms of stages 1..3."""
 
     clip_dense: Array
-    guidance: tuple[Array, Array, Array]
+    guidance_terms: tuple[Array, Array, Array]
 
 
 @dataclass
@@ -86,9 +93,16 @@ class Predictor:
         cache: TextFeatureCache | None = None,
         progress: bool = False,
         text_batch_size: int = 256,
+        class_chunk: int | None = None,
     ) -> None:
         if topk is not None and topk < 1:
             raise ConfigError(f"topk must be >= 1 (or omitted for no rejection), got {topk}")
+        limit = backend.class_chunk if backend.limits is not None else None
+        if class_chunk is not None and (class_chunk < 1 or (limit is not None and class_chunk > limit)):
+            raise ConfigError(
+                f"--class-chunk must be between 1 and {limit if limit is not None else 'any'} (the engines' chunk), got {class_chunk}"
+            )
+        self.class_chunk = class_chunk or backend.class_chunk
         self.backend = backend
         self.topk = topk
         self.cache = cache
@@ -144,19 +158,90 @@ class Predictor:
         """Image encoder on a pre-processed (B, 3, H, W) batch."""
         out = self.backend.run(IMAGE_ENCODER, {"image": x})
         return EncoderOutputs(
-            clip_dense=out["clip_dense"], guidance=(out["guidance1"], out["guidance2"], out["guidance3"])
+            clip_dense=out["clip_dense"],
+            guidance_terms=(out["guidance_term1"], out["guidance_term2"], out["guidance_term3"]),
         )
+
+    def run_chunked(
+        self,
+        graph: str,
+        per_class: dict[str, Array],
+        shared: dict[str, Array],
+        *,
+        select: dict[str, np.ndarray] | None = None,
+        into: dict[str, Array] | None = None,
+    ) -> dict[str, Array]:
+        """Run ``graph`` over all classes of ``per_class``, ``class_chunk`` at a time.
+
+        Args:
+            per_class: inputs with the class axis (N in the spec).
+            shared: inputs without it (the same for every chunk).
+            select: for some per-class inputs, the sorted indices of the classes to run
+                (CER survivors); the others hold exactly the classes to run.
+            into: preallocated outputs to fill; an input may be passed as its own output
+                (each chunk reads classes ``select[a:b] >= a`` before it writes ``[a, b)``).
+
+        Returns:
+            Outputs with the class axis for the classes run, in order; outputs without it
+            (class-attention sums) added over the chunks.
+        """
+        spec = self.backend.specs[graph]
+        axes = {t.name: t.shape.index(CLASS_AXIS) for t in (*spec.inputs, *spec.outputs) if CLASS_AXIS in t.shape}
+        select = select or {}
+        some = next(iter(per_class))
+        total = len(select[some]) if some in select else per_class[some].shape[axes[some]]
+        ops = self.backend.ops
+        out: dict[str, Array] = dict(into or {})
+        sums: dict[str, Array] = {}
+        for a in range(0, total, self.class_chunk):
+            b = min(a + self.class_chunk, total)
+            feeds = dict(shared)
+            for name, x in per_class.items():
+                ax = axes[name]
+                if name in select:
+                    feeds[name] = ops.take(x, select[name][a:b], ax)
+                else:
+                    feeds[name] = x[(slice(None),) * ax + (slice(a, b),)]
+            res = self.backend.run(graph, feeds)
+            for name in spec.output_names:
+                y = res[name]
+                if name not in axes:
+                    sums[name] = y if a == 0 else sums[name] + y
+                    continue
+                ax = axes[name]
+                if name not in out:
+                    shape = list(y.shape)
+                    shape[ax] = total
+                    out[name] = ops.empty(tuple(shape))
+                out[name][(slice(None),) * ax + (slice(a, b),)] = y
+        for name in spec.output_names:
+            if name in axes and name in out:
+                ax = axes[name]
+                out[name] = out[name][(slice(None),) * ax + (slice(0, total),)]
+        return {**out, **sums}
 
     def decode_stage0(self, enc: EncoderOutputs) -> StageOutputs:
         """Cost map + embedding for the whole vocabulary."""
-        return StageOutputs.from_graph(
-            self.backend.run(DECODER_STAGES[0], {"clip_dense": enc.clip_dense, "text_features": self._text})
-        )
+        out = self.run_chunked(DECODER_STAGE0, {"text_features": self._text}, {"clip_dense": enc.clip_dense})
+        return StageOutputs.from_graph(out)
 
-    def decode_stage(self, k: int, prev: StageOutputs, enc: EncoderOutputs) -> StageOutputs:
-        """Decoder stage k (1..3) on the classes in ``prev``; stage 3 gives probabilities."""
-        feeds = {"features": prev.features, "corr_guidance": prev.corr_guidance, "guidance": enc.guidance[k - 1]}
-        out = self.backend.run(DECODER_STAGES[k], feeds)
+    def decode_stage(
+        self, k: int, prev: StageOutputs, enc: EncoderOutputs, select: np.ndarray | None = None
+    ) -> StageOutputs:
+        """Decoder stage k (1..3) on the classes ``select`` of ``prev`` (None: all); stage 3 gives probabilities."""
+        spatial = self.run_chunked(
+            SUMMARY_GRAPHS[k - 1],
+            {"features": prev.features},
+            {},
+            select=None if select is None else {"features": select},
+            into={"spatial_features": prev.features},  # in place: the features are not needed again
+        )
+        out = self.run_chunked(
+            FUSE_GRAPHS[k - 1],
+            {"spatial_features": spatial["spatial_features"], "corr_guidance": prev.corr_guidance},
+            {"class_kv": spatial["class_kv"], f"guidance_term{k}": enc.guidance_terms[k - 1]},
+            select=None if select is None else {"corr_guidance": select},
+        )
         return StageOutputs(probs=out["probs"]) if k == 3 else StageOutputs.from_graph(out)
 
     def predict(self, image: np.ndarray) -> Prediction:
@@ -175,16 +260,15 @@ class Predictor:
         with timer("decoder_stage0_ms"):
             out = self.decode_stage0(enc)
         for k in (1, 2, 3):
-            with timer(f"cer{k}_ms"):  # keep the classes in some pixel's top-k; gather their tensors
-                sel = select_classes(ops, out.aux_logits, self.topk)
-                if len(sel) < len(kept):
-                    out = StageOutputs(
-                        features=ops.take(out.features, sel, 1), corr_guidance=ops.take(out.corr_guidance, sel, 1)
-                    )
+            with timer(f"cer{k}_ms"):  # keep the classes in some pixel's top-k (gathered chunk by chunk)
+                sel: np.ndarray | None = select_classes(ops, out.aux_logits, self.topk)
+                if sel is not None and len(sel) < len(kept):
                     kept = kept[sel]
+                else:
+                    sel = None
                 survivors.append(len(kept))
             with timer(f"decoder_stage{k}_ms"):
-                out = self.decode_stage(k, out, enc)
+                out = self.decode_stage(k, out, enc, sel)
         with timer("scatter_ms"):
             probs = ops.to_numpy(ops.scatter_classes(out.probs, kept, num_classes))[0]
         with timer("postprocess_ms"):

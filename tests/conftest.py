@@ -54,7 +54,7 @@ def parity_engine_dir(tmp_path_factory: pytest.TempPathFactory, parity_dir: Path
         out,
         backbone="sed_tiny_linear",
         weights=parity_dir / "checkpoint.pth",
-        limits=ExportLimits(max_classes=64, opt_classes=24),
+        limits=ExportLimits(max_classes=64, class_chunk=4),
         progress=False,
     )
     return out
@@ -81,7 +81,7 @@ def small_engine_dir(tmp_path_factory: pytest.TempPathFactory, small_model) -> P
         out,
         backbone="sed_tiny_linear",
         weights=None,
-        limits=ExportLimits(max_classes=1000, opt_classes=150),
+        limits=ExportLimits(max_classes=1000),
         validate=False,
         progress=False,
     )

@@ -64,7 +64,7 @@ def open_backend(
     threads: int | None = None,
     precision: str = "f32",
     release_memory: bool = False,
-    ort_arena: bool = False,
+    ort_arena: bool | None = None,
 ) -> Backend:
     """Create (not activate) a backend for a request, refusing one that cannot serve it.
 
@@ -81,10 +81,10 @@ def open_backend(
         if name != "openvino":
             raise ConfigError("--release-memory applies to --backend openvino only")
         options["release_memory"] = True
-    if ort_arena:
+    if ort_arena is not None:
         if name != "onnxruntime":
-            raise ConfigError("--ort-arena applies to --backend onnxruntime only")
-        options["mem_arena"] = True
+            raise ConfigError("--ort-arena/--no-ort-arena applies to --backend onnxruntime only")
+        options["mem_arena"] = ort_arena
     if name == "torch":
         if backbone is None:
             raise ConfigError("--backbone is required with --backend torch")

@@ -11,7 +11,7 @@ import numpy as np
 
 from runtime.cer import topk_union
 from runtime.errors import ConfigError, EngineError, InputError, SedTrtError, StateError
-from runtime.io_spec import ExportLimits, GraphSpec, ModelDims, graph_specs
+from runtime.io_spec import CLASS_AXIS, ExportLimits, GraphSpec, ModelDims, graph_specs
 
 Array = Any  # np.ndarray for host backends, torch.Tensor for device backends
 
@@ -27,6 +27,10 @@ class ArrayOps(abc.ABC):
 
     @abc.abstractmethod
     def to_numpy(self, x: Array) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def empty(self, shape: tuple[int, ...]) -> Array:
+        """An uninitialised float32 array (filled chunk by chunk by the predictor)."""
 
     @abc.abstractmethod
     def take(self, x: Array, idx: np.ndarray, axis: int) -> Array:
@@ -52,6 +56,9 @@ class NumpyOps(ArrayOps):
 
     def to_numpy(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(x)
+
+    def empty(self, shape: tuple[int, ...]) -> np.ndarray:
+        return np.empty(shape, dtype=np.float32)
 
     def take(self, x: np.ndarray, idx: np.ndarray, axis: int) -> np.ndarray:
         return np.ascontiguousarray(np.take(x, idx, axis=axis))
@@ -81,7 +88,7 @@ class Backend(abc.ABC):
 
     @property
     def specs(self) -> dict[str, GraphSpec]:
-        return graph_specs(self.dims)
+        return graph_specs(self.dims, self.pooling)
 
     @property
     @abc.abstractmethod
@@ -107,6 +114,11 @@ class Backend(abc.ABC):
     def max_classes(self) -> int | None:
         """Largest vocabulary the graphs/engines accept (None: unbounded)."""
         return None if self.limits is None else self.limits.max_classes
+
+    @property
+    def class_chunk(self) -> int:
+        """Largest chunk of classes the decoder graphs accept (the default chunk of the predictor)."""
+        return (self.limits or ExportLimits()).class_chunk
 
     def activate(self) -> Backend:
         self.active = True
@@ -134,6 +146,10 @@ class Backend(abc.ABC):
                 raise InputError(f"graph {graph!r} | missing input {t.name!r} | expected {spec.input_names}")
             x = feeds[t.name]
             t.check(tuple(x.shape), _dtype_name(x), sizes)
+        if self.limits is not None and sizes.get(CLASS_AXIS, 0) > self.limits.class_chunk:
+            raise InputError(
+                f"graph {graph!r} | got {sizes[CLASS_AXIS]} classes in one chunk | the engines accept at most {self.limits.class_chunk}"
+            )
         return self._run(graph, feeds)
 
     @abc.abstractmethod

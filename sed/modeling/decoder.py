@@ -3,7 +3,16 @@
 Module attribute names are the official ones (``conv1``, ``decoder_guidance_projection``,
 ``decoder_corr_guidance_projection``, ``decoder1..3``, ``head0..2``, ``head``). The per-class
 tensors are laid out (B, T, C, H, W) at every stage boundary so that CER can select
-classes on axis 1 for any batch size; each stage method is one exported graph.
+classes on axis 1 for any batch size.
+
+Two forms of each stage compute the same function. :meth:`GradualFusionDecoder.stage` is the
+official one (training, the reference forward). Inference splits it where classes mix: the
+only class-mixing step, FAM's class-level linear attention, needs just two per-position sums
+over classes (:meth:`GradualFusionDecoder.stage_summaries`, which also runs FAM's spatial
+fusion); everything else (:meth:`GradualFusionDecoder.stage_fuse`: attention with those sums,
+upsampling, SFM, heads) is per class. Both run on any chunk of classes, so the runtime never
+holds a stage's high-resolution activations for the whole vocabulary; SFM's encoder-guidance
+term is computed once per image (:meth:`GradualFusionDecoder.guidance_terms`).
 """
 
 from __future__ import annotations
@@ -31,6 +40,19 @@ class StageOutput:
     features: torch.Tensor
     corr_guidance: torch.Tensor | None
     aux_logits: torch.Tensor
+
+
+@dataclass
+class StageSummaries:
+    """FAM's spatial fusion of a chunk of classes and their class-attention sums.
+
+    spatial: (B, T', C, H, W) after spatial fusion; kv: (B, P, H', D, D + 1), the class-attention
+    sums over the chunk's classes (they add over chunks; see ``LinearAttention.summaries``),
+    P pooled positions, H' heads.
+    """
+
+    spatial: torch.Tensor
+    kv: torch.Tensor
 
 
 class DecoderStage(nn.Module):
@@ -61,6 +83,32 @@ class DecoderStage(nn.Module):
         y = self.attention(y.reshape(b, t, c, h, w), pooling)  # (B T) C H W -> B T C H W
         y = self.up(y.reshape(b * t, c, h, w))  # (B T) C' 2H 2W
         y = self.conv(skip_fuse(y.reshape(b, t, *y.shape[1:]), guidance, corr_guidance))
+        return y.reshape(b, t, *y.shape[1:])  # (B T) out 2H 2W -> B T out 2H 2W
+
+    def summaries(self, x: torch.Tensor, *, pooling: int = 1) -> StageSummaries:
+        """FAM spatial fusion of (B, T', C, H, W) and the class-attention sums over those T' classes."""
+        b, t, c, h, w = x.shape
+        y = self.cnext(x.reshape(b * t, c, h, w)).reshape(b, t, c, h, w)  # B T C H W -> (B T) C H W -> B T C H W
+        return StageSummaries(spatial=y, kv=self.attention.summaries(y, pooling))
+
+    def guidance_term(self, guidance: torch.Tensor) -> torch.Tensor:
+        """SFM's first-conv response to the encoder guidance (B, G, 2H, 2W) -> (B, out, 2H, 2W)."""
+        return self.conv.guidance_term(guidance, first=self.up.out_channels)
+
+    def fuse(
+        self,
+        spatial: torch.Tensor,
+        *,
+        kv: torch.Tensor,
+        corr_guidance: torch.Tensor,
+        guidance_term: torch.Tensor,
+        pooling: int = 1,
+    ) -> torch.Tensor:
+        """The rest of :meth:`forward` for a chunk (B, T', C, H, W) of :meth:`summaries`' output -> (B, T', out, 2H, 2W)."""
+        b, t, c, h, w = spatial.shape
+        y = self.attention.fuse(spatial, kv, pooling)
+        y = self.up(y.reshape(b * t, c, h, w))  # (B T) C' 2H 2W
+        y = self.conv.forward_split(y.reshape(b, t, *y.shape[1:]), corr_guidance, guidance_term)
         return y.reshape(b, t, *y.shape[1:])  # (B T) out 2H 2W -> B T out 2H 2W
 
 
@@ -121,6 +169,13 @@ class GradualFusionDecoder(nn.Module):
         proj = self.decoder_guidance_projection
         return proj[0](res4), proj[1](res3), proj[2](res2)
 
+    def guidance_terms(
+        self, guidance: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-image SFM terms of stages 1..3 from :meth:`project_guidance`'s output: (B, out_k, 2s_k, 2s_k)."""
+        s1, s2, s3 = self.stages
+        return s1.guidance_term(guidance[0]), s2.guidance_term(guidance[1]), s3.guidance_term(guidance[2])
+
     def embed_cost_map(self, cost: torch.Tensor, *, detach_aux: bool = False) -> StageOutput:
         """Stage 0: cost map (B, T, P, s, s) -> embedding (B, T, 128, s, s), cg for stage 1, aux logits."""
         x = _per_class_conv(self.conv1, cost)
@@ -153,4 +208,34 @@ class GradualFusionDecoder(nn.Module):
         x = self.stages[k - 1](features, corr_guidance=corr_guidance, guidance=guidance, pooling=pooling)
         cg = _per_class_conv(self.decoder_corr_guidance_projection[k], corr_guidance) if k < 3 else None
         aux = _per_class_conv(self.heads[k], x.detach() if detach_aux and k < 3 else x)
+        return StageOutput(features=x, corr_guidance=cg, aux_logits=aux.squeeze(2))
+
+    def stage_summaries(self, k: int, features: torch.Tensor, *, pooling: int = 1) -> StageSummaries:
+        """First half of inference stage k (1..3) on a chunk of classes (B, T', C_k, s_k, s_k)."""
+        return self.stages[k - 1].summaries(features, pooling=pooling)
+
+    def stage_fuse(
+        self,
+        k: int,
+        spatial: torch.Tensor,
+        *,
+        kv: torch.Tensor,
+        corr_guidance: torch.Tensor,
+        guidance_term: torch.Tensor,
+        pooling: int = 1,
+    ) -> StageOutput:
+        """Second half of inference stage k on a chunk: equals :meth:`stage` up to float rounding when
+        ``kv`` is summed over every class the stage sees.
+
+        Args:
+            spatial: :meth:`stage_summaries`' spatial output for the chunk (B, T', C_k, s_k, s_k).
+            kv: class-attention sums over all the stage's classes.
+            corr_guidance: cost-map guidance of the chunk (B, T', Gc_k, 2s_k, 2s_k).
+            guidance_term: :meth:`guidance_terms`' k-th term (B, C_{k+1}, 2s_k, 2s_k).
+        """
+        x = self.stages[k - 1].fuse(
+            spatial, kv=kv, corr_guidance=corr_guidance, guidance_term=guidance_term, pooling=pooling
+        )
+        cg = _per_class_conv(self.decoder_corr_guidance_projection[k], corr_guidance) if k < 3 else None
+        aux = _per_class_conv(self.heads[k], x)
         return StageOutput(features=x, corr_guidance=cg, aux_logits=aux.squeeze(2))

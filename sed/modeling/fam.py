@@ -72,6 +72,34 @@ class LinearAttention(nn.Module):
         out = (q @ kv) * z * t  # N H T D
         return out.transpose(1, 2).reshape(n, t, c)  # N H T D -> N T (H D)
 
+    def summaries(self, x: torch.Tensor) -> torch.Tensor:
+        """The only class-mixing quantity: (N, T, C) -> kv (N, H, D, D + 1).
+
+        Per head: kv[:, :D] = sum_t k_t v_t^T and kv[:, D] = sum_t k_t (the normaliser's key
+        sum), as one matmul k^T [v | 1]. Sums over the classes given, without the official
+        1/T scaling, so the summaries of class chunks add up to those of the whole vocabulary.
+        """
+        n, t, c = x.shape
+        h = self.num_heads
+        k = (F.elu(self.k(x.reshape(n * t, c))) + 1).reshape(n, t, h, c // h).permute(0, 2, 3, 1)  # -> N H D T
+        v = self.v(x.reshape(n * t, c)).reshape(n, t, h, c // h)  # N T H D
+        v1 = torch.cat([v, v.new_ones(n, t, h, 1)], dim=3).transpose(1, 2)  # N T H (D 1) -> N H T (D 1)
+        return k @ v1  # N H D (D 1)
+
+    def attend(self, x: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        """(N, T', C) attending to all classes through their summaries (N, H, D, D + 1) -> (N, T', C).
+
+        Equals :meth:`forward` over the whole vocabulary up to float rounding: the official
+        (q (k^T v / T)) z T with z = 1 / (q . sum_t k + eps) is computed as (q kv) z, the
+        numerator and the normaliser from one matmul.
+        """
+        n, t, c = x.shape
+        h = self.num_heads
+        q = (F.elu(self.q(x.reshape(n * t, c))) + 1).reshape(n, t, h, c // h).transpose(1, 2)  # -> N H T D
+        y = q @ kv  # N H T (D 1)
+        out = y[..., : c // h] / (y[..., c // h :] + self.eps)  # N H T D
+        return out.transpose(1, 2).reshape(n, t, c)  # N H T D -> N T (H D)
+
 
 class ClassFusion(nn.Module):
     """FAM class-level fusion (official ``ClassTransformerLayer``): pool, attend over T, MLP, upsample.
@@ -89,14 +117,48 @@ class ClassFusion(nn.Module):
 
     def forward(self, x: torch.Tensor, pooling: int = 1) -> torch.Tensor:
         """(B, T, C, H, W) -> (B, T, C, H, W); T is dynamic."""
+        tok = self._tokens(x, pooling)
+        tok = tok + self.attention(self.norm1(tok))
+        return self._finish(x, tok, pooling)
+
+    def summaries(self, x: torch.Tensor, pooling: int = 1) -> torch.Tensor:
+        """Attention summaries of the classes in x (B, T, C, H, W): kv (B, P, H', D, D + 1).
+
+        P = (H / pooling) * (W / pooling) positions, H' heads of width D (see
+        :meth:`LinearAttention.summaries`); they add over class chunks.
+        """
+        kv = self.attention.summaries(self.norm1(self._tokens(x, pooling)))
+        return kv.reshape(x.shape[0], -1, *kv.shape[1:])  # (B P) H' D (D 1) -> B P H' D (D 1)
+
+    def fuse(self, x: torch.Tensor, kv: torch.Tensor, pooling: int = 1) -> torch.Tensor:
+        """:meth:`forward` for a chunk of classes x (B, T', C, H, W), given the summaries of all classes."""
+        tok = self._tokens(x, pooling)
+        kv = kv.reshape(-1, *kv.shape[2:])  # B P H' D (D 1) -> (B P) H' D (D 1)
+        tok = tok + self.attention.attend(self.norm1(tok), kv)
+        return self._finish(x, tok, pooling, flat=True)
+
+    @staticmethod
+    def _tokens(x: torch.Tensor, pooling: int) -> torch.Tensor:
+        """(B, T, C, H, W) -> ((B Hp Wp), T, C): one sequence over the classes per (pooled) position."""
         b, t, c, h, w = x.shape
         xp = x.reshape(b * t, c, h, w)  # B T C H W -> (B T) C H W
         if pooling > 1:
             xp = F.avg_pool2d(xp, pooling, stride=pooling)
         hp, wp = xp.shape[-2:]
-        tok = xp.reshape(b, t, c, hp, wp).permute(0, 3, 4, 1, 2).reshape(b * hp * wp, t, c)  # -> (B Hp Wp) T C
-        tok = tok + self.attention(self.norm1(tok))
-        tok = tok + self.MLP(self.norm2(tok))
+        return xp.reshape(b, t, c, hp, wp).permute(0, 3, 4, 1, 2).reshape(b * hp * wp, t, c)  # -> (B Hp Wp) T C
+
+    def _finish(self, x: torch.Tensor, tok: torch.Tensor, pooling: int, *, flat: bool = False) -> torch.Tensor:
+        """MLP on the attended tokens, back to (B, T, C, H, W), and the official double residual.
+
+        ``flat`` runs the MLP on 2-D rows (exported as Gemm with the bias fused) instead of the
+        official 3-D tokens; the same numbers up to float rounding.
+        """
+        b, t, c, h, w = x.shape
+        hp, wp = h // pooling, w // pooling
+        if flat:
+            tok = tok + self.MLP(self.norm2(tok).reshape(-1, c)).reshape(tok.shape)
+        else:
+            tok = tok + self.MLP(self.norm2(tok))
         xp = tok.reshape(b, hp, wp, t, c).permute(0, 3, 4, 1, 2)  # (B Hp Wp) T C -> B T C Hp Wp
         if pooling > 1:
             up = F.interpolate(xp.reshape(b * t, c, hp, wp), size=(h, w), mode="bilinear", align_corners=True)

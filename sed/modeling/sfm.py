@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -23,6 +24,41 @@ class DoubleConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.double_conv(x)
+
+    def _first_weight(self) -> torch.Tensor:
+        conv = self.double_conv[0]
+        assert isinstance(conv, nn.Conv2d)
+        return conv.weight
+
+    def guidance_term(self, guidance: torch.Tensor, *, first: int) -> torch.Tensor:
+        """The first conv's response to the encoder guidance alone: (B, G, H, W) -> (B, out, H, W).
+
+        ``first`` is the guidance's first input channel (after the upsampled features). The
+        conv is linear, bias-free and zero-padded, so conv([u, g, c]) = conv_u(u) + conv_g(g) +
+        conv_c(c): the guidance part is computed once per image instead of once per class.
+        """
+        weight = self._first_weight()  # out (C' G Gc) 3 3
+        return F.conv2d(guidance, weight[:, first : first + guidance.shape[1]], padding=1)
+
+    def forward_split(self, up: torch.Tensor, corr_guidance: torch.Tensor, guidance_term: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` of skip_fuse(up, guidance, corr_guidance) with the guidance term precomputed.
+
+        Args:
+            up: upsampled per-class features (B, T, C', H, W).
+            corr_guidance: per-class cost-map guidance (B, T, Gc, H, W).
+            guidance_term: :meth:`guidance_term` of the image (B, out, H, W).
+
+        Returns:
+            ((B T), out, H, W), equal to the official computation up to float rounding.
+        """
+        b, t = up.shape[:2]
+        weight = self._first_weight()  # out (C' G Gc) 3 3
+        c_up, c_cg = up.shape[2], corr_guidance.shape[2]
+        per_class = torch.cat([weight[:, :c_up], weight[:, weight.shape[1] - c_cg :]], dim=1)  # out (C' Gc) 3 3
+        x = torch.cat([up, corr_guidance], dim=2)  # B T (C' Gc) H W
+        y = F.conv2d(x.reshape(b * t, *x.shape[2:]), per_class, padding=1)  # (B T) out H W
+        y = (y.reshape(b, t, *y.shape[1:]) + guidance_term.unsqueeze(1)).reshape(b * t, *y.shape[1:])
+        return self.double_conv[1:](y)
 
 
 def skip_fuse(up: torch.Tensor, guidance: torch.Tensor, corr_guidance: torch.Tensor) -> torch.Tensor:

@@ -93,7 +93,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: the library's choice)")
     p.add_argument("--device", default="cpu", help="torch device of the torch rows (cpu, cuda, cuda:N)")
     p.add_argument(
-        "--ort-arena", action="store_true", help="ONNX Runtime rows with its CPU memory arena (faster, ~3x the memory)"
+        "--ort-arena",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ONNX Runtime rows with its CPU memory arena (default on; --no-ort-arena for the leanest rows)",
     )
     p.add_argument("--out-dir", default="results", help="where bench.json, bench.md and the figures go")
 

@@ -63,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
     dataset = open_dataset_args(args)
     backend = make_backend(args)
     with backend:
-        predictor = Predictor(backend, topk=args.topk, cache=make_cache(args), progress=not args.quiet)
+        predictor = Predictor(
+            backend, topk=args.topk, cache=make_cache(args), progress=not args.quiet, class_chunk=args.class_chunk
+        )
         metrics, _ = evaluate(predictor, dataset, limit=args.limit, progress=not args.quiet)
     if metrics is None:
         from runtime.errors import DatasetError

@@ -17,11 +17,9 @@ def run_export(args: argparse.Namespace) -> int:
 
     if args.backbone is None:
         raise ConfigError("export needs --backbone")
-    if args.opt_classes > args.max_classes:
-        raise ConfigError(f"--opt-classes {args.opt_classes} exceeds --max-classes {args.max_classes}")
     check_export_target(Path(args.out_dir))  # before the model loads: fail in a second, not a minute
     model = load_sed(model_spec(args), args.weights)
-    limits = ExportLimits(max_batch=args.max_batch, max_classes=args.max_classes, opt_classes=args.opt_classes)
+    limits = ExportLimits(max_batch=args.max_batch, max_classes=args.max_classes, class_chunk=args.class_chunk)
     run_export(
         model,
         args.out_dir,
@@ -52,13 +50,13 @@ def run_build_engines(args: argparse.Namespace) -> int:
     """Build TensorRT engines for an exported engine directory (needs TensorRT and a GPU)."""
     from export.trt_build import build_engines
 
-    build_engines(
-        args.engine_dir, precision=args.precision, opt_classes=args.opt_classes, tf32=args.tf32, progress=not args.quiet
-    )
+    build_engines(args.engine_dir, precision=args.precision, tf32=args.tf32, progress=not args.quiet)
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from runtime.io_spec import ExportLimits
+
     p = add_subcommand(sub, "export", run_export)
     add_model_args(p)
     p.add_argument(
@@ -68,7 +66,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-classes", type=positive_int, default=1000, help="largest vocabulary the graphs/engines accept"
     )
     p.add_argument(
-        "--opt-classes", type=positive_int, default=150, help="vocabulary size TensorRT tunes its kernels for"
+        "--class-chunk",
+        type=positive_int,
+        default=ExportLimits.class_chunk,
+        help="largest number of classes a decoder graph runs at once (the vocabulary is decoded in chunks)",
     )
     p.add_argument("--max-batch", type=positive_int, default=1, help="largest batch of images")
     p.add_argument(
@@ -96,11 +97,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="TensorRT engine precision")
     p.add_argument(
         "--tf32", action="store_true", help="let fp32 engines use TF32 (TensorRT's own default; faster, less exact)"
-    )
-    p.add_argument(
-        "--opt-classes",
-        type=positive_int,
-        default=None,
-        help="vocabulary size the kernels are tuned for (default: the export's)",
     )
     add_quiet(p)

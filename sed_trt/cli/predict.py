@@ -40,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     image = load_image(args.image, max_pixels=args.max_pixels)
     backend = make_backend(args)
     with backend:
-        predictor = Predictor(backend, topk=args.topk, cache=make_cache(args), progress=not args.quiet)
+        predictor = Predictor(
+            backend, topk=args.topk, cache=make_cache(args), progress=not args.quiet, class_chunk=args.class_chunk
+        )
         predictor.set_classes(classes)
         pred = predictor.predict(image)
     written = []

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 from export.check import check_trt_compatible
 from export.onnx_export import example_inputs, run_torch
 from export.wrappers import wrapper_for
-from runtime.io_spec import DECODER_STAGES, GRAPH_NAMES
+from runtime.io_spec import CLASS_AXIS, DECODER_GRAPHS, GRAPH_NAMES
 from runtime.manifest import Manifest
 
 
@@ -43,20 +43,21 @@ def test_trt_check_catches_unsupported_graphs():
     assert any("opset 13" in str(p) for p in check_trt_compatible(old))
 
 
-@pytest.mark.parametrize("stage", DECODER_STAGES)
+@pytest.mark.parametrize("stage", DECODER_GRAPHS)
 @pytest.mark.parametrize("num_classes", [1, 7, 150, 847])
 def test_decoder_stage_graph_matches_torch(small_model, small_engine_dir, stage, num_classes):
     import onnxruntime as ort
 
     manifest = Manifest.load(small_engine_dir)
     spec = manifest.specs[stage]
-    feeds = example_inputs(spec, {"B": 1, "T": num_classes}, seed=num_classes)
+    feeds = example_inputs(spec, {"B": 1, "N": num_classes}, seed=num_classes)
     sess = ort.InferenceSession(str(small_engine_dir / manifest.graphs[stage]), providers=["CPUExecutionProvider"])
     got = dict(zip(spec.output_names, sess.run(spec.output_names, feeds)))
     want = run_torch(wrapper_for(small_model, stage, 1), spec, feeds)
-    for name in spec.output_names:
+    for t in spec.outputs:
+        name = t.name
         assert got[name].shape == want[name].shape
-        assert got[name].shape[1] == num_classes
+        assert CLASS_AXIS not in t.shape or got[name].shape[1] == num_classes
         np.testing.assert_allclose(
             got[name], want[name], atol=1e-4 * max(1.0, float(np.abs(want[name]).max())), rtol=1e-4
         )
@@ -66,9 +67,9 @@ def test_batch_axis_is_dynamic(small_model, small_engine_dir):
     import onnxruntime as ort
 
     manifest = Manifest.load(small_engine_dir)
-    for stage in ("image_encoder", "decoder_stage1"):
+    for stage in ("image_encoder", "decoder_stage1_summaries", "decoder_stage1_fuse"):
         spec = manifest.specs[stage]
-        feeds = example_inputs(spec, {"B": 3, "T": 5, "H": 40, "W": 56}, seed=3)
+        feeds = example_inputs(spec, {"B": 3, "N": 5, "H": 40, "W": 56}, seed=3)
         sess = ort.InferenceSession(str(small_engine_dir / manifest.graphs[stage]), providers=["CPUExecutionProvider"])
         got = sess.run(spec.output_names, feeds)
         want = run_torch(wrapper_for(small_model, stage, 1), spec, feeds)

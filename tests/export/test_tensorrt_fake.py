@@ -14,7 +14,7 @@ import pytest
 
 from export.trt_build import build_engines, profile_shapes
 from runtime.backends import create_backend
-from runtime.errors import EngineError, ExportError
+from runtime.errors import EngineError, ExportError, InputError
 from runtime.io_spec import GRAPH_NAMES
 from runtime.manifest import Manifest
 from runtime.predictor import Predictor
@@ -28,7 +28,7 @@ def trt_dir(parity_engine_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("trt") / "engines"
     shutil.copytree(parity_engine_dir, out)
     fake_tensorrt.CALLS.clear()
-    build_engines(out, trt=fake_tensorrt, gpu=("Fake GPU", "9.0"), opt_classes=24, progress=False)
+    build_engines(out, trt=fake_tensorrt, gpu=("Fake GPU", "9.0"), progress=False)
     return out
 
 
@@ -40,10 +40,11 @@ def test_builder_uses_strong_typing_and_profiles_cover_runtime_ranges(trt_dir):
         flags == 1 << fake_tensorrt.NetworkDefinitionCreationFlag.STRONGLY_TYPED for _, flags in creates
     )
     builds = {c[1].split("/")[-1]: c[2] for c in fake_tensorrt.CALLS if c[0] == "build"}
-    stage1 = builds["decoder_stage1.onnx"]["features"]
+    stage1 = builds["decoder_stage1_summaries.onnx"]["features"]
+    chunk = manifest.limits.class_chunk
     assert (
-        stage1[0][1] == 1 and stage1[1][1] == 24 and stage1[2][1] == manifest.limits.max_classes
-    )  # T: min 1, opt vocab, max export max
+        stage1[0][1] == 1 and stage1[1][1] == chunk and stage1[2][1] == chunk
+    )  # N: 1..class_chunk, tuned for a full chunk
     for name, spec in manifest.specs.items():
         for inp, (lo, opt, hi) in profile_shapes(spec, manifest.limits).items():
             assert all(a <= b <= c for a, b, c in zip(lo, opt, hi))
@@ -81,7 +82,7 @@ def test_trt_backend_refuses_mismatches(trt_dir, parity):
     with pytest.raises(EngineError, match="no TensorRT engines"):
         create_backend("tensorrt", engine_dir=_onnx_only(trt_dir))
     manifest = Manifest.load(trt_dir)
-    manifest.engines["decoder_stage1"].tensorrt_version = "10.0.0"
+    manifest.engines["decoder_stage1_fuse"].tensorrt_version = "10.0.0"
     other = trt_dir.parent / "old"
     shutil.copytree(trt_dir, other, dirs_exist_ok=True)
     manifest.save(other)
@@ -90,7 +91,14 @@ def test_trt_backend_refuses_mismatches(trt_dir, parity):
     backend = create_backend(
         "tensorrt", engine_dir=trt_dir, device="cpu", trt_module=fake_tensorrt, check_gpu=False
     ).activate()
-    feeds = {"clip_dense": np.zeros((1, 48, 24, 24), np.float32), "text_features": np.zeros((65, 80, 48), np.float32)}
+    chunk = manifest.limits.class_chunk
+    feeds = {
+        "clip_dense": np.zeros((1, 48, 24, 24), np.float32),
+        "text_features": np.zeros((chunk + 1, 80, 48), np.float32),
+    }
+    with pytest.raises(InputError, match=f"the engines accept at most {chunk}"):
+        backend.run("decoder_stage0", feeds)
+    feeds = {"clip_dense": np.zeros((2, 48, 24, 24), np.float32), "text_features": np.zeros((1, 80, 48), np.float32)}
     with pytest.raises(EngineError, match="outside the engine profile"):
         backend.run("decoder_stage0", feeds)
 

@@ -89,7 +89,7 @@ def _assert_same(npz: Path, clean: dict) -> None:
 # ---------------------------------------------------------------- engine directories
 
 
-@pytest.mark.parametrize("graph", ["image_encoder", "text_encoder", "decoder_stage0", "decoder_stage3"])
+@pytest.mark.parametrize("graph", ["image_encoder", "text_encoder", "decoder_stage0", "decoder_stage3_fuse"])
 def test_flipped_bytes_in_a_graph_are_refused(parity_dir, engine_copy, tmp_path, capsys, graph):
     _flip(engine_copy / f"{graph}.onnx")
     assert main(_ort_args(parity_dir, engine_copy, tmp_path / "o.npz")) == 2
@@ -103,8 +103,8 @@ def test_flipped_tokenizer_and_foreign_paths_are_refused(parity_dir, engine_copy
     assert main(_ort_args(parity_dir, engine_copy, tmp_path / "o.npz")) == 2
     _one_line_error(capsys, "(tokenizer) does not match its sha256")
 
-    shutil.copyfile(engine_copy / "decoder_stage1.onnx", tmp_path / "outside.onnx")
-    manifest["graphs"]["decoder_stage1"] = "../outside.onnx"
+    shutil.copyfile(engine_copy / "decoder_stage1_summaries.onnx", tmp_path / "outside.onnx")
+    manifest["graphs"]["decoder_stage1_summaries"] = "../outside.onnx"
     (engine_copy / "manifest.json").write_text(json.dumps(manifest))
     assert main(_ort_args(parity_dir, engine_copy, tmp_path / "o.npz")) == 2
     _one_line_error(capsys, "outside the engine directory")
@@ -116,10 +116,10 @@ def test_flipped_tokenizer_and_foreign_paths_are_refused(parity_dir, engine_copy
 
 def test_missing_checksums_are_refused(parity_dir, engine_copy, tmp_path, capsys):
     manifest = json.loads((engine_copy / "manifest.json").read_text())
-    del manifest["graph_sha256"]["decoder_stage2"]
+    del manifest["graph_sha256"]["decoder_stage2_fuse"]
     (engine_copy / "manifest.json").write_text(json.dumps(manifest))
     assert main(_ort_args(parity_dir, engine_copy, tmp_path / "o.npz")) == 2
-    _one_line_error(capsys, "records no sha256 for graph decoder_stage2")
+    _one_line_error(capsys, "records no sha256 for graph decoder_stage2_fuse")
 
 
 def test_killed_export_leaves_the_old_engines_intact(parity_dir, parity_engine_dir, tmp_path, clean_ort):
@@ -140,8 +140,8 @@ def test_killed_export_leaves_the_old_engines_intact(parity_dir, parity_engine_d
         str(target),
         "--max-classes",
         "8",
-        "--opt-classes",
-        "4",
+        "--class-chunk",
+        "3",
         "--engines",
         "skip",
         "--quiet",

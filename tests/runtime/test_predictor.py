@@ -70,8 +70,8 @@ def test_engine_dir_errors(parity_engine_dir, tmp_path, parity):
         create_backend("onnxruntime", engine_dir=tmp_path / "nowhere")
     broken = tmp_path / "broken"
     shutil.copytree(parity_engine_dir, broken)
-    (broken / "decoder_stage2.onnx").unlink()
-    with pytest.raises(EngineError, match="incomplete: 'decoder_stage2.onnx'"):
+    (broken / "decoder_stage2_fuse.onnx").unlink()
+    with pytest.raises(EngineError, match="incomplete: 'decoder_stage2_fuse.onnx'"):
         create_backend("onnxruntime", engine_dir=broken)
     manifest = json.loads((broken / "manifest.json").read_text())
     manifest["format"] = 99
@@ -85,12 +85,57 @@ def test_engine_dir_errors(parity_engine_dir, tmp_path, parity):
         Predictor(backend).predict(np.zeros((8, 8, 3), np.uint8))
 
 
-def test_onnxruntime_arena_is_off_unless_asked(parity_engine_dir):
+def test_onnxruntime_arena_is_on_unless_refused(parity_engine_dir):
     from runtime.backends import open_backend
     from runtime.errors import ConfigError
 
-    lean = create_backend("onnxruntime", engine_dir=parity_engine_dir).activate()
-    fat = open_backend("onnxruntime", engine_dir=parity_engine_dir, ort_arena=True).activate()
+    fat = create_backend("onnxruntime", engine_dir=parity_engine_dir).activate()
+    lean = open_backend("onnxruntime", engine_dir=parity_engine_dir, ort_arena=False).activate()
     assert lean._options.enable_cpu_mem_arena is False and fat._options.enable_cpu_mem_arena is True
     with pytest.raises(ConfigError, match="applies to --backend onnxruntime only"):
         open_backend("openvino", engine_dir=parity_engine_dir, ort_arena=True)
+
+
+@pytest.mark.parametrize("topk", [None, 2])
+def test_chunked_decoding_matches_the_whole_vocabulary_forward(parity_model, parity, parity_image, topk):
+    """The runtime decodes in class chunks (split stages, summed attention summaries); the
+    official forward holds every class at once. Chunks of 1, of sizes that do not divide
+    T = 24, and one chunk for everything give the same probabilities and kept sets."""
+    import torch
+
+    from runtime.image import preprocess
+
+    backend = create_backend("torch", model=parity_model).activate()
+    runs = {}
+    for chunk in (1, 5, 7, 24, 100):
+        pred = Predictor(backend, topk=topk, class_chunk=chunk)
+        pred.set_classes(parity["classes"])
+        runs[chunk] = pred.predict(parity_image)
+    with torch.no_grad():
+        ref = parity_model(torch.from_numpy(preprocess(parity_image)), torch.from_numpy(pred.text_features), topk=topk)
+    for chunk, r in runs.items():
+        np.testing.assert_array_equal(r.kept, ref.kept.numpy(), err_msg=f"chunk {chunk}")
+        np.testing.assert_allclose(r.probs, ref.probs[0].numpy(), atol=1e-5, err_msg=f"chunk {chunk}")
+    if topk is not None:
+        assert 0 < runs[1].kept.sum() < len(parity["classes"])  # CER gathered a strict subset chunk by chunk
+
+
+def test_onnxruntime_chunks_agree_and_are_bounded_by_the_export(parity_engine_dir, parity, parity_image):
+    from runtime.errors import ConfigError, InputError
+
+    backend = create_backend("onnxruntime", engine_dir=parity_engine_dir).activate()
+    assert backend.class_chunk == 4
+    probs = {}
+    for chunk in (1, 3, 4):
+        pred = Predictor(backend, topk=2, class_chunk=chunk)
+        pred.set_classes(parity["classes"])
+        probs[chunk] = pred.predict(parity_image).probs
+    np.testing.assert_allclose(probs[1], probs[4], atol=1e-5)
+    np.testing.assert_allclose(probs[3], probs[4], atol=1e-5)
+    with pytest.raises(ConfigError, match="between 1 and 4"):
+        Predictor(backend, class_chunk=5)
+    spec = backend.specs["decoder_stage0"]
+    feeds = {"clip_dense": np.zeros(spec.inputs[0].concrete({"B": 1}), np.float32)}
+    feeds["text_features"] = np.zeros(spec.inputs[1].concrete({"N": 5}), np.float32)
+    with pytest.raises(InputError, match="at most 4"):
+        backend.run("decoder_stage0", feeds)
