@@ -6,7 +6,7 @@ IMAGE_SIZE ?=
 ENGINE_DIR ?= engines/$(BACKBONE)
 BENCH_ARGS ?=
 
-.PHONY: install lint test test-all engine bench help
+.PHONY: install lint test test-all engine bench gpu-check help
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -35,3 +35,7 @@ engine: install ## export BACKBONE's ONNX graphs + manifest (and TensorRT engine
 
 bench: install ## PyTorch vs ONNX Runtime (vs TensorRT) ms/image, with and without CER; writes results/
 	$(PY) -m sed_trt bench --backbone $(BACKBONE) $(if $(WEIGHTS),--weights $(WEIGHTS)) --out-dir results $(BENCH_ARGS)
+
+gpu-check: install ## on a GPU machine (pip install -e ".[trt]"): what can run, then the CUDA-layer and real-TensorRT tests
+	$(PY) -m sed_trt doctor --gpu $(if $(wildcard $(ENGINE_DIR)/manifest.json),--engine-dir $(ENGINE_DIR))
+	$(PY) -m pytest -q -rs -m gpu tests/runtime/test_cuda.py tests/test_gpu.py

@@ -245,8 +245,14 @@ def _backends(cfg: BenchConfig, model: Any, engine_dir: Callable[[], Path]) -> l
         try:
             if name == "torch":
                 b = create_backend("torch", model=model.to(cfg.device), device=cfg.device, threads=cfg.threads)
-            elif name == "onnxruntime":
-                b = create_backend("onnxruntime", engine_dir=engine_dir(), threads=cfg.threads, mem_arena=cfg.ort_arena)
+            elif name.startswith("onnxruntime"):  # onnxruntime, or onnxruntime-fp16 (the mixed-precision graphs)
+                b = create_backend(
+                    "onnxruntime",
+                    engine_dir=engine_dir(),
+                    threads=cfg.threads,
+                    mem_arena=cfg.ort_arena,
+                    **parse_label(name)[1],
+                )
             elif name.startswith("openvino"):  # openvino (f32) or openvino-bf16
                 b = create_backend("openvino", engine_dir=engine_dir(), threads=cfg.threads, **parse_label(name)[1])
             else:

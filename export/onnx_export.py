@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from export.check import check_trt_compatible
-from export.trt_build import TIMING_CACHE
+from export.trt_build import TIMING_CACHE_GLOB
 from export.wrappers import wrapper_for
 from runtime.errors import EngineError, ExportError
 from runtime.fsutil import check_writable_dir, current_umask, file_sha256
@@ -57,7 +57,10 @@ def example_inputs(
             arr[:, -1] = vocab_size - 1  # EOT (the largest id: where the encoder pools)
         elif t.name == "image":
             arr = rng.uniform(0, 255, size=shape).astype(np.float32)
-        elif t.name == "class_kv":  # sums of positive keys (elu + 1) hold the denominators: keep them positive
+        elif t.name in (
+            "class_kv",
+            "class_kv_in",
+        ):  # sums of positive keys (elu + 1) hold the denominators: keep them positive
             arr = rng.uniform(0.1, 1.0, size=shape).astype(np.float32)
         else:
             arr = rng.standard_normal(shape).astype(np.float32)
@@ -242,9 +245,13 @@ def run_export(
     pooling: int = 1,
     opset: int = DEFAULT_OPSET,
     validate: bool = True,
+    fp16: bool = False,
     progress: bool = True,
 ) -> Manifest:
-    """Export every graph of ``model`` into ``out_dir``, check and validate each, write the manifest."""
+    """Export every graph of ``model`` into ``out_dir``, check and validate each, write the manifest.
+
+    ``fp16`` also writes mixed-precision graphs (:mod:`export.fp16`) for fp16 TensorRT engines.
+    """
     limits = limits or ExportLimits()
     model.io_dims().check_pooling(pooling)
     final = Path(out_dir)
@@ -264,10 +271,11 @@ def run_export(
             pooling=pooling,
             opset=opset,
             validate=validate,
+            fp16=fp16,
             progress=progress,
         )
-        if (final / TIMING_CACHE).is_file():  # independent of the graphs: kept across re-exports
-            shutil.copyfile(final / TIMING_CACHE, out / TIMING_CACHE)
+        for cache in final.glob(TIMING_CACHE_GLOB) if final.is_dir() else ():  # independent of the graphs: kept
+            shutil.copyfile(cache, out / cache.name)
         os.chmod(out, 0o777 & ~current_umask())
         _swap_in(out, final)
     except BaseException:
@@ -288,6 +296,7 @@ def _export_into(
     pooling: int,
     opset: int,
     validate: bool,
+    fp16: bool,
     progress: bool,
 ) -> Manifest:
     dims = model.io_dims()
@@ -312,6 +321,14 @@ def _export_into(
                     enabled=progress,
                 )
         files[name] = path.name
+    fp16_files: dict[str, str] = {}
+    if fp16:
+        from export.fp16 import FP16_GRAPHS_SKIP, convert_graph
+
+        for name in (g for g in graphs if g not in FP16_GRAPHS_SKIP):
+            step(f"      {name}: mixed-precision (fp16) graph -> {shown / f'{name}.fp16.onnx'}", enabled=progress)
+            convert_graph(out / files[name], out / f"{name}.fp16.onnx")
+            fp16_files[name] = f"{name}.fp16.onnx"
     tokenizer_file = BPE_FILENAME
     shutil.copyfile(default_bpe_path(), out / tokenizer_file)
     manifest = Manifest(
@@ -329,6 +346,8 @@ def _export_into(
         text_fingerprint=text_tower_fingerprint(model),
         graphs=files,
         graph_sha256={n: file_sha256(out / f) for n, f in files.items()},
+        fp16_graphs=fp16_files,
+        fp16_sha256={n: file_sha256(out / f) for n, f in fp16_files.items()},
         tokenizer_file=tokenizer_file,
         tokenizer_sha256=file_sha256(out / tokenizer_file),
         versions=_versions(),

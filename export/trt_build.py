@@ -1,11 +1,18 @@
-"""TensorRT engines from the exported graphs (TensorRT 10.12+ and 11.x Python API).
+"""TensorRT engines from the exported graphs, built with Polygraphy's loaders (TensorRT 10.12+ and 11.x).
 
-Written from ../shared/spec/tensorrt_facts.md: strongly typed networks
-(``1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED)``), ``parse_from_file`` with every
-parser error reported, one optimisation profile per engine generated from the I/O spec
-(T: min 1, opt the vocabulary size, max the exported maximum), a persistent timing cache,
-``build_serialized_network`` checked for None. ``trt`` is injectable so CI tests the whole
-builder against a fake of this API surface; nothing here has run on a real GPU yet.
+``NetworkFromOnnxPath(strongly_typed=True)`` parses with ``parse_from_file``;
+``CreateConfig`` holds the optimisation profile generated from the I/O spec (N: 1 ..
+``class_chunk``, tuned for a full chunk), TF32 off unless asked (TensorRT turns it on by
+default, Polygraphy clears it), the workspace limit; a post-processing step of ours applies
+the timing cache and checks what Polygraphy does not: a cache TensorRT refuses (another GPU
+or TensorRT version) is replaced by an empty one with a warning, a profile TensorRT rejects
+is an error, and a build that leaves no timing cache keeps the old file. The timing cache
+file is keyed by TensorRT version and compute capability (``timing-<version>-sm<cc>.cache``).
+Precision lives in the ONNX (strong typing, the only kind on TensorRT 11, which has no fp16
+builder flag): fp32 engines come from the exported graphs, fp16 engines from the
+mixed-precision graphs of ``sed-trt export --fp16`` (:mod:`export.fp16`). Every Polygraphy
+failure becomes one :class:`~runtime.errors.ExportError` line. Tested in CI against a fake
+of the TensorRT API; it has not run on a real GPU yet.
 """
 
 from __future__ import annotations
@@ -16,9 +23,10 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
-from runtime.backends.tensorrt_backend import import_tensorrt
-from runtime.errors import BackendUnavailableError, ExportError
+from runtime.backends.tensorrt_backend import device_index, import_tensorrt
+from runtime.errors import BackendUnavailableError, ExportError, SedTrtError
 from runtime.fsutil import atomic_write
 from runtime.io_spec import ExportLimits, GraphSpec
 from runtime.manifest import EngineEntry, Manifest
@@ -26,29 +34,44 @@ from runtime.progress import step
 
 log = logging.getLogger("sed_trt")
 
-TIMING_CACHE = "timing.cache"  # TensorRT's timing cache in an engine directory
+
+TIMING_CACHE_GLOB = "timing-*.cache"  # the timing caches of an engine directory, one per TensorRT version and GPU
 
 
-def gpu_info() -> tuple[str, str]:
-    """(GPU name, compute capability 'major.minor') of device 0; raises without a GPU."""
+def timing_cache_name(trt_version: str, capability: str) -> str:
+    """Timing-cache file of an engine directory: valid for one TensorRT version and GPU architecture."""
+    return f"timing-{trt_version}-sm{capability.replace('.', '')}.cache"
+
+
+def gpu_info(device: str | int = 0) -> tuple[str, str]:
+    """(GPU name, compute capability 'major.minor') of a CUDA device, through cuda-python."""
+    from runtime.backends.cuda_ops import CudaMemory
+
+    memory = CudaMemory(device_index(device))
     try:
-        import torch
-    except ImportError:
-        torch = None  # type: ignore[assignment]
-    if torch is not None and torch.cuda.is_available():
-        major, minor = torch.cuda.get_device_capability(0)
-        return torch.cuda.get_device_name(0), f"{major}.{minor}"
-    raise BackendUnavailableError("no CUDA GPU is visible (torch.cuda.is_available() is False)")
+        return memory.properties()
+    finally:
+        memory.close()
 
 
 def tensorrt_unavailable_reason() -> str | None:
-    """Why engines cannot be built here, or None when TensorRT and a GPU are present."""
+    """Why engines cannot be built here, or None when TensorRT, cuda-python and a GPU are present."""
     try:
         import_tensorrt()
+        import_polygraphy()
         gpu_info()
     except BackendUnavailableError as exc:
         return str(exc)
     return None
+
+
+def import_polygraphy() -> Any:
+    """Polygraphy's TensorRT loaders, with a one-line error that says what to install."""
+    try:
+        from polygraphy.backend import trt as poly_trt
+    except ImportError:
+        raise BackendUnavailableError("building engines needs Polygraphy: pip install 'sed-trt[trt]'") from None
+    return poly_trt
 
 
 def profile_shapes(
@@ -64,70 +87,64 @@ def profile_shapes(
     return out  # type: ignore[return-value]
 
 
-def _parser_errors(parser: object) -> str:
-    msgs = []
-    for i in range(parser.num_errors):  # type: ignore[attr-defined]
-        err = parser.get_error(i)  # type: ignore[attr-defined]
-        msgs.append(f"{err.node_operator()} node {err.node_name()!r}: {err.desc()}")
-    return "; ".join(msgs) or "no parser error recorded"
-
-
 def build_engine(
     onnx_path: str | Path,
     spec: GraphSpec,
     limits: ExportLimits,
     *,
-    precision: str = "fp32",
     timing_cache: bytes = b"",
     workspace_bytes: int | None = None,
     tf32: bool = False,
     trt: ModuleType | None = None,
-) -> tuple[bytes, bytes]:
-    """Build one serialized engine. Returns (plan bytes, updated timing-cache bytes).
+) -> tuple[bytes, bytes | None]:
+    """Build one serialized engine. Returns (plan bytes, updated timing-cache bytes or None).
 
-    TensorRT enables TF32 by default, so an "fp32" engine is cleared of it unless ``tf32``
-    (measured with the torch backend on an H100: TF32 convolutions flip 19 % of the parity
-    labels). A timing cache TensorRT refuses (another GPU or version) is replaced by a new one.
+    The network is strongly typed: the engine computes in the types of the ONNX (fp32, or
+    the fp16/fp32 mix of an fp16 export). TF32 stays off unless ``tf32`` (measured with the
+    torch backend on an H100: TF32 convolutions flip 19 % of the parity labels).
     """
     trt = trt or import_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    if precision == "fp32":
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    elif precision == "fp16" and hasattr(trt.BuilderFlag, "FP16"):
-        flags = 0  # TensorRT 10.x: weakly typed network + FP16 builder flag
-    else:
+    poly = import_polygraphy()
+    from polygraphy.exception import PolygraphyException
+
+    shapes = profile_shapes(spec, limits)
+    profile = poly.Profile()
+    for name, (lo, opt, hi) in shapes.items():
+        profile.add(name, lo, opt, hi)
+    pools = {trt.MemoryPoolType.WORKSPACE: int(workspace_bytes)} if workspace_bytes else None
+    state: dict[str, Any] = {}
+
+    def finish(builder: Any, network: Any, config: Any) -> None:
+        """What Polygraphy leaves unchecked: the profile and the timing cache."""
+        inputs = {network.get_input(i).name for i in range(network.num_inputs)}
+        if inputs != set(shapes):
+            raise ExportError(
+                f"{spec.name}: the network's inputs {sorted(inputs)} are not the I/O spec's {sorted(shapes)}"
+            )
+        if config.num_optimization_profiles != 1:
+            raise ExportError(f"TensorRT rejected the optimisation profile of {spec.name}")
+        if timing_cache and not config.set_timing_cache(config.create_timing_cache(timing_cache), False):
+            log.warning(
+                "the timing cache was made on another GPU or TensorRT version; building %s with a new one", spec.name
+            )
+            if not config.set_timing_cache(config.create_timing_cache(b""), False):
+                raise ExportError("TensorRT refused an empty timing cache")
+        state["config"] = config
+
+    config = poly.PostprocessConfig(poly.CreateConfig(tf32=tf32, profiles=[profile], memory_pool_limits=pools), finish)
+    network = poly.NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
+    try:
+        plan = poly.EngineBytesFromNetwork(network, config)()
+    except SedTrtError:
+        raise
+    except PolygraphyException as exc:
         raise ExportError(
-            "fp16 on TensorRT 11 needs fp16 types inside the ONNX (strong typing; e.g. ModelOpt AutoCast); "
-            "this release builds fp16 only on TensorRT 10.x: use --precision fp32"
-        )
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        raise ExportError(f"TensorRT cannot parse {Path(onnx_path).name}: {_parser_errors(parser)}")
-    config = builder.create_builder_config()
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    if not tf32:
-        config.clear_flag(trt.BuilderFlag.TF32)
-    if workspace_bytes:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    profile = builder.create_optimization_profile()
-    for name, (lo, opt, hi) in profile_shapes(spec, limits).items():
-        profile.set_shape(name, lo, opt, hi)
-    if config.add_optimization_profile(profile) < 0:
-        raise ExportError(f"TensorRT rejected the optimisation profile of {spec.name}")
-    if not config.set_timing_cache(config.create_timing_cache(timing_cache), False):
-        log.warning(
-            "the timing cache was made on another GPU or TensorRT version; building %s with a new one", spec.name
-        )
-        if not config.set_timing_cache(config.create_timing_cache(b""), False):
-            raise ExportError("TensorRT refused an empty timing cache")
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
+            f"TensorRT could not build {Path(onnx_path).name}: {str(exc).strip().splitlines()[0]}"
+        ) from None
+    if not plan:
         raise ExportError(f"TensorRT failed to build {spec.name} (see the TensorRT log above)")
-    final = config.get_timing_cache()
-    return bytes(plan), bytes(final.serialize()) if final is not None else b""
+    cache = state["config"].get_timing_cache() if "config" in state else None
+    return bytes(plan), (bytes(cache.serialize()) if cache is not None else None)
 
 
 def _bytes_writer(data: bytes) -> Callable[[str], int]:
@@ -142,36 +159,42 @@ def build_engines(
     tf32: bool = False,
     trt: ModuleType | None = None,
     gpu: tuple[str, str] | None = None,
+    device: str | int = 0,
     progress: bool = True,
 ) -> Manifest:
-    """Build an engine for every graph of an engine directory and record them in its manifest."""
+    """Build an engine for every graph of an engine directory and record them in its manifest.
+
+    ``precision`` picks the graphs: fp32, or fp16 (the mixed-precision graphs, the text
+    encoder's fp32 one where it has none); strongly typed, the engines compute in their types.
+    """
     trt = trt or import_tensorrt()
-    gpu_name, capability = gpu or gpu_info()
+    gpu_name, capability = gpu or gpu_info(device)
     directory = Path(engine_dir)
     manifest = Manifest.load(directory)
+    graphs = manifest.graphs_for(precision)
     manifest.verify_files(directory, which=("graph",))  # never build an engine from a corrupt graph
     limits = manifest.limits  # decoder profiles span 1..class_chunk classes, optimised for a full chunk
-    cache_path = directory / TIMING_CACHE
+    cache_path = directory / timing_cache_name(str(trt.__version__), capability)
     cache = cache_path.read_bytes() if cache_path.is_file() else b""
     specs = manifest.specs
-    for i, (name, onnx_file) in enumerate(manifest.graphs.items(), 1):
-        step(f"[{i}/{len(manifest.graphs)}] building TensorRT engine {name} ({precision})", enabled=progress)
-        plan, cache = build_engine(
+    for i, (name, onnx_file) in enumerate(graphs.items(), 1):
+        step(f"[{i}/{len(graphs)}] building TensorRT engine {name} ({precision})", enabled=progress)
+        plan, new_cache = build_engine(
             directory / onnx_file,
             specs[name],
             limits,
-            precision=precision,
             timing_cache=cache,
             workspace_bytes=workspace_bytes,
             tf32=tf32,
             trt=trt,
         )
+        cache = new_cache if new_cache is not None else cache
         plan_file = f"{name}.{precision}.plan"
         atomic_write(directory / plan_file, _bytes_writer(plan))
         shapes = profile_shapes(specs[name], limits)
         manifest.engines[name] = EngineEntry(
             file=plan_file,
-            precision=f"{precision}+tf32" if tf32 else precision,
+            precision=f"{precision}+tf32" if tf32 else precision if onnx_file != manifest.graphs[name] else "fp32",
             tensorrt_version=str(trt.__version__),
             gpu_name=gpu_name,
             compute_capability=capability,
@@ -179,8 +202,9 @@ def build_engines(
             onnx_file=onnx_file,
             sha256=hashlib.sha256(plan).hexdigest(),
         )
-    atomic_write(cache_path, lambda tmp: Path(tmp).write_bytes(cache))
-    manifest.save(directory)
+        manifest.save(directory)  # an interrupted build keeps the engines already built
+    if cache:
+        atomic_write(cache_path, _bytes_writer(cache))
     step(
         f"engines recorded in {directory / 'manifest.json'}: {json.dumps({k: v.file for k, v in manifest.engines.items()})}",
         enabled=progress,

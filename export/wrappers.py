@@ -49,10 +49,11 @@ class DecoderStage0Export(_GraphModule):
 
 
 class StageSummariesExport(_GraphModule):
-    """Stage k features of a chunk -> FAM spatial fusion and the chunk's class-attention sums."""
+    """Stage k features of a chunk and the running class-attention sums -> FAM spatial fusion
+    and the sums with this chunk's share added."""
 
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self._run(features)
+    def forward(self, features: torch.Tensor, class_kv_in: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self._run(features, class_kv_in)
 
 
 class StageFuseExport(_GraphModule):

@@ -47,6 +47,10 @@ class BackendUnavailableError(SedTrtError, RuntimeError):
     """A backend whose packages or hardware are not present on this machine."""
 
 
+class DeviceError(SedTrtError, RuntimeError):
+    """A CUDA call failed (out of device memory, a lost device...)."""
+
+
 class DatasetError(SedTrtError, ValueError):
     """A missing or malformed dataset on disk."""
 

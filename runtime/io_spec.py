@@ -8,9 +8,11 @@ TensorRT builder generates optimisation profiles from here; the runtime validate
 against it.
 
 The decoder runs chunk by chunk (see ``runtime.predictor``): an output with the N axis is
-one slice of the whole-vocabulary tensor; an output without it (the class-attention sums
-of a ``*_summaries`` graph) is a sum over the chunk's classes, and the sums of all chunks
-are what the matching ``*_fuse`` graph takes.
+one slice of the whole-vocabulary tensor. The class-attention sums are a running sum
+(:data:`RUNNING_SUMS`): a ``*_summaries`` graph adds its chunk's share to ``class_kv_in``
+(zeros for the first chunk, the previous chunk's ``class_kv`` after that), so the sums
+over the whole vocabulary, which the matching ``*_fuse`` graph takes, are added on the
+device by the graphs themselves (no array arithmetic in any runtime).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ FUSE_GRAPHS = ("decoder_stage1_fuse", "decoder_stage2_fuse", "decoder_stage3_fus
 DECODER_GRAPHS = (DECODER_STAGE0, *(g for pair in zip(SUMMARY_GRAPHS, FUSE_GRAPHS) for g in pair))
 GRAPH_NAMES = (IMAGE_ENCODER, TEXT_ENCODER, *DECODER_GRAPHS)
 CLASS_AXIS = "N"
+RUNNING_SUMS = {"class_kv_in": "class_kv"}  # summaries-graph input -> output it is carried into, chunk to chunk
 ENCODER_STRIDE = 32  # the cost map is at 1/32 of the network input (ConvNeXt's last stage)
 
 Dim = int | str
@@ -240,10 +243,11 @@ def graph_specs(dims: ModelDims, pooling: int = 1) -> dict[str, GraphSpec]:
         heads = dims.num_heads
         positions = (size // pooling) ** 2
         # per position and head: key-value sums (D, D) and key sums (D, 1) side by side
-        summaries = (TensorSpec("class_kv", f32, ("B", positions, heads, c // heads, c // heads + 1)),)
+        kv_shape = ("B", positions, heads, c // heads, c // heads + 1)
+        summaries = (TensorSpec("class_kv", f32, kv_shape),)
         specs[SUMMARY_GRAPHS[k - 1]] = GraphSpec(
             SUMMARY_GRAPHS[k - 1],
-            inputs=(TensorSpec("features", f32, ("B", n, c, size, size)),),
+            inputs=(TensorSpec("features", f32, ("B", n, c, size, size)), TensorSpec("class_kv_in", f32, kv_shape)),
             outputs=(TensorSpec("spatial_features", f32, ("B", n, c, size, size)), *summaries),
         )
         outputs: tuple[TensorSpec, ...]

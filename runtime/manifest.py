@@ -9,13 +9,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import EngineError
+from runtime.errors import ConfigError, EngineError
 from runtime.fsutil import atomic_write, file_sha256, is_within
 from runtime.io_spec import GRAPH_NAMES, ExportLimits, GraphSpec, ModelDims, TensorSpec, graph_specs
 from runtime.tokenizer import BPE_FILENAME
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = 2  # 2: decoder stages split into class-chunked summaries + fuse graphs
+MANIFEST_FORMAT = (
+    3  # 2: decoder stages split into class-chunked summaries + fuse graphs; 3: running class_kv sums in the graphs
+)
 
 log = logging.getLogger("sed_trt")
 
@@ -52,6 +54,8 @@ class Manifest:
     tokenizer_sha256: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     engines: dict[str, EngineEntry] = field(default_factory=dict)
+    fp16_graphs: dict[str, str] = field(default_factory=dict)  # mixed-precision graphs (export --fp16)
+    fp16_sha256: dict[str, str] = field(default_factory=dict)
     format: int = MANIFEST_FORMAT
 
     @property
@@ -75,9 +79,22 @@ class Manifest:
     def files(self) -> dict[str, tuple[str, str]]:
         """Every file the manifest vouches for: label -> (relative path, sha256 or '')."""
         out = {f"graph {name}": (rel, self.graph_sha256.get(name, "")) for name, rel in self.graphs.items()}
+        out.update({f"graph fp16 {n}": (rel, self.fp16_sha256.get(n, "")) for n, rel in self.fp16_graphs.items()})
         out["tokenizer"] = (self.tokenizer_file, self.tokenizer_sha256)
         out.update({f"engine {name}": (e.file, e.sha256) for name, e in self.engines.items()})
         return out
+
+    def graphs_for(self, precision: str) -> dict[str, str]:
+        """Graph file of every graph name for fp32, or for fp16 (mixed-precision where exported)."""
+        if precision == "fp32":
+            return dict(self.graphs)
+        if precision == "fp16":
+            if not self.fp16_graphs:
+                raise ConfigError(
+                    "this engine directory has no fp16 graphs: export it with 'sed-trt export --fp16' (TensorRT 11 takes precision from the ONNX)"
+                )
+            return {name: self.fp16_graphs.get(name, rel) for name, rel in self.graphs.items()}
+        raise ConfigError(f"precision {precision!r}: use fp32 or fp16")
 
     def verify_files(self, directory: str | Path, *, which: tuple[str, ...] = ("graph", "tokenizer")) -> float:
         """Check each listed file's sha256 against the manifest; returns the seconds it took.
@@ -146,6 +163,8 @@ class Manifest:
                 tokenizer_sha256=d.get("tokenizer_sha256", ""),
                 versions=dict(d.get("versions", {})),
                 engines=engines,
+                fp16_graphs=dict(d.get("fp16_graphs", {})),
+                fp16_sha256=dict(d.get("fp16_sha256", {})),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise EngineError(
@@ -165,7 +184,7 @@ class Manifest:
                 or not is_within(directory / rel, directory)
             ):
                 raise EngineError(f"{str(path)!r}: {label} file {rel!r} is outside the engine directory; refusing it")
-        for name, rel in m.graphs.items():
+        for name, rel in [*m.graphs.items(), *m.fp16_graphs.items()]:
             if not (directory / rel).is_file():
                 raise EngineError(f"engine directory {str(directory)!r} is incomplete: {rel!r} ({name}) is missing")
         return m

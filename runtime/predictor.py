@@ -3,8 +3,8 @@
 One orchestration for every backend. The decoder graphs run on chunks of at most
 ``class_chunk`` classes, so no stage ever holds its high-resolution activations for the
 whole vocabulary: stage 0 chunk by chunk; stages 1-3 in two passes, first the
-``*_summaries`` graph on every chunk (FAM spatial fusion; the class-attention sums of the
-chunks are added up), then the ``*_fuse`` graph on every chunk with those sums. Chunk
+``*_summaries`` graph on every chunk (FAM spatial fusion; each chunk adds its share to the
+running class-attention sums), then the ``*_fuse`` graph on every chunk with those sums. Chunk
 outputs are written into preallocated whole-vocabulary tensors.
 
 Between decoder stages it selects the classes in the per-pixel top-k of the auxiliary
@@ -26,7 +26,15 @@ from runtime.backends.base import Array, Backend
 from runtime.cer import select_classes
 from runtime.errors import ConfigError, StateError, VocabularyError
 from runtime.image import labels_from_probs, preprocess
-from runtime.io_spec import CLASS_AXIS, DECODER_STAGE0, FUSE_GRAPHS, IMAGE_ENCODER, SUMMARY_GRAPHS, TEXT_ENCODER
+from runtime.io_spec import (
+    CLASS_AXIS,
+    DECODER_STAGE0,
+    FUSE_GRAPHS,
+    IMAGE_ENCODER,
+    RUNNING_SUMS,
+    SUMMARY_GRAPHS,
+    TEXT_ENCODER,
+)
 from runtime.text_cache import TextFeatureCache, cached_text_features
 from runtime.tokenizer import ClipTokenizer
 from runtime.vocab import validate_vocabulary
@@ -182,8 +190,9 @@ class Predictor:
                 (each chunk reads classes ``select[a:b] >= a`` before it writes ``[a, b)``).
 
         Returns:
-            Outputs with the class axis for the classes run, in order; outputs without it
-            (class-attention sums) added over the chunks.
+            Outputs with the class axis for the classes run, in order; running sums
+            (:data:`runtime.io_spec.RUNNING_SUMS`: zeros into the first chunk, each chunk's
+            output into the next) as left by the last chunk.
         """
         spec = self.backend.specs[graph]
         axes = {t.name: t.shape.index(CLASS_AXIS) for t in (*spec.inputs, *spec.outputs) if CLASS_AXIS in t.shape}
@@ -191,34 +200,38 @@ class Predictor:
         some = next(iter(per_class))
         total = len(select[some]) if some in select else per_class[some].shape[axes[some]]
         ops = self.backend.ops
+        shared = dict(shared)
+        batch = per_class[some].shape[0] if axes[some] > 0 else 1
+        for t in spec.inputs:
+            if t.name in RUNNING_SUMS and t.name not in shared:
+                shared[t.name] = ops.zeros(t.concrete({"B": batch}))
         out: dict[str, Array] = dict(into or {})
-        sums: dict[str, Array] = {}
         for a in range(0, total, self.class_chunk):
             b = min(a + self.class_chunk, total)
             feeds = dict(shared)
             for name, x in per_class.items():
-                ax = axes[name]
                 if name in select:
-                    feeds[name] = ops.take(x, select[name][a:b], ax)
+                    feeds[name] = ops.take(x, select[name][a:b], axes[name])
                 else:
-                    feeds[name] = x[(slice(None),) * ax + (slice(a, b),)]
+                    feeds[name] = ops.narrow(x, axes[name], a, b)
             res = self.backend.run(graph, feeds)
+            for carried, produced in RUNNING_SUMS.items():
+                if carried in shared:
+                    shared[carried] = out[produced] = res[produced]
             for name in spec.output_names:
-                y = res[name]
                 if name not in axes:
-                    sums[name] = y if a == 0 else sums[name] + y
                     continue
+                y = res[name]
                 ax = axes[name]
                 if name not in out:
                     shape = list(y.shape)
                     shape[ax] = total
                     out[name] = ops.empty(tuple(shape))
-                out[name][(slice(None),) * ax + (slice(a, b),)] = y
+                ops.write(out[name], ax, a, y)
         for name in spec.output_names:
             if name in axes and name in out:
-                ax = axes[name]
-                out[name] = out[name][(slice(None),) * ax + (slice(0, total),)]
-        return {**out, **sums}
+                out[name] = ops.narrow(out[name], axes[name], 0, total)
+        return out
 
     def decode_stage0(self, enc: EncoderOutputs) -> StageOutputs:
         """Cost map + embedding for the whole vocabulary."""

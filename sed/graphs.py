@@ -32,9 +32,9 @@ def graph_outputs(model: SED, graph: str, inputs: Sequence[torch.Tensor], *, poo
         assert out.corr_guidance is not None
         return out.features, out.corr_guidance, out.aux_logits
     if graph in SUMMARY_GRAPHS:
-        (features,) = inputs
+        features, kv_in = inputs
         s = dec.stage_summaries(SUMMARY_GRAPHS.index(graph) + 1, features, pooling=pooling)
-        return s.spatial, s.kv
+        return s.spatial, kv_in + s.kv  # a running sum over chunks (runtime.io_spec.RUNNING_SUMS)
     if graph not in FUSE_GRAPHS:
         raise KeyError(f"unknown graph {graph!r}")
     k = FUSE_GRAPHS.index(graph) + 1

@@ -55,6 +55,7 @@ def parity_engine_dir(tmp_path_factory: pytest.TempPathFactory, parity_dir: Path
         backbone="sed_tiny_linear",
         weights=parity_dir / "checkpoint.pth",
         limits=ExportLimits(max_classes=64, class_chunk=4),
+        fp16=True,  # the mixed-precision graphs too (fp16 TensorRT engines; their accuracy is tested)
         progress=False,
     )
     return out

@@ -46,9 +46,11 @@ def parse_label(label: str) -> tuple[str, dict[str, Any]]:
     """A backend label as tables print it (``onnxruntime``, ``openvino-bf16``) -> (name, options)."""
     name, _, precision = label.partition("-")
     if name not in BACKENDS and name not in PROVIDED_BY:
-        raise ConfigError(f"unknown backend {label!r}; available: {sorted(BACKENDS)} (and openvino-bf16)")
-    if precision and name != "openvino":
-        raise ConfigError(f"unknown backend {label!r}: only openvino takes a precision suffix (openvino-bf16)")
+        raise ConfigError(
+            f"unknown backend {label!r}; available: {sorted(BACKENDS)} (and openvino-bf16, onnxruntime-fp16)"
+        )
+    if precision and (name, precision) not in (("openvino", "bf16"), ("onnxruntime", "fp16")):
+        raise ConfigError(f"unknown backend {label!r}: the precision labels are openvino-bf16 and onnxruntime-fp16")
     return name, ({"precision": precision} if precision else {})
 
 
@@ -94,7 +96,8 @@ def open_backend(
     if engine_dir is None:
         raise ConfigError(f"--engine-dir is required with --backend {name} (make one with 'sed-trt export')")
     if name == "tensorrt":
-        backend = create_backend("tensorrt", engine_dir=engine_dir, backbone=backbone)
+        gpu = device if str(device).startswith("cuda") else "cuda"  # the default cpu names no GPU: the first one
+        backend = create_backend("tensorrt", engine_dir=engine_dir, backbone=backbone, device=gpu)
     else:
         backend = create_backend(name, engine_dir=engine_dir, threads=threads, backbone=backbone, **options)
     assert isinstance(backend, EngineDirBackend)

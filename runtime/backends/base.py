@@ -33,6 +33,18 @@ class ArrayOps(abc.ABC):
         """An uninitialised float32 array (filled chunk by chunk by the predictor)."""
 
     @abc.abstractmethod
+    def zeros(self, shape: tuple[int, ...]) -> Array:
+        """A float32 array of zeros (the first chunk's running sums)."""
+
+    def narrow(self, x: Array, axis: int, start: int, stop: int) -> Array:
+        """``x[start:stop]`` along ``axis`` (a view where the array type has them)."""
+        return x[(slice(None),) * axis + (slice(start, stop),)]
+
+    def write(self, dst: Array, axis: int, start: int, src: Array) -> None:
+        """Copy ``src`` into ``dst`` at ``start`` along ``axis``."""
+        dst[(slice(None),) * axis + (slice(start, start + src.shape[axis]),)] = src
+
+    @abc.abstractmethod
     def take(self, x: Array, idx: np.ndarray, axis: int) -> Array:
         """Gather ``idx`` along ``axis`` (contiguous result)."""
 
@@ -59,6 +71,9 @@ class NumpyOps(ArrayOps):
 
     def empty(self, shape: tuple[int, ...]) -> np.ndarray:
         return np.empty(shape, dtype=np.float32)
+
+    def zeros(self, shape: tuple[int, ...]) -> np.ndarray:
+        return np.zeros(shape, dtype=np.float32)
 
     def take(self, x: np.ndarray, idx: np.ndarray, axis: int) -> np.ndarray:
         return np.ascontiguousarray(np.take(x, idx, axis=axis))
@@ -164,6 +179,7 @@ class EngineDirBackend(Backend):
     """
 
     verify_kinds: tuple[str, ...] = ("graph", "tokenizer")
+    graph_precision: str = "fp32"  # which graph files to load: fp32, or fp16 (mixed precision, export --fp16)
     # The manifest entry whose file computes text features (keys the text-feature cache).
     text_file_kind: str = "graph"
 
@@ -192,7 +208,7 @@ class EngineDirBackend(Backend):
         self._prepare()
         self.verify()
         runners = {}
-        for name, rel in self.manifest.graphs.items():
+        for name, rel in self.manifest.graphs_for(self.graph_precision).items():
             try:
                 runners[name] = self._load(name, self.engine_dir / rel)
             except SedTrtError:

@@ -16,6 +16,10 @@ class OnnxRuntimeBackend(EngineDirBackend):
 
     name = "onnxruntime"
 
+    @property
+    def label(self) -> str:
+        return self.name if self.graph_precision == "fp32" else f"{self.name}-{self.graph_precision}"
+
     def __init__(
         self,
         engine_dir: str | Path,
@@ -23,9 +27,14 @@ class OnnxRuntimeBackend(EngineDirBackend):
         providers: list[str] | None = None,
         threads: int | None = None,
         mem_arena: bool = True,
+        precision: str = "fp32",
         backbone: str | None = None,
     ) -> None:
         super().__init__(engine_dir, backbone=backbone)
+        # fp16: the mixed-precision graphs of ``export --fp16`` (what fp16 TensorRT engines are built
+        # from), to measure their accuracy on the CPU; ONNX Runtime adds casts where it lacks fp16 kernels.
+        self.manifest.graphs_for(precision)  # refuse an export without fp16 graphs now, not at activate
+        self.graph_precision = precision
         # ONNX Runtime's CPU arena, measured on ConvNeXt-B, 768 px (2-core EPYC). With whole-vocabulary
         # graphs (release 0.1) it tripled peak RSS (12.4 GB at 150 classes). With class-chunked
         # decoding its buffers are chunk-sized: 4.0 GB at 150 classes and 5.4 GB at 847 (2.2 and

@@ -1,23 +1,32 @@
-"""TensorRT backend: one engine and execution context per graph, torch CUDA buffers, one stream.
+"""TensorRT backend: one engine and execution context per graph over raw CUDA memory (no torch).
 
-Per call it sets every input shape (T shrinks under CER) and every tensor address, sizes
-outputs from ``get_tensor_shape`` and enqueues with ``execute_async_v3`` on a non-default
-stream; the CER ops run in torch on the same stream, so the only host reads are the
-survivor index sets. Written from ../shared/spec/tensorrt_facts.md and tested in CI
-against a fake of the TensorRT API; it has not run on a real GPU.
+Needs only tensorrt, cuda-python and numpy. Activation checks every engine against the
+manifest (TensorRT version, compute capability of the chosen GPU, tensor names, I/O modes,
+dtypes and locations) and creates the contexts with user-managed device memory: the graphs
+run one after another on one stream, so one block sized for the largest engine serves them
+all. Per call it sets every input shape (the class chunk shrinks under CER) and every tensor
+address, sizes outputs from ``get_tensor_shape`` and enqueues with ``execute_async_v3`` on
+a non-default stream. Calls are serialised by a lock (the contexts and the shared block are
+per backend), so one backend may serve several threads; for parallel execution open one
+backend per thread or GPU. Written from ../shared/spec/tensorrt_facts.md and tested in CI
+against a fake of the TensorRT API over host memory; the CUDA layer ran on an H200, real
+TensorRT has not run yet.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from runtime.backends.base import EngineDirBackend
-from runtime.errors import BackendUnavailableError, EngineError
+from runtime.backends.cuda_ops import ALIGNMENT, CudaMemory, CudaOps, DeviceArray, DeviceMemory
+from runtime.errors import BackendUnavailableError, ConfigError, EngineError
 from runtime.io_spec import GRAPH_NAMES
 
-ALIGNMENT = 256  # setTensorAddress: pointers need 256-byte alignment
+TRT_DTYPES = {"float32": "FLOAT", "int64": "INT64"}  # spec dtype -> trt.DataType member
+_LOGGERS: dict[int, Any] = {}  # one logger per TensorRT module: TensorRT keeps the first it is given
 
 
 def import_tensorrt() -> ModuleType:
@@ -31,16 +40,22 @@ def import_tensorrt() -> ModuleType:
     return trt
 
 
-def aligned_empty(torch: ModuleType, shape: tuple[int, ...], dtype: Any, device: str) -> Any:
-    """An uninitialised tensor whose data pointer is 256-byte aligned (CUDA's allocator already
-    aligns to 512; host allocators only to 64, hence the over-allocate-and-offset)."""
-    x = torch.empty(shape, dtype=dtype, device=device)
-    if x.data_ptr() % ALIGNMENT == 0:
-        return x
-    nbytes = max(x.numel() * x.element_size(), 1)
-    buf = torch.empty(nbytes + ALIGNMENT, dtype=torch.uint8, device=device)
-    offset = (-buf.data_ptr()) % ALIGNMENT
-    return buf[offset : offset + x.numel() * x.element_size()].view(dtype).view(shape)
+def trt_logger(trt: ModuleType) -> Any:
+    """The process's one TensorRT logger (warnings and errors)."""
+    key = id(trt)
+    if key not in _LOGGERS:
+        _LOGGERS[key] = trt.Logger(trt.Logger.WARNING)
+    return _LOGGERS[key]
+
+
+def device_index(device: str | int) -> int:
+    """``cuda``, ``cuda:N`` or N -> N."""
+    if isinstance(device, int):
+        return device
+    name, _, index = str(device).partition(":")
+    if name != "cuda" or (index and not index.isdigit()):
+        raise ConfigError(f"--device {device!r}: the tensorrt backend runs on cuda or cuda:N")
+    return int(index or 0)
 
 
 class TensorRTBackend(EngineDirBackend):
@@ -55,9 +70,9 @@ class TensorRTBackend(EngineDirBackend):
         engine_dir: str | Path,
         *,
         backbone: str | None = None,
-        device: str = "cuda",
+        device: str | int = "cuda",
         trt_module: ModuleType | None = None,
-        check_gpu: bool = True,
+        memory: DeviceMemory | None = None,
     ) -> None:
         super().__init__(engine_dir, backbone=backbone)
         missing = [g for g in GRAPH_NAMES if g not in self.manifest.engines]
@@ -66,114 +81,143 @@ class TensorRTBackend(EngineDirBackend):
                 f"{str(self.engine_dir)!r} has no TensorRT engines for {missing}: build them on a GPU machine with "
                 f"'sed-trt build-engines --engine-dir {self.engine_dir}' (or 'make engine')"
             )
-        self.device = device
-        self.check_gpu = check_gpu
+        self.device_index = memory.device_index if memory is not None else device_index(device)
+        self.device = f"cuda:{self.device_index}"
         self._trt = trt_module
+        self._given_memory = memory
+        self.memory: DeviceMemory | None = None
         self._engines: dict[str, Any] = {}
         self._contexts: dict[str, Any] = {}
-        self._stream: Any = None
+        self._workspace: DeviceArray | None = None
+        self._lock = threading.Lock()
         self.calls: int = 0
 
-    def _import(self) -> tuple[ModuleType, ModuleType]:
-        try:
-            import torch
-        except ImportError:
-            raise BackendUnavailableError("the tensorrt backend needs torch (CUDA build) for device buffers") from None
-        if self._trt is None:
-            self._trt = import_tensorrt()
-        return self._trt, torch
-
-    def _check_entry(self, graph: str, trt: ModuleType, torch: ModuleType) -> None:
+    def _check_entry(self, graph: str, trt: ModuleType, gpu: tuple[str, str]) -> None:
         entry = self.manifest.engines[graph]
         if entry.tensorrt_version != str(trt.__version__):
             raise EngineError(
                 f"engine {entry.file!r} was built with TensorRT {entry.tensorrt_version}, this is {trt.__version__}: rebuild it"
             )
-        if self.check_gpu:
-            major, minor = torch.cuda.get_device_capability(0)
-            if entry.compute_capability != f"{major}.{minor}":
-                raise EngineError(
-                    f"engine {entry.file!r} was built for compute capability {entry.compute_capability} ({entry.gpu_name}), "
-                    f"this GPU is {major}.{minor} ({torch.cuda.get_device_name(0)}): rebuild it"
-                )
+        if entry.compute_capability != gpu[1]:
+            raise EngineError(
+                f"engine {entry.file!r} was built for compute capability {entry.compute_capability} ({entry.gpu_name}), "
+                f"GPU {self.device_index} is {gpu[1]} ({gpu[0]}): rebuild it"
+            )
+
+    def _check_io(self, graph: str, engine: Any, trt: ModuleType) -> None:
+        """Names, modes, dtypes and locations of the engine's tensors against the I/O spec."""
+        spec = self.specs[graph]
+        names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
+        if names != set(spec.input_names) | set(spec.output_names):
+            raise EngineError(
+                f"engine for {graph} has tensors {sorted(names)}, the I/O spec expects {spec.input_names + spec.output_names}"
+            )
+        for mode, tensors in ((trt.TensorIOMode.INPUT, spec.inputs), (trt.TensorIOMode.OUTPUT, spec.outputs)):
+            for t in tensors:
+                if engine.get_tensor_mode(t.name) != mode:
+                    raise EngineError(f"engine for {graph}: {t.name!r} is not an {mode.name.lower()}")
+                want = getattr(trt.DataType, TRT_DTYPES[t.dtype])
+                got = engine.get_tensor_dtype(t.name)
+                if got != want:
+                    raise EngineError(
+                        f"engine for {graph}: {t.name!r} is {getattr(got, 'name', got)}, the runtime binds {t.dtype} "
+                        "(fp16 engines keep fp32 I/O: rebuild from this release's graphs)"
+                    )
+                if engine.get_tensor_location(t.name) != trt.TensorLocation.DEVICE:
+                    raise EngineError(f"engine for {graph}: {t.name!r} is not in device memory")
 
     def activate(self) -> TensorRTBackend:
-        trt, torch = self._import()
-        if self.check_gpu and not torch.cuda.is_available():
-            raise BackendUnavailableError(
-                "the tensorrt backend needs an NVIDIA GPU (torch.cuda.is_available() is False)"
-            )
+        if self._trt is None:
+            self._trt = import_tensorrt()
+        trt = self._trt
         self.verify()
-        from runtime.backends.torch_ops import TorchOps
-
-        logger = trt.Logger(trt.Logger.WARNING)
-        runtime = trt.Runtime(logger)
+        memory = self._given_memory or CudaMemory(self.device_index)
+        gpu = memory.properties()
         for graph in GRAPH_NAMES:
-            self._check_entry(graph, trt, torch)
+            self._check_entry(graph, trt, gpu)
+        runtime = trt.Runtime(trt_logger(trt))
+        if runtime is None:
+            raise EngineError("TensorRT could not create a runtime (see the TensorRT log above)")
+        engines = {}
+        for graph in GRAPH_NAMES:
             plan = (self.engine_dir / self.manifest.engines[graph].file).read_bytes()
             engine = runtime.deserialize_cuda_engine(plan)
             if engine is None:
                 raise EngineError(
                     f"TensorRT could not deserialize {self.manifest.engines[graph].file!r} (built for another TensorRT or GPU?)"
                 )
-            names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
-            spec = self.specs[graph]
-            if names != set(spec.input_names) | set(spec.output_names):
-                raise EngineError(
-                    f"engine for {graph} has tensors {sorted(names)}, the I/O spec expects {spec.input_names + spec.output_names}"
-                )
-            self._engines[graph] = engine
-            self._contexts[graph] = engine.create_execution_context()
-        if self.device.startswith("cuda"):
-            # A non-default stream: TensorRT syncs extra on the default one.
-            self._stream = torch.cuda.Stream()
-            torch.cuda.set_stream(self._stream)
-        self.ops = TorchOps(self.device, self._stream)
+            self._check_io(graph, engine, trt)
+            engines[graph] = engine
+        # One device-memory block for every context: the graphs never run at the same time.
+        strategy = getattr(trt, "ExecutionContextAllocationStrategy", None)
+        size = max(_device_memory_size(e) for e in engines.values()) if strategy is not None else 0
+        workspace = DeviceArray.empty(memory, (max(size, 1),), "uint8") if strategy is not None else None
+        contexts = {}
+        for graph, engine in engines.items():
+            if strategy is not None:
+                ctx = engine.create_execution_context(strategy.USER_MANAGED)
+            else:
+                ctx = engine.create_execution_context()
+            if ctx is None:
+                raise EngineError(f"TensorRT could not create an execution context for {graph} (out of device memory?)")
+            if workspace is not None:
+                ctx.set_device_memory(workspace.ptr, size)
+            contexts[graph] = ctx
+        self.memory, self._engines, self._contexts, self._workspace = memory, engines, contexts, workspace
+        self.ops = CudaOps(memory)
         self.active = True
         return self
 
     def deactivate(self) -> None:
         self._contexts.clear()
         self._engines.clear()
-        if self._stream is not None:
-            import torch
-
-            torch.cuda.set_stream(torch.cuda.default_stream())
-            self._stream = None
+        self._workspace = None
+        if self.memory is not None and self._given_memory is None:
+            self.memory.close()
+        self.memory = None
         self.active = False
 
-    def _stream_handle(self) -> int:
-        return int(self._stream.cuda_stream) if self._stream is not None else 0
-
-    def _run(self, graph: str, feeds: dict[str, Any]) -> dict[str, Any]:
-        _, torch = self._import()
-        engine, ctx = self._engines[graph], self._contexts[graph]
-        spec = self.specs[graph]
-        keep = []  # every buffer handed to TensorRT stays referenced until the enqueue returns
-        for name in spec.input_names:
-            x = feeds[name]
-            if not isinstance(x, torch.Tensor):
-                x = torch.from_numpy(x)
-            x = x.to(self.device).contiguous()
-            if x.data_ptr() % ALIGNMENT:
-                x = aligned_empty(torch, tuple(x.shape), x.dtype, self.device).copy_(x)
-            if not ctx.set_input_shape(name, tuple(x.shape)):
-                lo, _, hi = engine.get_tensor_profile_shape(name, 0)
-                raise EngineError(
-                    f"{graph}: input {name!r} shape {tuple(x.shape)} is outside the engine profile [{tuple(lo)} .. {tuple(hi)}]"
-                )
-            ctx.set_tensor_address(name, x.data_ptr())
-            keep.append(x)
-        outputs = {}
-        for name in spec.output_names:
-            shape = tuple(int(d) for d in ctx.get_tensor_shape(name))
-            if any(d < 0 for d in shape):
-                raise EngineError(f"{graph}: output {name!r} has unresolved shape {shape}")
-            out = aligned_empty(torch, shape, torch.float32, self.device)
-            ctx.set_tensor_address(name, out.data_ptr())
-            outputs[name] = out
-        if not ctx.execute_async_v3(self._stream_handle()):
-            raise EngineError(f"TensorRT execution of {graph} failed")
-        self.calls += 1
-        del keep
+    def _run(self, graph: str, feeds: dict[str, Any]) -> dict[str, DeviceArray]:
+        assert isinstance(self.ops, CudaOps)
+        ops = self.ops
+        with self._lock:
+            engine, ctx = self._engines[graph], self._contexts[graph]
+            spec = self.specs[graph]
+            bound = []  # inputs stay referenced until enqueued (frees are stream-ordered after that)
+            for name in spec.input_names:
+                x = ops.device_array(feeds[name])
+                if x.ptr % ALIGNMENT:  # a chunk view at an unaligned offset: TensorRT needs 256 bytes
+                    aligned = DeviceArray.empty(ops.memory, x.shape, x.dtype)
+                    ops.memory.copy2d(aligned.ptr, x.nbytes, x.ptr, x.nbytes, x.nbytes, 1)
+                    x = aligned
+                if not ctx.set_input_shape(name, x.shape):
+                    lo, _, hi = engine.get_tensor_profile_shape(name, 0)
+                    raise EngineError(
+                        f"{graph}: input {name!r} shape {x.shape} is outside the engine profile [{tuple(lo)} .. {tuple(hi)}]"
+                    )
+                _set_address(ctx, graph, name, x.ptr)
+                bound.append(x)
+            outputs = {}
+            for name in spec.output_names:
+                shape = tuple(int(d) for d in ctx.get_tensor_shape(name))
+                if any(d < 0 for d in shape):
+                    raise EngineError(f"{graph}: output {name!r} has unresolved shape {shape}")
+                out = DeviceArray.empty(ops.memory, shape)
+                _set_address(ctx, graph, name, out.ptr)
+                outputs[name] = out
+            if not ctx.execute_async_v3(ops.memory.stream_handle):
+                raise EngineError(f"TensorRT execution of {graph} failed (see the TensorRT log above)")
+            self.calls += 1
+            del bound
         return outputs
+
+
+def _device_memory_size(engine: Any) -> int:
+    """Scratch memory a context of ``engine`` needs at its largest profile shapes."""
+    size = getattr(engine, "device_memory_size_v2", None)
+    return int(size if size is not None else engine.device_memory_size)
+
+
+def _set_address(ctx: Any, graph: str, name: str, ptr: int) -> None:
+    if not ctx.set_tensor_address(name, ptr):
+        raise EngineError(f"{graph}: TensorRT refused the address of {name!r}")

@@ -32,6 +32,9 @@ class TorchOps(ArrayOps):
     def empty(self, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.empty(shape, dtype=torch.float32, device=self.device)
 
+    def zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.zeros(shape, dtype=torch.float32, device=self.device)
+
     def take(self, x: torch.Tensor, idx: np.ndarray, axis: int) -> torch.Tensor:
         return x.index_select(axis, torch.from_numpy(np.asarray(idx, dtype=np.int64)).to(x.device)).contiguous()
 

@@ -13,10 +13,10 @@ import os
 import sys
 
 from runtime.errors import SedTrtError
-from sed_trt.cli import bench, compare, evaluate, export, predict, train
+from sed_trt.cli import bench, compare, doctor, evaluate, export, predict, train
 from sed_trt.cli.args import HelpFormatter
 
-SUBCOMMANDS = (predict, export, compare, evaluate, train, bench)
+SUBCOMMANDS = (predict, export, compare, evaluate, train, bench, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:

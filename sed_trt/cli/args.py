@@ -135,7 +135,7 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
         help="classes per decoder-graph run (default: the export's --class-chunk, 16; torch: 16); bounds memory",
     )
     p.add_argument("--pooling", type=positive_int, default=1, help="class-attention pooling (1 = official evaluation)")
-    p.add_argument("--device", default="cpu", help="torch device for the torch backend (cpu, cuda, cuda:N)")
+    p.add_argument("--device", default="cpu", help="torch: its device (cpu, cuda, cuda:N); tensorrt: its GPU (cuda:N)")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: the library's choice)")
     add_cache_args(p)
     add_quiet(p)

@@ -29,6 +29,7 @@ def run_export(args: argparse.Namespace) -> int:
         pooling=args.pooling,
         opset=args.opset,
         validate=not args.no_validate,
+        fp16=args.fp16 or args.precision == "fp16",
         progress=not args.quiet,
     )
     if args.engines == "skip":
@@ -42,7 +43,7 @@ def run_export(args: argparse.Namespace) -> int:
             raise ConfigError(f"cannot build TensorRT engines: {reason}")
         step(f"stopping after ONNX: {reason}")
         return 0
-    build_engines(args.out_dir, precision=args.precision, tf32=args.tf32, progress=not args.quiet)
+    build_engines(args.out_dir, precision=args.precision, tf32=args.tf32, device=args.device, progress=not args.quiet)
     return 0
 
 
@@ -50,7 +51,9 @@ def run_build_engines(args: argparse.Namespace) -> int:
     """Build TensorRT engines for an exported engine directory (needs TensorRT and a GPU)."""
     from export.trt_build import build_engines
 
-    build_engines(args.engine_dir, precision=args.precision, tf32=args.tf32, progress=not args.quiet)
+    build_engines(
+        args.engine_dir, precision=args.precision, tf32=args.tf32, device=args.device, progress=not args.quiet
+    )
     return 0
 
 
@@ -81,21 +84,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=20, choices=range(17, 21), metavar="{17..20}", help="ONNX opset")
     p.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     p.add_argument(
+        "--fp16",
+        action="store_true",
+        help="also write mixed-precision graphs (fp16 with norms and sums in fp32) for fp16 TensorRT engines",
+    )
+    p.add_argument(
         "--engines",
         choices=["auto", "skip", "require"],
         default="auto",
         help="TensorRT engines: build if possible (auto), never, or fail without TensorRT",
     )
-    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="TensorRT engine precision")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "fp16"],
+        default="fp32",
+        help="TensorRT engines from the fp32 graphs or the mixed-precision ones (fp16 needs 'export --fp16')",
+    )
     p.add_argument(
         "--tf32", action="store_true", help="let fp32 engines use TF32 (TensorRT's own default; faster, less exact)"
     )
+    p.add_argument("--device", default="cuda", help="GPU to build for: cuda or cuda:N")
     add_quiet(p)
 
     p = add_subcommand(sub, "build-engines", run_build_engines)
     p.add_argument("--engine-dir", required=True, help="engine directory written by 'sed-trt export'")
-    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="TensorRT engine precision")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "fp16"],
+        default="fp32",
+        help="TensorRT engines from the fp32 graphs or the mixed-precision ones (fp16 needs 'export --fp16')",
+    )
     p.add_argument(
         "--tf32", action="store_true", help="let fp32 engines use TF32 (TensorRT's own default; faster, less exact)"
     )
+    p.add_argument("--device", default="cuda", help="GPU to build for: cuda or cuda:N")
     add_quiet(p)

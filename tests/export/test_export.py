@@ -10,6 +10,7 @@ from onnx import TensorProto, helper
 from export.check import check_trt_compatible
 from export.onnx_export import example_inputs, run_torch
 from export.wrappers import wrapper_for
+from runtime.errors import ConfigError
 from runtime.io_spec import CLASS_AXIS, DECODER_GRAPHS, GRAPH_NAMES
 from runtime.manifest import Manifest
 
@@ -75,3 +76,41 @@ def test_batch_axis_is_dynamic(small_model, small_engine_dir):
         want = run_torch(wrapper_for(small_model, stage, 1), spec, feeds)
         for g, name in zip(got, spec.output_names):
             np.testing.assert_allclose(g, want[name], atol=1e-4 * max(1.0, float(np.abs(want[name]).max())))
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("topk", [None, 1, 2, 8])
+def test_fp16_graphs_are_close_to_the_official_outputs(parity_engine_dir, parity, parity_image, topk):
+    """The mixed-precision graphs fp16 TensorRT engines are built from, run in ONNX Runtime on the
+    CPU: probabilities within 2e-3 of the official fp32 outputs and identical CER kept sets.
+    Labels are not compared: the tiny parity model's classes are near-ties (bf16 keeps 18 %)."""
+    from runtime.backends import create_backend
+    from runtime.predictor import Predictor
+
+    backend = create_backend("onnxruntime", engine_dir=parity_engine_dir, precision="fp16").activate()
+    assert backend.label == "onnxruntime-fp16"
+    pred = Predictor(backend, topk=topk)
+    pred.set_classes(parity["classes"])
+    out = pred.predict(parity_image)
+    exp = parity["expected"]
+    ref = 1 / (1 + np.exp(-exp["logits_pool1"])) if topk is None else exp[f"cer_k{topk}_probs"]
+    kept = np.ones(len(parity["classes"]), bool) if topk is None else exp[f"cer_k{topk}_kept"]
+    err = np.abs(out.probs - ref).max()
+    assert 0 < err < 2e-3, err  # > 0: the fp16 graphs really compute in fp16
+    np.testing.assert_array_equal(out.kept, kept)
+
+
+def test_fp16_graphs_keep_fp32_io_and_fp32_sums(parity_engine_dir):
+    manifest = Manifest.load(parity_engine_dir)
+    assert "text_encoder" not in manifest.fp16_graphs and len(manifest.fp16_graphs) == len(manifest.graphs) - 1
+    for name, rel in manifest.fp16_graphs.items():
+        model = onnx.load(parity_engine_dir / rel)
+        io_types = {t.type.tensor_type.elem_type for t in (*model.graph.input, *model.graph.output)}
+        assert io_types == {onnx.TensorProto.FLOAT}, name
+        types = {i.data_type for i in model.graph.initializer if len(i.dims) > 1}
+        assert onnx.TensorProto.FLOAT16 in types, name  # weights really fp16
+        if name.endswith("_summaries"):
+            add = next(n for n in model.graph.node if "class_kv_in" in n.input and n.op_type == "Add")
+            assert add  # the running sum reads the fp32 input directly (no fp16 round trip)
+    with pytest.raises(ConfigError, match="no fp16 graphs"):
+        Manifest(**{**manifest.__dict__, "fp16_graphs": {}}).graphs_for("fp16")

@@ -1,97 +1,167 @@
-"""TensorRT builder and backend against a fake of the TensorRT API (CPU-only CI).
+"""TensorRT builder (Polygraphy loaders) and the torch-free backend against a strict fake of TensorRT.
 
-The fake enforces what TensorRT enforces (profiles, shapes, addresses, alignment) and
-computes with ONNX Runtime, so a predictor on the TensorRT backend must give the ONNX
-Runtime backend's result. Real-GPU tests live in tests/test_gpu.py.
+The fake runs on host memory (tests/fake_cuda.HostMemory behind the same DeviceMemory
+interface as cuda-python), so every pointer, chunk offset and 2-D copy the backend computes
+is exercised. Results are checked against the official parity vectors (the PyTorch
+reference), not against the fake's own ONNX Runtime. Real-GPU tests: tests/test_gpu.py.
 """
 
 from __future__ import annotations
 
+import gc
+import json
+import logging
 import shutil
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from export.trt_build import build_engines, profile_shapes
+from export.trt_build import build_engine, build_engines, profile_shapes, timing_cache_name
 from runtime.backends import create_backend
+from runtime.backends.cuda_ops import CudaOps, DeviceArray
 from runtime.errors import EngineError, ExportError, InputError
 from runtime.io_spec import GRAPH_NAMES
 from runtime.manifest import Manifest
 from runtime.predictor import Predictor
 from tests import fake_tensorrt
+from tests.fake_cuda import HostMemory
 
 pytestmark = pytest.mark.parity
+GPU = ("Fake GPU", "9.0")
+
+
+@pytest.fixture(params=["11.4.0.106", "10.16.0.72"], scope="module")
+def trt(request):
+    fake = fake_tensorrt.make(request.param)
+    mp = pytest.MonkeyPatch()
+    fake_tensorrt.install(fake, mp)
+    yield fake
+    mp.undo()
+    fake_tensorrt.reset_polygraphy()
 
 
 @pytest.fixture(scope="module")
-def trt_dir(parity_engine_dir, tmp_path_factory):
+def trt_dir(trt, parity_engine_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("trt") / "engines"
     shutil.copytree(parity_engine_dir, out)
-    fake_tensorrt.CALLS.clear()
-    build_engines(out, trt=fake_tensorrt, gpu=("Fake GPU", "9.0"), progress=False)
+    build_engines(out, trt=trt, gpu=GPU, progress=False)
     return out
 
 
-def test_builder_uses_strong_typing_and_profiles_cover_runtime_ranges(trt_dir):
+def _backend(trt_dir, trt, memory=None, **kwargs):
+    memory = memory or HostMemory()
+    fake_tensorrt.use_memory(trt, memory)
+    return create_backend("tensorrt", engine_dir=trt_dir, trt_module=trt, memory=memory, **kwargs)
+
+
+def test_polygraphy_build_is_strongly_typed_without_tf32_with_chunk_profiles(trt, trt_dir):
     manifest = Manifest.load(trt_dir)
     assert set(manifest.engines) == set(GRAPH_NAMES)
-    creates = [c for c in fake_tensorrt.CALLS if c[0] == "create_network"]
-    assert creates and all(
-        flags == 1 << fake_tensorrt.NetworkDefinitionCreationFlag.STRONGLY_TYPED for _, flags in creates
-    )
-    builds = {c[1].split("/")[-1]: c[2] for c in fake_tensorrt.CALLS if c[0] == "build"}
-    stage1 = builds["decoder_stage1_summaries.onnx"]["features"]
+    creates = [c[1] for c in trt.CALLS if c[0] == "create_network"]
+    assert creates and all(f == 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) for f in creates)
+    assert all("TF32" not in c[2] for c in trt.CALLS if c[0] == "build_flags")
+    builds = {c[1].split("/")[-1]: c[2] for c in trt.CALLS if c[0] == "build"}
     chunk = manifest.limits.class_chunk
-    assert (
-        stage1[0][1] == 1 and stage1[1][1] == chunk and stage1[2][1] == chunk
-    )  # N: 1..class_chunk, tuned for a full chunk
+    lo, opt, hi = builds["decoder_stage1_summaries.onnx"]["features"]
+    assert (lo[1], opt[1], hi[1]) == (1, chunk, chunk)  # N: 1..class_chunk, tuned for a full chunk
     for name, spec in manifest.specs.items():
-        for inp, (lo, opt, hi) in profile_shapes(spec, manifest.limits).items():
-            assert all(a <= b <= c for a, b, c in zip(lo, opt, hi))
-            assert manifest.engines[name].profiles[inp][2] == list(hi)
+        assert manifest.engines[name].profiles == {
+            inp: [list(s) for s in triple] for inp, triple in profile_shapes(spec, manifest.limits).items()
+        }
     entry = manifest.engines["decoder_stage0"]
-    assert (
-        entry.tensorrt_version == fake_tensorrt.__version__
-        and entry.compute_capability == "9.0"
-        and entry.precision == "fp32"
-    )
-    assert (trt_dir / "timing.cache").read_bytes().startswith(b"fake-timing-cache")
+    assert (entry.tensorrt_version, entry.compute_capability, entry.precision) == (trt.__version__, "9.0", "fp32")
+    cache = json.loads((trt_dir / timing_cache_name(trt.__version__, "9.0")).read_bytes())
+    assert cache["trt"] == trt.__version__ and cache["entries"] == len(GRAPH_NAMES)  # one cache carried through
+
+
+def test_refused_timing_cache_is_replaced_and_tf32_is_opt_in(trt, trt_dir, caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("sed_trt"), "propagate", True)  # the CLI's handler stops it
+    manifest = Manifest.load(trt_dir)
+    spec = manifest.specs["decoder_stage0"]
+    foreign = json.dumps({"trt": "9.0.0", "gpu": "Other GPU", "entries": 5}).encode()
+    _, cache = build_engine(trt_dir / "decoder_stage0.onnx", spec, manifest.limits, timing_cache=foreign, trt=trt)
+    assert "another GPU or TensorRT version" in caplog.text
+    assert cache is not None and json.loads(cache)["trt"] == trt.__version__
+    build_engine(trt_dir / "decoder_stage0.onnx", spec, manifest.limits, tf32=True, trt=trt)
+    assert "TF32" in [c[2] for c in trt.CALLS if c[0] == "build_flags"][-1]
+
+
+def test_build_failures_are_one_line_export_errors(trt, trt_dir, monkeypatch):
+    manifest = Manifest.load(trt_dir)
+    spec = manifest.specs["decoder_stage0"]
+    monkeypatch.setattr(trt, "FAIL", {"build"})
+    with pytest.raises(ExportError, match="could not build decoder_stage0.onnx"):
+        build_engine(trt_dir / "decoder_stage0.onnx", spec, manifest.limits, trt=trt)
+    monkeypatch.setattr(trt, "FAIL", set())
+    with pytest.raises(ExportError, match="inputs"):  # a graph that is not the spec's
+        build_engine(trt_dir / "text_encoder.onnx", spec, manifest.limits, trt=trt)
+    with pytest.raises(ExportError, match="could not build"):
+        build_engine(trt_dir / "missing.onnx", spec, manifest.limits, trt=trt)
 
 
 @pytest.mark.parametrize("topk", [None, 2])
-def test_trt_backend_runs_the_shared_predictor(trt_dir, parity, parity_image, topk):
-    trt_backend = create_backend(
-        "tensorrt", engine_dir=trt_dir, device="cpu", trt_module=fake_tensorrt, check_gpu=False
-    ).activate()
-    ort_backend = create_backend("onnxruntime", engine_dir=trt_dir).activate()
-    results = []
-    for backend in (trt_backend, ort_backend):
-        pred = Predictor(backend, topk=topk)
+def test_backend_reproduces_the_official_outputs(trt, trt_dir, parity, parity_image, topk):
+    memory = HostMemory()
+    backend = _backend(trt_dir, trt, memory).activate()
+    pred = Predictor(backend, topk=topk)
+    pred.set_classes(parity["classes"])
+    out = pred.predict(parity_image)
+    exp = parity["expected"]
+    if topk is None:
+        assert out.kept.all() and out.survivors == [24, 24, 24]
+        assert (out.labels == exp["labels_pool1"]).mean() >= 0.999
+        np.testing.assert_allclose(out.probs, 1 / (1 + np.exp(-exp["logits_pool1"])), atol=1e-4)
+    else:
+        np.testing.assert_array_equal(out.kept, exp[f"cer_k{topk}_kept"])
+        np.testing.assert_allclose(out.probs, exp[f"cer_k{topk}_probs"], atol=1e-4)
+        assert min(out.survivors) < len(parity["classes"])
+    executes = [c for c in trt.CALLS if c[0] == "execute"]
+    assert executes and all(stream == memory.stream_handle for *_, stream in executes)
+    contexts = [c[1] for c in trt.CALLS if c[0] == "context"]
+    assert contexts[-len(GRAPH_NAMES) :] == ["USER_MANAGED"] * len(GRAPH_NAMES)  # one shared block
+    ctx = backend._contexts["decoder_stage3_fuse"]
+    assert ctx.device_memory == backend._contexts["image_encoder"].device_memory
+    backend.deactivate()
+    del pred, backend, out
+    gc.collect()
+    assert memory.live_bytes == 0, "device buffers leaked"
+
+
+def test_chunks_and_threads_agree(trt, trt_dir, parity, parity_image):
+    backend = _backend(trt_dir, trt).activate()
+    results = {}
+
+    def run(chunk):
+        pred = Predictor(backend, topk=2, class_chunk=chunk)
         pred.set_classes(parity["classes"])
-        results.append(pred.predict(parity_image))
-    np.testing.assert_allclose(results[0].probs, results[1].probs, atol=1e-5)
-    np.testing.assert_array_equal(results[0].kept, results[1].kept)
-    assert trt_backend.calls >= 5
-    executes = [c for c in fake_tensorrt.CALLS if c[0] == "execute"]
-    if topk is not None:
-        t_sizes = {dict(c[1])["features"][1] for c in executes if "features" in dict(c[1])}
-        assert min(t_sizes) < len(parity["classes"]), "CER must shrink T between engines"
+        results[chunk] = pred.predict(parity_image)
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in (1, 3, 4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for chunk in (1, 3):
+        np.testing.assert_allclose(results[chunk].probs, results[4].probs, atol=1e-5)
+        np.testing.assert_array_equal(results[chunk].kept, results[4].kept)
 
 
-def test_trt_backend_refuses_mismatches(trt_dir, parity):
+def test_backend_refuses_mismatches(trt, trt_dir, parity, tmp_path):
     with pytest.raises(EngineError, match="no TensorRT engines"):
-        create_backend("tensorrt", engine_dir=_onnx_only(trt_dir))
-    manifest = Manifest.load(trt_dir)
-    manifest.engines["decoder_stage1_fuse"].tensorrt_version = "10.0.0"
-    other = trt_dir.parent / "old"
-    shutil.copytree(trt_dir, other, dirs_exist_ok=True)
-    manifest.save(other)
+        create_backend("tensorrt", engine_dir=_edited(trt_dir, tmp_path / "plain", lambda m: m.engines.clear()))
+
+    def old(m):
+        m.engines["decoder_stage1_fuse"].tensorrt_version = "10.0.0"
+
     with pytest.raises(EngineError, match="built with TensorRT 10.0.0"):
-        create_backend("tensorrt", engine_dir=other, device="cpu", trt_module=fake_tensorrt, check_gpu=False).activate()
-    backend = create_backend(
-        "tensorrt", engine_dir=trt_dir, device="cpu", trt_module=fake_tensorrt, check_gpu=False
-    ).activate()
-    chunk = manifest.limits.class_chunk
+        _backend(_edited(trt_dir, tmp_path / "old", old), trt).activate()
+    with pytest.raises(EngineError, match="compute capability 9.0"):
+        _backend(trt_dir, trt, HostMemory(properties=("Other GPU", "8.6"))).activate()
+
+    backend = _backend(trt_dir, trt).activate()
+    chunk = Manifest.load(trt_dir).limits.class_chunk
     feeds = {
         "clip_dense": np.zeros((1, 48, 24, 24), np.float32),
         "text_features": np.zeros((chunk + 1, 80, 48), np.float32),
@@ -103,45 +173,104 @@ def test_trt_backend_refuses_mismatches(trt_dir, parity):
         backend.run("decoder_stage0", feeds)
 
 
-def _onnx_only(trt_dir):
-    plain = trt_dir.parent / "plain"
-    shutil.copytree(trt_dir, plain, dirs_exist_ok=True)
-    manifest = Manifest.load(plain)
-    manifest.engines.clear()
-    manifest.save(plain)
-    return plain
+def test_fp16_io_and_failed_contexts_are_refused(trt, trt_dir, tmp_path, monkeypatch):
+    """An engine whose output is fp16 would be read as fp32 garbage: refused at activation."""
+    half = _edited(trt_dir, tmp_path / "half", lambda m: None)
+    plan_file = half / Manifest.load(half).engines["decoder_stage0"].file
+    plan = json.loads(plan_file.read_bytes())
+    plan["dtype_override"] = {"aux_logits": "HALF"}
+    plan_file.write_bytes(json.dumps(plan).encode())
+    _rehash(half)
+    with pytest.raises(EngineError, match="'aux_logits' is HALF"):
+        _backend(half, trt).activate()
+    monkeypatch.setattr(trt, "FAIL", {"context"})
+    with pytest.raises(EngineError, match="could not create an execution context"):
+        _backend(trt_dir, trt).activate()
 
 
-def test_fp16_on_tensorrt_11_is_refused_clearly(trt_dir):
-    from export.trt_build import build_engine
+def test_a_plan_of_another_tensorrt_version_is_refused(trt, trt_dir, tmp_path):
+    other = fake_tensorrt.make("10.16.0.72" if trt.__version__.startswith("11") else "11.4.0.106")
 
-    manifest = Manifest.load(trt_dir)
-    with pytest.raises(ExportError, match="fp16 on TensorRT 11"):
-        build_engine(
-            trt_dir / "decoder_stage0.onnx",
-            manifest.specs["decoder_stage0"],
-            manifest.limits,
-            precision="fp16",
-            trt=fake_tensorrt,
-        )
+    def relabel(m):
+        for e in m.engines.values():
+            e.tensorrt_version = other.__version__
+
+    with pytest.raises(EngineError, match="could not deserialize"):
+        _backend(_edited(trt_dir, tmp_path / "other", relabel), other).activate()
 
 
-def test_fp32_engines_clear_tf32_and_a_foreign_timing_cache_is_replaced(trt_dir, caplog, monkeypatch):
-    """TensorRT turns TF32 on by default: an "fp32" build must clear it; a refused cache must not crash."""
-    import logging
+def test_cuda_ops_copies_match_numpy():
+    """Chunk views, strided writes and run-merged gathers on batched tensors (B > 1)."""
+    ops = CudaOps(HostMemory())
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 7, 3, 5)).astype(np.float32)
+    dx = ops.from_numpy(x)
+    np.testing.assert_array_equal(ops.to_numpy(ops.narrow(dx, 1, 2, 6)), x[:, 2:6])
+    view = ops.narrow(ops.from_numpy(x[:1]), 1, 3, 5)
+    assert isinstance(view, DeviceArray) and view._owner is not None  # B = 1: a pointer offset
+    idx = np.array([0, 1, 2, 4, 6])
+    np.testing.assert_array_equal(ops.to_numpy(ops.take(dx, idx, 1)), x[:, idx])
+    out = ops.zeros((2, 9, 3, 5))
+    ops.write(out, 1, 4, ops.narrow(dx, 1, 0, 5))
+    expected = np.zeros((2, 9, 3, 5), np.float32)
+    expected[:, 4:9] = x[:, :5]
+    np.testing.assert_array_equal(ops.to_numpy(out), expected)
+    assert ops.topk_union(ops.from_numpy(x), 2).tolist() == sorted(set(np.argsort(-x, axis=1)[:, :2].ravel().tolist()))
 
-    from export.trt_build import build_engine
 
-    monkeypatch.setattr(logging.getLogger("sed_trt"), "propagate", True)  # the CLI's handler stops it
+def _edited(src, dst, edit):
+    shutil.copytree(src, dst)
+    manifest = Manifest.load(dst)
+    edit(manifest)
+    manifest.save(dst)
+    return dst
 
-    manifest = Manifest.load(trt_dir)
-    spec = manifest.specs["decoder_stage0"]
-    fake_tensorrt.CALLS.clear()
-    _, cache = build_engine(
-        trt_dir / "decoder_stage0.onnx", spec, manifest.limits, timing_cache=b"foreign-gpu", trt=fake_tensorrt
-    )
-    flags = [c[2] for c in fake_tensorrt.CALLS if c[0] == "build_flags"]
-    assert flags and fake_tensorrt.BuilderFlag.TF32 not in flags[-1]
-    assert "another GPU or TensorRT version" in caplog.text and not cache.startswith(b"foreign")
-    build_engine(trt_dir / "decoder_stage0.onnx", spec, manifest.limits, tf32=True, trt=fake_tensorrt)
-    assert fake_tensorrt.BuilderFlag.TF32 in [c[2] for c in fake_tensorrt.CALLS if c[0] == "build_flags"][-1]
+
+def _rehash(directory):
+    import hashlib
+
+    manifest = Manifest.load(directory)
+    for entry in manifest.engines.values():
+        entry.sha256 = hashlib.sha256((directory / entry.file).read_bytes()).hexdigest()
+    manifest.save(directory)
+
+
+def test_the_tensorrt_runtime_never_imports_torch(trt, trt_dir, parity_dir, parity):
+    """tensorrt + cuda-python + numpy: a deployment must not need a 5 GB torch install."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+sys.modules["torch"] = None  # any import of torch now fails
+from runtime.backends import create_backend
+from runtime.image import load_image
+from runtime.predictor import Predictor
+from tests import fake_tensorrt
+from tests.fake_cuda import HostMemory
+trt, memory = fake_tensorrt.make({trt.__version__!r}), HostMemory()
+fake_tensorrt.use_memory(trt, memory)
+backend = create_backend("tensorrt", engine_dir={str(trt_dir)!r}, trt_module=trt, memory=memory).activate()
+pred = Predictor(backend, topk=2)
+pred.set_classes({parity["classes"]!r})
+print(int(pred.predict(load_image({str(parity_dir / "image.png")!r})).kept.sum()))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.split()[-1]) == int(parity["expected"]["cer_k2_kept"].sum())
+
+
+def test_fp16_engines_are_built_from_the_mixed_precision_graphs(trt, trt_dir, parity, parity_image, tmp_path):
+    work = tmp_path / "fp16"
+    shutil.copytree(trt_dir, work)
+    build_engines(work, precision="fp16", trt=trt, gpu=GPU, progress=False)
+    manifest = Manifest.load(work)
+    stage0, text = manifest.engines["decoder_stage0"], manifest.engines["text_encoder"]
+    assert (stage0.precision, stage0.onnx_file) == ("fp16", "decoder_stage0.fp16.onnx")
+    assert (text.precision, text.onnx_file) == ("fp32", "text_encoder.onnx")  # run once per vocabulary
+    backend = _backend(work, trt).activate()  # fp32 I/O: the runtime binds them as before
+    pred = Predictor(backend, topk=2)
+    pred.set_classes(parity["classes"])
+    out = pred.predict(parity_image)
+    np.testing.assert_array_equal(out.kept, parity["expected"]["cer_k2_kept"])
+    assert 0 < np.abs(out.probs - parity["expected"]["cer_k2_probs"]).max() < 2e-3

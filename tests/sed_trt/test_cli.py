@@ -219,3 +219,17 @@ def test_train_and_eval_bad_input_is_one_line(tmp_path, capsys):
         assert main(args) == 2, args
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (args, err)
+
+
+def test_doctor_reports_each_component_and_gpu_mode_fails_in_one_line(parity_engine_dir, capsys):
+    from export.trt_build import tensorrt_unavailable_reason
+
+    assert main(["doctor", "--engine-dir", str(parity_engine_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "ok  onnxruntime" in out and f"engine directory {parity_engine_dir}" in out
+    assert "9 graphs verified" in out
+    if tensorrt_unavailable_reason() is None:
+        pytest.skip("TensorRT and a GPU are present: --gpu passes here")
+    assert main(["doctor", "--gpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sed-trt: error: TensorRT cannot run here:")

@@ -1,0 +1,122 @@
+"""``sed-trt doctor``: what this machine can run, and why not (one line per component)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable
+from importlib import metadata
+
+from runtime.errors import ConfigError, SedTrtError
+from sed_trt.cli.args import add_subcommand
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _probe(fn: Callable[[], str]) -> tuple[bool, str]:
+    try:
+        return True, fn()
+    except SedTrtError as exc:
+        return False, str(exc)
+    except Exception as exc:  # a broken install raises anything
+        return False, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+
+
+def _onnxruntime() -> str:
+    import onnxruntime as ort
+
+    both = [d for d in ("onnxruntime", "onnxruntime-gpu") if _version(d)]
+    clash = " | WARNING: both onnxruntime and onnxruntime-gpu are installed; keep one" if len(both) > 1 else ""
+    return f"{ort.__version__}, providers {ort.get_available_providers()}{clash}"
+
+
+def _openvino() -> str:
+    from runtime.backends.openvino_backend import import_openvino, native_bf16
+
+    ov = import_openvino()
+    core = ov.Core()
+    return f"{ov.__version__}, CPU {core.get_property('CPU', 'FULL_DEVICE_NAME')}, native bf16: {native_bf16(core)}"
+
+
+def _gpu(device: str) -> str:
+    from runtime.backends.cuda_ops import CudaMemory
+    from runtime.backends.tensorrt_backend import device_index
+
+    memory = CudaMemory(device_index(device))
+    try:
+        name, capability = memory.properties()
+        driver = memory.cudart.cudaDriverGetVersion()[1]
+    finally:
+        memory.close()
+    return f"{name}, compute capability {capability}, CUDA driver {driver // 1000}.{driver % 1000 // 10}"
+
+
+def _module(name: str, dist: str) -> Callable[[], str]:
+    def probe() -> str:
+        importlib.import_module(name)
+        return _version(dist) or "installed"
+
+    return probe
+
+
+def _tensorrt() -> str:
+    from runtime.backends.tensorrt_backend import import_tensorrt
+
+    return str(import_tensorrt().__version__)
+
+
+def _engines(engine_dir: str, device: str) -> str:
+    from runtime.manifest import Manifest
+
+    manifest = Manifest.load(engine_dir)
+    manifest.verify_files(engine_dir, which=("graph", "tokenizer", "engine"))
+    if not manifest.engines:
+        return f"{len(manifest.graphs)} graphs verified, no TensorRT engines yet (sed-trt build-engines)"
+    versions = {e.tensorrt_version for e in manifest.engines.values()}
+    built = {f"{e.gpu_name} ({e.compute_capability})" for e in manifest.engines.values()}
+    precisions = sorted({e.precision for e in manifest.engines.values()})
+    ok, trt_version = _probe(_tensorrt)
+    if ok and trt_version not in versions:
+        raise ConfigError(f"engines built with TensorRT {sorted(versions)}, this is {trt_version}: rebuild them")
+    return f"graphs and {len(manifest.engines)} engines verified; TensorRT {sorted(versions)}, {precisions}, built on {sorted(built)}"
+
+
+def run(args: argparse.Namespace) -> int:
+    """What this machine can run: engines, GPU, versions; with --gpu, fail unless TensorRT can run here."""
+    checks: list[tuple[str, bool, str, bool]] = []  # name, ok, detail, needed for --gpu
+
+    def check(name: str, fn: Callable[[], str], *, gpu: bool = False) -> None:
+        ok, detail = _probe(fn)
+        checks.append((name, ok, detail, gpu))
+
+    check("numpy", _module("numpy", "numpy"))
+    check("onnxruntime", _onnxruntime)
+    check("openvino", _openvino)
+    check("torch (reference, training)", _module("torch", "torch"))
+    check("cuda-python", _module("cuda.bindings", "cuda-bindings"), gpu=True)
+    check("GPU", lambda: _gpu(args.device), gpu=True)
+    check("tensorrt", _tensorrt, gpu=True)
+    check("polygraphy (engine builds)", _module("polygraphy", "polygraphy"), gpu=True)
+    check("onnxconverter-common (fp16 graphs)", _module("onnxconverter_common", "onnxconverter-common"))
+    if args.engine_dir:
+        check(f"engine directory {args.engine_dir}", lambda: _engines(args.engine_dir, args.device), gpu=True)
+    width = max(len(name) for name, *_ in checks)
+    for name, ok, detail, _ in checks:
+        print(f"{'ok ' if ok else '-- '} {name:<{width}}  {detail}")
+    missing = [name for name, ok, _, needed in checks if needed and not ok]
+    if args.gpu and missing:
+        raise ConfigError(f"TensorRT cannot run here: {', '.join(missing)} (see above)")
+    print("TensorRT can run here" if not missing else "TensorRT cannot run here (ONNX Runtime and OpenVINO can)")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_subcommand(sub, "doctor", run)
+    p.add_argument("--engine-dir", default=None, help="also verify this engine directory and its engines")
+    p.add_argument("--device", default="cuda", help="GPU to check: cuda or cuda:N")
+    p.add_argument("--gpu", action="store_true", help="exit 2 unless TensorRT, cuda-python and a GPU are usable")
