@@ -5,8 +5,9 @@ WEIGHTS ?=
 IMAGE_SIZE ?=
 ENGINE_DIR ?= engines/$(BACKBONE)
 BENCH_ARGS ?=
+LOAD_ARGS ?=
 
-.PHONY: install lint test test-all engine bench gpu-check help
+.PHONY: install lint test test-all engine bench gpu-check load-test help
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -39,3 +40,6 @@ bench: install ## PyTorch vs ONNX Runtime (vs TensorRT) ms/image, with and witho
 gpu-check: install ## on a GPU machine (pip install -e ".[trt]"): what can run, then the CUDA-layer and real-TensorRT tests
 	$(PY) -m sed_trt doctor --gpu $(if $(wildcard $(ENGINE_DIR)/manifest.json),--engine-dir $(ENGINE_DIR))
 	$(PY) -m pytest -q -rs -m gpu tests/runtime/test_cuda.py tests/test_gpu.py
+
+load-test: install ## sed-trt serve under load on loopback (ENGINE_DIR, LOAD_ARGS="--clients 4 --duration 60"); writes results/load_test/
+	$(PY) -m sed_trt.serve.load_test --engine-dir $(ENGINE_DIR) --out-dir results/load_test $(LOAD_ARGS)

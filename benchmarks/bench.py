@@ -368,7 +368,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     peak = gemm_gflops(cfg.threads)
     for size in cfg.image_sizes:
         model = load_sed(dc.replace(load_config(cfg.backbone), image_size=size), cfg.weights)
-        flops = graph_flops(model, image.shape[:2])
+        flops = graph_flops(model, (image.shape[0], image.shape[1]))
         exported: list[Path] = []  # exported on first use: torch-only runs need no graphs
 
         def engine_dir(size: int = size, model: Any = model, exported: list[Path] = exported) -> Path:

@@ -68,7 +68,7 @@ class Release01:
             }
             out = self._run(f"decoder_stage{k}", feeds)
         t2 = time.perf_counter()
-        labels = labels_from_probs(out["probs"][0], image.shape[:2])
+        labels = labels_from_probs(out["probs"][0], (image.shape[0], image.shape[1]))
         t3 = time.perf_counter()
         times.update(encoder_ms=(t1 - t0) * 1e3, decoder_ms=(t2 - t1) * 1e3, postprocess_ms=(t3 - t2) * 1e3)
         times["total_ms"] = (t3 - t0) * 1e3

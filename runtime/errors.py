@@ -51,6 +51,10 @@ class DeviceError(SedTrtError, RuntimeError):
     """A CUDA call failed (out of device memory, a lost device...)."""
 
 
+class ServeError(SedTrtError, RuntimeError):
+    """A server request failed: the server is unreachable or refused the request (its one-line reason)."""
+
+
 class DatasetError(SedTrtError, ValueError):
     """A missing or malformed dataset on disk."""
 

@@ -285,7 +285,7 @@ class Predictor:
         with timer("scatter_ms"):
             probs = ops.to_numpy(ops.scatter_classes(out.probs, kept, num_classes))[0]
         with timer("postprocess_ms"):
-            labels = labels_from_probs(probs, image.shape[:2], classes=kept)
+            labels = labels_from_probs(probs, (image.shape[0], image.shape[1]), classes=kept)
         mask = np.zeros(num_classes, dtype=bool)
         mask[kept] = True
         timings = dict(timer.timings, total_ms=sum(timer.timings.values()))

@@ -13,10 +13,10 @@ import os
 import sys
 
 from runtime.errors import SedTrtError
-from sed_trt.cli import bench, compare, doctor, evaluate, export, predict, train
+from sed_trt.cli import bench, compare, doctor, evaluate, export, predict, serve, train
 from sed_trt.cli.args import HelpFormatter
 
-SUBCOMMANDS = (predict, export, compare, evaluate, train, bench, doctor)
+SUBCOMMANDS = (predict, export, compare, evaluate, train, bench, serve, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import numpy as np
 
@@ -20,16 +21,66 @@ from sed_trt.cli.args import (
 )
 
 
-def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
-    with open(path, "wb") as f:  # a file object: given a name, numpy would append ".npz"
-        np.savez_compressed(f, **arrays)  # type: ignore[arg-type]  # numpy's stub reads ** as allow_pickle
+def _save_npz(path: str, arrays: dict[str, Any]) -> None:
+    # Any: numpy 2's stub reads ** as its allow_pickle flag. A file object: given a name, numpy appends ".npz".
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
+def write_results(
+    args: argparse.Namespace,
+    image: np.ndarray,
+    classes: list[str],
+    labels: np.ndarray,
+    kept: np.ndarray,
+    probs: np.ndarray | None,
+    *,
+    random_weights: bool,
+) -> list[object]:
+    """Write ``--save-npz`` and ``--out`` (overlay) as asked; returns the paths written."""
+    written: list[object] = []
+    if args.save_npz:
+        arrays = {"labels": labels.astype(np.int32), "kept": kept, "classes": np.array(classes, dtype=str)}
+        if probs is not None:
+            arrays["probs"] = probs.astype(np.float32)
+        written.append(atomic_write(args.save_npz, lambda tmp: _save_npz(tmp, arrays)))
+    if args.out:
+        from PIL import Image
+
+        from runtime.visualize import overlay
+
+        banner = "RANDOM WEIGHTS: this segmentation is meaningless (no --weights)" if random_weights else None
+        vis = overlay(image, labels, classes, alpha=args.alpha, banner=banner, side_by_side=args.side_by_side)
+        written.append(atomic_write(args.out, lambda tmp: Image.fromarray(vis).save(tmp, format="PNG")))
+    return written
+
+
+def summary(classes: list[str], labels: np.ndarray, kept: np.ndarray) -> str:
+    """Vocabulary size, kept classes and the 8 largest classes present."""
+    from runtime.vocab import display_name
+
+    ids, counts = np.unique(labels, return_counts=True)
+    top = ", ".join(
+        f"{display_name(classes[i])} {100 * c / labels.size:.1f}%"
+        for i, c in sorted(zip(ids, counts), key=lambda x: -x[1])[:8]
+    )
+    return f"{len(classes)} classes, kept {int(kept.sum())}; present: {top}"
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=None, help="PNG colour overlay with a legend")
+    p.add_argument("--alpha", type=unit_float, default=0.5, help="opacity of the class colours in --out")
+    p.add_argument("--side-by-side", action="store_true", help="--out shows the photo and the overlay side by side")
+    p.add_argument(
+        "--save-npz", default=None, help="NPZ with probs (T,192,192), labels (H0,W0), kept (T,), classes (T,)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Segment one image into the given classes."""
     from runtime.image import load_image
     from runtime.predictor import Predictor
-    from runtime.vocab import display_name, load_vocabulary
+    from runtime.vocab import load_vocabulary
 
     classes_file = args.classes if names_file(args.classes) else None
     check_outputs(
@@ -45,31 +96,10 @@ def run(args: argparse.Namespace) -> int:
         )
         predictor.set_classes(classes)
         pred = predictor.predict(image)
-    written = []
-    if args.save_npz:
-        arrays = {
-            "probs": pred.probs.astype(np.float32),
-            "labels": pred.labels.astype(np.int32),
-            "kept": pred.kept,
-            "classes": np.array(classes, dtype=str),
-        }
-        written.append(atomic_write(args.save_npz, lambda tmp: _save_npz(tmp, arrays)))
-    if args.out:
-        from PIL import Image
-
-        from runtime.visualize import overlay
-
-        banner = "RANDOM WEIGHTS: this segmentation is meaningless (no --weights)" if backend.random_weights else None
-        vis = overlay(image, pred.labels, classes, alpha=args.alpha, banner=banner, side_by_side=args.side_by_side)
-        written.append(atomic_write(args.out, lambda tmp: Image.fromarray(vis).save(tmp, format="PNG")))
-    ids, counts = np.unique(pred.labels, return_counts=True)
-    top = ", ".join(
-        f"{display_name(classes[i])} {100 * c / pred.labels.size:.1f}%"
-        for i, c in sorted(zip(ids, counts), key=lambda x: -x[1])[:8]
+    written = write_results(
+        args, image, classes, pred.labels, pred.kept, pred.probs, random_weights=backend.random_weights
     )
-    print(
-        f"{len(classes)} classes, kept {int(pred.kept.sum())} (per stage {pred.survivors}); {pred.timings['total_ms']:.0f} ms; present: {top}"
-    )
+    print(f"{summary(classes, pred.labels, pred.kept)}; per stage {pred.survivors}; {pred.timings['total_ms']:.0f} ms")
     print(f"wrote {', '.join(map(str, written))}" if written else "wrote nothing (no --out or --save-npz given)")
     return 0
 
@@ -80,9 +110,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_runtime_args(p)
     add_image_args(p)
     add_classes_arg(p)
-    p.add_argument("--out", default=None, help="PNG colour overlay with a legend")
-    p.add_argument("--alpha", type=unit_float, default=0.5, help="opacity of the class colours in --out")
-    p.add_argument("--side-by-side", action="store_true", help="--out shows the photo and the overlay side by side")
-    p.add_argument(
-        "--save-npz", default=None, help="NPZ with probs (T,192,192), labels (H0,W0), kept (T,), classes (T,)"
-    )
+    add_output_args(p)
