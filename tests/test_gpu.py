@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
 import pytest
 
 from export.trt_build import tensorrt_unavailable_reason
+from tests.checks import check_official
 
 REASON = tensorrt_unavailable_reason()
 pytestmark = [
@@ -26,15 +26,8 @@ def test_engines_reproduce_the_official_outputs(parity_engine_dir, parity, parit
     shutil.copytree(parity_engine_dir, work)
     build_engines(work, progress=False)  # fp32, TF32 off
     backend = create_backend("tensorrt", engine_dir=work).activate()
-    exp = parity["expected"]
     for topk in (None, 1, 8):
         pred = Predictor(backend, topk=topk)
         pred.set_classes(parity["classes"])
-        out = pred.predict(parity_image)
-        if topk is None:
-            assert (out.labels == exp["labels_pool1"]).mean() >= 0.999
-            np.testing.assert_allclose(out.probs, 1 / (1 + np.exp(-exp["logits_pool1"])), atol=1e-3)
-        else:
-            np.testing.assert_array_equal(out.kept, exp[f"cer_k{topk}_kept"])
-            np.testing.assert_allclose(out.probs, exp[f"cer_k{topk}_probs"], atol=1e-3)
+        check_official(pred.predict(parity_image), parity, topk, atol=1e-3)
     backend.deactivate()

@@ -55,6 +55,10 @@ def write_results(
     return written
 
 
+def wrote_line(written: list[object]) -> str:
+    return f"wrote {', '.join(map(str, written))}" if written else "wrote nothing (no --out or --save-npz given)"
+
+
 def summary(classes: list[str], labels: np.ndarray, kept: np.ndarray) -> str:
     """Vocabulary size, kept classes and the 8 largest classes present."""
     from runtime.vocab import display_name
@@ -100,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         args, image, classes, pred.labels, pred.kept, pred.probs, random_weights=backend.random_weights
     )
     print(f"{summary(classes, pred.labels, pred.kept)}; per stage {pred.survivors}; {pred.timings['total_ms']:.0f} ms")
-    print(f"wrote {', '.join(map(str, written))}" if written else "wrote nothing (no --out or --save-npz given)")
+    print(wrote_line(written))
     return 0
 
 

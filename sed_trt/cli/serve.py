@@ -16,7 +16,7 @@ from sed_trt.cli.args import (
     make_cache,
     positive_int,
 )
-from sed_trt.cli.predict import add_output_args, summary, write_results
+from sed_trt.cli.predict import add_output_args, summary, write_results, wrote_line
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -64,7 +64,7 @@ def run_client(args: argparse.Namespace) -> int:
         result = client.segment(image, classes, topk=args.topk, probs=args.save_npz is not None)
     written = write_results(args, image, classes, result.labels, result.kept, result.probs, random_weights=False)
     print(summary(classes, result.labels, result.kept))
-    print(f"wrote {', '.join(map(str, written))}" if written else "wrote nothing (no --out or --save-npz given)")
+    print(wrote_line(written))
     return 0
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import BackendUnavailableError
+from tests.checks import check_device_copies, check_official
 
 
 def _cuda_reason() -> str | None:
@@ -45,21 +46,8 @@ def test_device_copies_match_numpy(memory):
     from runtime.backends.cuda_ops import ALIGNMENT, CudaOps
 
     ops = CudaOps(memory)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 7, 3, 5)).astype(np.float32)
-    dx = ops.from_numpy(x)
-    assert dx.ptr % ALIGNMENT == 0
-    np.testing.assert_array_equal(ops.to_numpy(dx), x)
-    np.testing.assert_array_equal(ops.to_numpy(ops.narrow(dx, 1, 2, 6)), x[:, 2:6])
-    idx = np.array([0, 1, 2, 4, 6])
-    np.testing.assert_array_equal(ops.to_numpy(ops.take(dx, idx, 1)), x[:, idx])
-    out = ops.zeros((2, 9, 3, 5))
-    ops.write(out, 1, 4, ops.narrow(dx, 1, 0, 5))
-    expected = np.zeros((2, 9, 3, 5), np.float32)
-    expected[:, 4:9] = x[:, :5]
-    np.testing.assert_array_equal(ops.to_numpy(out), expected)
-    tokens = np.arange(12, dtype=np.int64).reshape(3, 4)
-    np.testing.assert_array_equal(ops.to_numpy(ops.from_numpy(tokens)), tokens)
+    check_device_copies(ops)
+    assert all(ops.from_numpy(np.zeros(n, np.float32)).ptr % ALIGNMENT == 0 for n in (1, 3, 1000))
     name, capability = memory.properties()
     assert name and capability.count(".") == 1
 
@@ -81,17 +69,10 @@ def test_backend_on_device_memory_reproduces_the_official_outputs(parity_engine_
         build_engines(work, trt=trt, gpu=memory.properties(), progress=False)
         fake_tensorrt.use_memory(trt, memory)
         backend = create_backend("tensorrt", engine_dir=work, trt_module=trt, memory=memory).activate()
-        exp = parity["expected"]
         for topk in (None, 2):
             pred = Predictor(backend, topk=topk)
             pred.set_classes(parity["classes"])
-            out = pred.predict(parity_image)
-            if topk is None:
-                assert (out.labels == exp["labels_pool1"]).mean() >= 0.999
-                np.testing.assert_allclose(out.probs, 1 / (1 + np.exp(-exp["logits_pool1"])), atol=1e-4)
-            else:
-                np.testing.assert_array_equal(out.kept, exp[f"cer_k{topk}_kept"])
-                np.testing.assert_allclose(out.probs, exp[f"cer_k{topk}_probs"], atol=1e-4)
+            check_official(pred.predict(parity_image), parity, topk)
         backend.deactivate()
     finally:
         mp.undo()

@@ -19,20 +19,11 @@ import pytest
 from runtime.backends import create_backend
 from runtime.errors import ServeError, VocabularyError
 from runtime.predictor import Predictor
+from sed_trt.serve.load_test import free_ports
 from sed_trt.serve.service import SegmentationService, VocabularyLRU
 
 pytestmark = pytest.mark.parity
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +31,7 @@ def server(parity_engine_dir, tmp_path_factory):
     pytest.importorskip("pytriton", reason="serving needs the [serve] extra")
     from sed_trt.serve.client import SedClient
 
-    http, grpc, metrics = _free_ports(3)
+    http, grpc, metrics = free_ports(3)
     log = tmp_path_factory.mktemp("serve") / "server.log"
     cmd = [sys.executable, "-m", "sed_trt", "serve", "--backend", "onnxruntime", "--engine-dir", str(parity_engine_dir)]
     cmd += ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
@@ -89,30 +80,48 @@ def test_served_labels_equal_predict(server, local, parity, parity_image):
         np.testing.assert_allclose(got.probs, want.probs, atol=1e-6)
 
 
-def test_concurrent_requests_with_different_vocabularies_are_batched(server, local, parity, parity_image):
+def _send_concurrently(url: str, jobs: list[tuple[np.ndarray, list[str]]]) -> dict[int, object]:
     from sed_trt.serve.client import SedClient
 
-    vocabularies = [parity["classes"], parity["classes"][:10][::-1], parity["classes"][5:17]]
-    crops = [parity_image, parity_image[:200, :300], parity_image[100:, 50:]]
-    before = _metrics(server["metrics"])
     results: dict[int, object] = {}
 
     def send(i: int) -> None:
-        with SedClient(server["url"]) as client:
-            results[i] = client.segment(crops[i % 3], vocabularies[i % 3])
+        with SedClient(url) as client:
+            results[i] = client.segment(*jobs[i])
 
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(jobs))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    for i in range(8):
-        want = local(crops[i % 3], vocabularies[i % 3], None)
-        np.testing.assert_array_equal(results[i].labels, want.labels)
+    return results
+
+
+def test_concurrent_requests_with_different_vocabularies_are_batched(server, local, parity, parity_image):
+    """Triton batches requests of equal shapes (PyTriton declares no ragged inputs): same image and
+    vocabulary sizes, different images and vocabularies, in one batch, each answered correctly."""
+    vocabularies = [parity["classes"][:10], parity["classes"][10:20]]
+    crops = [parity_image[:200, :300], parity_image[100:300, 200:500]]
+    jobs = [(crops[i % 2], vocabularies[i % 2]) for i in range(8)]
+    before = _metrics(server["metrics"])
+    results = _send_concurrently(server["url"], jobs)
     after = _metrics(server["metrics"])
+    for i, (image, vocabulary) in enumerate(jobs):
+        np.testing.assert_array_equal(results[i].labels, local(image, vocabulary, None).labels)
     requests = after["nv_inference_count"] - before["nv_inference_count"]
     executions = after["nv_inference_exec_count"] - before["nv_inference_exec_count"]
     assert requests == 8 and executions < requests, (requests, executions)  # some requests shared a batch
+
+
+def test_concurrent_requests_of_any_size_and_vocabulary_are_answered(server, local, parity, parity_image):
+    jobs = [
+        (parity_image, parity["classes"]),
+        (parity_image[:200, :300], parity["classes"][:10][::-1]),
+        (parity_image[100:, 50:], parity["classes"][5:17]),
+    ]
+    results = _send_concurrently(server["url"], jobs)
+    for i, (image, vocabulary) in enumerate(jobs):
+        np.testing.assert_array_equal(results[i].labels, local(image, vocabulary, None).labels)
 
 
 def test_bad_requests_get_one_line_errors_and_the_server_keeps_serving(server, parity, parity_image):

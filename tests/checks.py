@@ -1,0 +1,38 @@
+"""Assertions several test modules share: the official parity outputs, device-array copies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def check_official(out: Any, parity: dict, topk: int | None, *, atol: float = 1e-4) -> None:
+    """A prediction of the parity image against the official outputs: probabilities within
+    ``atol``, the official CER kept set, and (without CER) >= 99.9 % of the official labels."""
+    exp = parity["expected"]
+    if topk is None:
+        assert out.kept.all()
+        assert (out.labels == exp["labels_pool1"]).mean() >= 0.999
+        np.testing.assert_allclose(out.probs, 1 / (1 + np.exp(-exp["logits_pool1"])), atol=atol)
+    else:
+        np.testing.assert_array_equal(out.kept, exp[f"cer_k{topk}_kept"])
+        np.testing.assert_allclose(out.probs, exp[f"cer_k{topk}_probs"], atol=atol)
+
+
+def check_device_copies(ops: Any) -> None:
+    """Chunk views, strided writes and run-merged gathers on batched tensors (B > 1) equal numpy's."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 7, 3, 5)).astype(np.float32)
+    dx = ops.from_numpy(x)
+    np.testing.assert_array_equal(ops.to_numpy(dx), x)
+    np.testing.assert_array_equal(ops.to_numpy(ops.narrow(dx, 1, 2, 6)), x[:, 2:6])
+    idx = np.array([0, 1, 2, 4, 6])
+    np.testing.assert_array_equal(ops.to_numpy(ops.take(dx, idx, 1)), x[:, idx])
+    out = ops.zeros((2, 9, 3, 5))
+    ops.write(out, 1, 4, ops.narrow(dx, 1, 0, 5))
+    expected = np.zeros((2, 9, 3, 5), np.float32)
+    expected[:, 4:9] = x[:, :5]
+    np.testing.assert_array_equal(ops.to_numpy(out), expected)
+    tokens = np.arange(12, dtype=np.int64).reshape(3, 4)
+    np.testing.assert_array_equal(ops.to_numpy(ops.from_numpy(tokens)), tokens)
