@@ -113,8 +113,7 @@ class MemoryMonitor:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        self.peak_rss = self._rss()
-        self.peak_private = self._sample()[1]
+        self.peak_rss = self._rss()  # also starts peak_private
         self._thread.start()
         return self
 

@@ -189,12 +189,13 @@ def build_engines(
             trt=trt,
         )
         cache = new_cache if new_cache is not None else cache
+        types = precision if onnx_file != manifest.graphs[name] else "fp32"  # the text encoder stays fp32
         plan_file = f"{name}.{precision}.plan"
         atomic_write(directory / plan_file, _bytes_writer(plan))
         shapes = profile_shapes(specs[name], limits)
         manifest.engines[name] = EngineEntry(
             file=plan_file,
-            precision=f"{precision}+tf32" if tf32 else precision if onnx_file != manifest.graphs[name] else "fp32",
+            precision=f"{types}+tf32" if tf32 else types,
             tensorrt_version=str(trt.__version__),
             gpu_name=gpu_name,
             compute_capability=capability,

@@ -43,7 +43,7 @@ def _openvino() -> str:
     return f"{ov.__version__}, CPU {core.get_property('CPU', 'FULL_DEVICE_NAME')}, native bf16: {native_bf16(core)}"
 
 
-def _gpu(device: str) -> str:
+def _gpu(device: str, found: dict[str, str]) -> str:
     from runtime.backends.cuda_ops import CudaMemory
     from runtime.backends.tensorrt_backend import device_index
 
@@ -53,6 +53,7 @@ def _gpu(device: str) -> str:
         driver = memory.cudart.cudaDriverGetVersion()[1]
     finally:
         memory.close()
+    found["capability"] = capability
     return f"{name}, compute capability {capability}, CUDA driver {driver // 1000}.{driver % 1000 // 10}"
 
 
@@ -64,13 +65,15 @@ def _module(name: str, dist: str) -> Callable[[], str]:
     return probe
 
 
-def _tensorrt() -> str:
+def _tensorrt(found: dict[str, str]) -> str:
     from runtime.backends.tensorrt_backend import import_tensorrt
 
-    return str(import_tensorrt().__version__)
+    found["tensorrt"] = str(import_tensorrt().__version__)
+    return found["tensorrt"]
 
 
-def _engines(engine_dir: str, device: str) -> str:
+def _engines(engine_dir: str, found: dict[str, str]) -> str:
+    """Verify an engine directory's files, and its engines against the TensorRT and GPU found here."""
     from runtime.manifest import Manifest
 
     manifest = Manifest.load(engine_dir)
@@ -78,17 +81,22 @@ def _engines(engine_dir: str, device: str) -> str:
     if not manifest.engines:
         return f"{len(manifest.graphs)} graphs verified, no TensorRT engines yet (sed-trt build-engines)"
     versions = {e.tensorrt_version for e in manifest.engines.values()}
+    capabilities = {e.compute_capability for e in manifest.engines.values()}
     built = {f"{e.gpu_name} ({e.compute_capability})" for e in manifest.engines.values()}
     precisions = sorted({e.precision for e in manifest.engines.values()})
-    ok, trt_version = _probe(_tensorrt)
-    if ok and trt_version not in versions:
-        raise ConfigError(f"engines built with TensorRT {sorted(versions)}, this is {trt_version}: rebuild them")
+    if "tensorrt" in found and versions != {found["tensorrt"]}:
+        raise ConfigError(f"engines built with TensorRT {sorted(versions)}, this is {found['tensorrt']}: rebuild them")
+    if "capability" in found and capabilities != {found["capability"]}:
+        raise ConfigError(
+            f"engines built for compute capability {sorted(capabilities)}, this GPU is {found['capability']}: rebuild them"
+        )
     return f"graphs and {len(manifest.engines)} engines verified; TensorRT {sorted(versions)}, {precisions}, built on {sorted(built)}"
 
 
 def run(args: argparse.Namespace) -> int:
     """What this machine can run: engines, GPU, versions; with --gpu, fail unless TensorRT can run here."""
     checks: list[tuple[str, bool, str, bool]] = []  # name, ok, detail, needed for --gpu
+    found: dict[str, str] = {}  # what the probes found: TensorRT version, GPU compute capability
 
     def check(name: str, fn: Callable[[], str], *, gpu: bool = False) -> None:
         ok, detail = _probe(fn)
@@ -99,12 +107,12 @@ def run(args: argparse.Namespace) -> int:
     check("openvino", _openvino)
     check("torch (reference, training)", _module("torch", "torch"))
     check("cuda-python", _module("cuda.bindings", "cuda-bindings"), gpu=True)
-    check("GPU", lambda: _gpu(args.device), gpu=True)
-    check("tensorrt", _tensorrt, gpu=True)
+    check("GPU", lambda: _gpu(args.device, found), gpu=True)
+    check("tensorrt", lambda: _tensorrt(found), gpu=True)
     check("polygraphy (engine builds)", _module("polygraphy", "polygraphy"), gpu=True)
     check("onnxconverter-common (fp16 graphs)", _module("onnxconverter_common", "onnxconverter-common"))
     if args.engine_dir:
-        check(f"engine directory {args.engine_dir}", lambda: _engines(args.engine_dir, args.device), gpu=True)
+        check(f"engine directory {args.engine_dir}", lambda: _engines(args.engine_dir, found), gpu=True)
     width = max(len(name) for name, *_ in checks)
     for name, ok, detail, _ in checks:
         print(f"{'ok ' if ok else '-- '} {name:<{width}}  {detail}")

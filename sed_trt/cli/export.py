@@ -34,7 +34,7 @@ def run_export(args: argparse.Namespace) -> int:
     )
     if args.engines == "skip":
         return 0
-    from export.trt_build import build_engines, tensorrt_unavailable_reason
+    from export.trt_build import tensorrt_unavailable_reason
     from runtime.progress import step
 
     reason = tensorrt_unavailable_reason()
@@ -43,18 +43,35 @@ def run_export(args: argparse.Namespace) -> int:
             raise ConfigError(f"cannot build TensorRT engines: {reason}")
         step(f"stopping after ONNX: {reason}")
         return 0
-    build_engines(args.out_dir, precision=args.precision, tf32=args.tf32, device=args.device, progress=not args.quiet)
+    _build(args, args.out_dir)
     return 0
 
 
 def run_build_engines(args: argparse.Namespace) -> int:
     """Build TensorRT engines for an exported engine directory (needs TensorRT and a GPU)."""
+    _build(args, args.engine_dir)
+    return 0
+
+
+def _build(args: argparse.Namespace, engine_dir: str) -> None:
     from export.trt_build import build_engines
 
-    build_engines(
-        args.engine_dir, precision=args.precision, tf32=args.tf32, device=args.device, progress=not args.quiet
+    build_engines(engine_dir, precision=args.precision, tf32=args.tf32, device=args.device, progress=not args.quiet)
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    """The TensorRT build options export and build-engines share."""
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "fp16"],
+        default="fp32",
+        help="TensorRT engines from the fp32 graphs or the mixed-precision ones (fp16 needs 'export --fp16')",
     )
-    return 0
+    p.add_argument(
+        "--tf32", action="store_true", help="let fp32 engines use TF32 (TensorRT's own default; faster, less exact)"
+    )
+    p.add_argument("--device", default="cuda", help="GPU to build for: cuda or cuda:N")
+    add_quiet(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -94,28 +111,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="TensorRT engines: build if possible (auto), never, or fail without TensorRT",
     )
-    p.add_argument(
-        "--precision",
-        choices=["fp32", "fp16"],
-        default="fp32",
-        help="TensorRT engines from the fp32 graphs or the mixed-precision ones (fp16 needs 'export --fp16')",
-    )
-    p.add_argument(
-        "--tf32", action="store_true", help="let fp32 engines use TF32 (TensorRT's own default; faster, less exact)"
-    )
-    p.add_argument("--device", default="cuda", help="GPU to build for: cuda or cuda:N")
-    add_quiet(p)
+    _add_engine_args(p)
 
     p = add_subcommand(sub, "build-engines", run_build_engines)
     p.add_argument("--engine-dir", required=True, help="engine directory written by 'sed-trt export'")
-    p.add_argument(
-        "--precision",
-        choices=["fp32", "fp16"],
-        default="fp32",
-        help="TensorRT engines from the fp32 graphs or the mixed-precision ones (fp16 needs 'export --fp16')",
-    )
-    p.add_argument(
-        "--tf32", action="store_true", help="let fp32 engines use TF32 (TensorRT's own default; faster, less exact)"
-    )
-    p.add_argument("--device", default="cuda", help="GPU to build for: cuda or cuda:N")
-    add_quiet(p)
+    _add_engine_args(p)

@@ -80,19 +80,24 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    """Segment one image into the given classes."""
+def read_request(args: argparse.Namespace, **inputs: str | None) -> tuple[list[str], np.ndarray]:
+    """Check ``--out``/``--save-npz`` against every input file, then load (classes, image)."""
     from runtime.image import load_image
-    from runtime.predictor import Predictor
     from runtime.vocab import load_vocabulary
 
     classes_file = args.classes if names_file(args.classes) else None
     check_outputs(
         {"--out": args.out, "--save-npz": args.save_npz},
-        {"--image": args.image, "--weights": args.weights, "--classes": classes_file},
+        {"--image": args.image, **inputs, "--classes": classes_file},
     )
-    classes = load_vocabulary(args.classes)
-    image = load_image(args.image, max_pixels=args.max_pixels)
+    return load_vocabulary(args.classes), load_image(args.image, max_pixels=args.max_pixels)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Segment one image into the given classes."""
+    from runtime.predictor import Predictor
+
+    classes, image = read_request(args, **{"--weights": args.weights})
     backend = make_backend(args)
     with backend:
         predictor = Predictor(

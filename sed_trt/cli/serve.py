@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 
-from runtime.vocab import names_file
 from sed_trt.cli.args import (
     add_classes_arg,
     add_image_args,
@@ -16,7 +15,7 @@ from sed_trt.cli.args import (
     make_cache,
     positive_int,
 )
-from sed_trt.cli.predict import add_output_args, summary, write_results, wrote_line
+from sed_trt.cli.predict import add_output_args, read_request, summary, write_results, wrote_line
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -51,15 +50,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_client(args: argparse.Namespace) -> int:
     """Send one image and vocabulary to a running 'sed-trt serve'; write what predict writes."""
-    from runtime.fsutil import check_outputs
-    from runtime.image import load_image
-    from runtime.vocab import load_vocabulary
     from sed_trt.serve.client import SedClient
 
-    classes_file = args.classes if names_file(args.classes) else None
-    check_outputs({"--out": args.out, "--save-npz": args.save_npz}, {"--image": args.image, "--classes": classes_file})
-    classes = load_vocabulary(args.classes)
-    image = load_image(args.image, max_pixels=args.max_pixels)
+    classes, image = read_request(args)
     with SedClient(args.url, timeout_s=args.timeout) as client:
         result = client.segment(image, classes, topk=args.topk, probs=args.save_npz is not None)
     written = write_results(args, image, classes, result.labels, result.kept, result.probs, random_weights=False)

@@ -233,3 +233,26 @@ def test_doctor_reports_each_component_and_gpu_mode_fails_in_one_line(parity_eng
     assert main(["doctor", "--gpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sed-trt: error: TensorRT cannot run here:")
+
+
+def test_doctor_checks_engines_against_this_tensorrt_and_gpu(parity_engine_dir, tmp_path):
+    import shutil
+
+    from runtime.errors import ConfigError
+    from runtime.fsutil import file_sha256
+    from runtime.manifest import EngineEntry, Manifest
+    from sed_trt.cli.doctor import _engines
+
+    work = tmp_path / "engines"
+    shutil.copytree(parity_engine_dir, work)
+    manifest = Manifest.load(work)
+    (work / "e.plan").write_bytes(b"plan")
+    manifest.engines["image_encoder"] = EngineEntry(
+        "e.plan", "fp32", "10.16.0", "GPU", "9.0", sha256=file_sha256(work / "e.plan")
+    )
+    manifest.save(work)
+    assert "1 engines verified" in _engines(str(work), {"tensorrt": "10.16.0", "capability": "9.0"})
+    with pytest.raises(ConfigError, match="compute capability \\['9.0'\\], this GPU is 8.6"):
+        _engines(str(work), {"tensorrt": "10.16.0", "capability": "8.6"})
+    with pytest.raises(ConfigError, match="TensorRT \\['10.16.0'\\], this is 11.4.0"):
+        _engines(str(work), {"tensorrt": "11.4.0"})
