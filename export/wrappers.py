@@ -24,7 +24,7 @@ class _GraphModule(nn.Module):
         self.pooling = pooling
 
     def _run(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return graph_outputs(self.model, self.graph, inputs, pooling=self.pooling)
+        return graph_outputs(self.model, self.graph, inputs, pooling=self.pooling, channels_first=True)
 
 
 class ImageEncoderExport(_GraphModule):

@@ -85,10 +85,16 @@ class DecoderStage(nn.Module):
         y = self.conv(skip_fuse(y.reshape(b, t, *y.shape[1:]), guidance, corr_guidance))
         return y.reshape(b, t, *y.shape[1:])  # (B T) out 2H 2W -> B T out 2H 2W
 
-    def summaries(self, x: torch.Tensor, *, pooling: int = 1) -> StageSummaries:
-        """FAM spatial fusion of (B, T', C, H, W) and the class-attention sums over those T' classes."""
+    def summaries(self, x: torch.Tensor, *, pooling: int = 1, channels_first: bool = False) -> StageSummaries:
+        """FAM spatial fusion of (B, T', C, H, W) and the class-attention sums over those T' classes.
+
+        ``channels_first``: FAM's spatial block in the exported graphs' form
+        (:meth:`SpatialFusion.forward_channels_first`).
+        """
         b, t, c, h, w = x.shape
-        y = self.cnext(x.reshape(b * t, c, h, w)).reshape(b, t, c, h, w)  # B T C H W -> (B T) C H W -> B T C H W
+        cnext = self.cnext.forward_channels_first if channels_first else self.cnext
+        y = cnext(x.reshape(b * t, c, h, w))  # B T C H W -> (B T) C H W
+        y = y.reshape(b, t, c, h, w)  # (B T) C H W -> B T C H W
         return StageSummaries(spatial=y, kv=self.attention.summaries(y, pooling))
 
     def guidance_term(self, guidance: torch.Tensor) -> torch.Tensor:
@@ -103,10 +109,11 @@ class DecoderStage(nn.Module):
         corr_guidance: torch.Tensor,
         guidance_term: torch.Tensor,
         pooling: int = 1,
+        channels_first: bool = False,
     ) -> torch.Tensor:
         """The rest of :meth:`forward` for a chunk (B, T', C, H, W) of :meth:`summaries`' output -> (B, T', out, 2H, 2W)."""
         b, t, c, h, w = spatial.shape
-        y = self.attention.fuse(spatial, kv, pooling)
+        y = self.attention.fuse(spatial, kv, pooling, channels_first=channels_first)
         y = self.up(y.reshape(b * t, c, h, w))  # (B T) C' 2H 2W
         y = self.conv.forward_split(y.reshape(b, t, *y.shape[1:]), corr_guidance, guidance_term)
         return y.reshape(b, t, *y.shape[1:])  # (B T) out 2H 2W -> B T out 2H 2W
@@ -210,9 +217,15 @@ class GradualFusionDecoder(nn.Module):
         aux = _per_class_conv(self.heads[k], x.detach() if detach_aux and k < 3 else x)
         return StageOutput(features=x, corr_guidance=cg, aux_logits=aux.squeeze(2))
 
-    def stage_summaries(self, k: int, features: torch.Tensor, *, pooling: int = 1) -> StageSummaries:
-        """First half of inference stage k (1..3) on a chunk of classes (B, T', C_k, s_k, s_k)."""
-        return self.stages[k - 1].summaries(features, pooling=pooling)
+    def stage_summaries(
+        self, k: int, features: torch.Tensor, *, pooling: int = 1, channels_first: bool = False
+    ) -> StageSummaries:
+        """First half of inference stage k (1..3) on a chunk of classes (B, T', C_k, s_k, s_k).
+
+        ``channels_first``: the exported graphs' form of FAM's per-position layers (1x1
+        convolutions; faster in ONNX Runtime, slower in PyTorch eager); the same function.
+        """
+        return self.stages[k - 1].summaries(features, pooling=pooling, channels_first=channels_first)
 
     def stage_fuse(
         self,
@@ -223,9 +236,10 @@ class GradualFusionDecoder(nn.Module):
         corr_guidance: torch.Tensor,
         guidance_term: torch.Tensor,
         pooling: int = 1,
+        channels_first: bool = False,
     ) -> StageOutput:
         """Second half of inference stage k on a chunk: equals :meth:`stage` up to float rounding when
-        ``kv`` is summed over every class the stage sees.
+        ``kv`` is summed over every class the stage sees (``channels_first`` as in :meth:`stage_summaries`).
 
         Args:
             spatial: :meth:`stage_summaries`' spatial output for the chunk (B, T', C_k, s_k, s_k).
@@ -234,7 +248,12 @@ class GradualFusionDecoder(nn.Module):
             guidance_term: :meth:`guidance_terms`' k-th term (B, C_{k+1}, 2s_k, 2s_k).
         """
         x = self.stages[k - 1].fuse(
-            spatial, kv=kv, corr_guidance=corr_guidance, guidance_term=guidance_term, pooling=pooling
+            spatial,
+            kv=kv,
+            corr_guidance=corr_guidance,
+            guidance_term=guidance_term,
+            pooling=pooling,
+            channels_first=channels_first,
         )
         cg = _per_class_conv(self.decoder_corr_guidance_projection[k], corr_guidance) if k < 3 else None
         aux = _per_class_conv(self.heads[k], x)

@@ -29,6 +29,34 @@ class ChannelsLastLayerNorm(nn.Module):
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
+def channel_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm over the channel axis of (N, C, H, W), without the affine (folded into what follows)."""
+    d = x - x.mean(1, keepdim=True)
+    return d * torch.rsqrt((d * d).mean(1, keepdim=True) + eps)
+
+
+def pointwise(
+    linear: nn.Linear,
+    x: torch.Tensor,
+    *,
+    norm: nn.LayerNorm | ChannelsLastLayerNorm | None = None,
+    scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``linear`` applied at every position of (N, C, H, W) as a 1x1 convolution -> (N, C', H, W).
+
+    ``norm``'s affine (a LayerNorm whose normalisation ``x`` already had) is folded into the
+    weights, and the output is multiplied by ``scale`` (per output channel), so that
+    pointwise(l, channel_norm(x), norm=ln, scale=g) == g * l(ln(x)) channels-last, up to float rounding.
+    """
+    weight: torch.Tensor = linear.weight  # C' C
+    bias: torch.Tensor = linear.bias  # C'
+    if norm is not None:
+        weight, bias = weight * norm.weight, bias + weight @ norm.bias
+    if scale is not None:
+        weight, bias = weight * scale[:, None], bias * scale
+    return F.conv2d(x, weight[:, :, None, None], bias)
+
+
 class SpatialFusion(nn.Module):
     """FAM spatial-level fusion: ConvNeXt block (9x9 depthwise, layer scale 1.0), per class."""
 
@@ -46,6 +74,19 @@ class SpatialFusion(nn.Module):
         y = self.dwconv(x).permute(0, 2, 3, 1)  # N C H W -> N H W C
         y = self.pwconv2(self.act(self.pwconv1(self.norm(y)))) * self.gamma
         return x + y.permute(0, 3, 1, 2)  # N H W C -> N C H W
+
+    def forward_channels_first(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` without leaving (N, C, H, W): the exported graphs' form.
+
+        The LayerNorm runs over channels by reductions and the two linears are 1x1
+        convolutions with the norm's affine and ``gamma`` folded in: no layout change, and
+        the bias and activation fuse into the convolutions (ONNX Runtime's NCHWc kernels
+        run this block 1.3x faster than the channels-last form; PyTorch eager runs it slower).
+        Equal up to float rounding.
+        """
+        y = channel_norm(self.dwconv(x), self.norm.eps)
+        y = self.act(pointwise(self.pwconv1, y, norm=self.norm))
+        return x + pointwise(self.pwconv2, y, scale=self.gamma)
 
 
 class LinearAttention(nn.Module):
@@ -130,12 +171,17 @@ class ClassFusion(nn.Module):
         kv = self.attention.summaries(self.norm1(self._tokens(x, pooling)))
         return kv.reshape(x.shape[0], -1, *kv.shape[1:])  # (B P) H' D (D 1) -> B P H' D (D 1)
 
-    def fuse(self, x: torch.Tensor, kv: torch.Tensor, pooling: int = 1) -> torch.Tensor:
-        """:meth:`forward` for a chunk of classes x (B, T', C, H, W), given the summaries of all classes."""
+    def fuse(
+        self, x: torch.Tensor, kv: torch.Tensor, pooling: int = 1, *, channels_first: bool = False
+    ) -> torch.Tensor:
+        """:meth:`forward` for a chunk of classes x (B, T', C, H, W), given the summaries of all classes.
+
+        ``channels_first``: the MLP as 1x1 convolutions (the exported graphs' form, see :meth:`_finish`).
+        """
         tok = self._tokens(x, pooling)
         kv = kv.reshape(-1, *kv.shape[2:])  # B P H' D (D 1) -> (B P) H' D (D 1)
         tok = tok + self.attention.attend(self.norm1(tok), kv)
-        return self._finish(x, tok, pooling, flat=True)
+        return self._finish(x, tok, pooling, channels_first=channels_first)
 
     @staticmethod
     def _tokens(x: torch.Tensor, pooling: int) -> torch.Tensor:
@@ -147,19 +193,30 @@ class ClassFusion(nn.Module):
         hp, wp = xp.shape[-2:]
         return xp.reshape(b, t, c, hp, wp).permute(0, 3, 4, 1, 2).reshape(b * hp * wp, t, c)  # -> (B Hp Wp) T C
 
-    def _finish(self, x: torch.Tensor, tok: torch.Tensor, pooling: int, *, flat: bool = False) -> torch.Tensor:
+    def _finish(
+        self, x: torch.Tensor, tok: torch.Tensor, pooling: int, *, channels_first: bool = False
+    ) -> torch.Tensor:
         """MLP on the attended tokens, back to (B, T, C, H, W), and the official double residual.
 
-        ``flat`` runs the MLP on 2-D rows (exported as Gemm with the bias fused) instead of the
-        official 3-D tokens; the same numbers up to float rounding.
+        ``channels_first`` (the exported graphs' form) moves the tokens back to (B T) C Hp Wp
+        before the MLP and runs it as 1x1 convolutions, ReLU fused: in ONNX Runtime 2x faster
+        than the token-layout Gemms, in PyTorch eager slower. The same numbers up to float rounding.
         """
         b, t, c, h, w = x.shape
         hp, wp = h // pooling, w // pooling
-        if flat:
-            tok = tok + self.MLP(self.norm2(tok).reshape(-1, c)).reshape(tok.shape)
+
+        def to_classes(y: torch.Tensor) -> torch.Tensor:  # (B Hp Wp) T C -> (B T) C Hp Wp
+            return y.reshape(b, hp, wp, t, c).permute(0, 3, 4, 1, 2).reshape(b * t, c, hp, wp)
+
+        if channels_first:
+            fc1, fc2 = self.MLP[0], self.MLP[2]
+            assert isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)
+            z = to_classes(self.norm2(tok))
+            xp = to_classes(tok) + pointwise(fc2, F.relu(pointwise(fc1, z)))
+            xp = xp.reshape(b, t, c, hp, wp)
         else:
             tok = tok + self.MLP(self.norm2(tok))
-        xp = tok.reshape(b, hp, wp, t, c).permute(0, 3, 4, 1, 2)  # (B Hp Wp) T C -> B T C Hp Wp
+            xp = tok.reshape(b, hp, wp, t, c).permute(0, 3, 4, 1, 2)  # (B Hp Wp) T C -> B T C Hp Wp
         if pooling > 1:
             up = F.interpolate(xp.reshape(b * t, c, hp, wp), size=(h, w), mode="bilinear", align_corners=True)
             xp = up.reshape(b, t, c, h, w)  # (B T) C H W -> B T C H W
