@@ -9,7 +9,7 @@ It reports median milliseconds per part, peak RSS of each side (measured in a ch
 process per side and vocabulary size, so the two do not share an allocator), and the
 agreement of their labels.
 
-    python -m benchmarks.decoder_release --old OLD_DIR --new NEW_DIR [--classes 150] [--repeats 3]
+    python -m benchmarks.decoder_release --old OLD_DIR --new NEW_DIR [--classes 150] [--repeats 3] [--arena] [--floor]
 
 Make OLD_DIR with ``sed-trt export`` from a checkout of release 0.1 (``git worktree add``).
 """
@@ -155,6 +155,45 @@ def compare(
     }
 
 
+def floor(timing: dict[str, Any], new_dir: Path, threads: int | None) -> dict[str, Any]:
+    """What issue 11's targets ask of this machine, from one :func:`compare` result.
+
+    The decoder's FLOPs per class (matmuls and convolutions, counted on the graph table by
+    :func:`benchmarks.bench.graph_flops`), this machine's fp32 GEMM rate, and for each target
+    the decoder time it allows and the rate the decoder would need to meet it: a share of the
+    GEMM rate near or above 100 % cannot be met by computing the same function in fp32.
+    """
+    import dataclasses as dc
+
+    from benchmarks.bench import gemm_gflops, graph_flops
+    from runtime.io_spec import DECODER_GRAPHS
+    from runtime.manifest import Manifest
+    from sed.build import load_sed
+    from sed.config import load_config
+
+    manifest = Manifest.load(new_dir)
+    model = load_sed(dc.replace(load_config(manifest.backbone), image_size=manifest.dims.image_size), None)
+    per_class = sum(graph_flops(model, (768, 768))[g][1] for g in DECODER_GRAPHS)
+    peak = gemm_gflops(threads)
+    old, new = timing["median_ms"]["old"], timing["median_ms"]["new"]
+    budgets = {
+        "decoder 2.5x": old["decoder_ms"] / 2.5,
+        "end to end 2x": old["total_ms"] / 2 - new["encoder_ms"] - new["postprocess_ms"],
+    }
+    work = per_class * timing["classes"]
+    targets = {}
+    for name, ms in budgets.items():
+        rate = work / (ms / 1e3) / 1e9 if ms > 0 else float("inf")
+        targets[name] = {"decoder_ms_allowed": ms, "gflops_needed": rate, "share_of_gemm": rate / peak}
+    achieved = work / (new["decoder_ms"] / 1e3) / 1e9
+    return {
+        "decoder_gflop_per_class": per_class / 1e9,
+        "gemm_gflops": peak,
+        "decoder_gflops_now": achieved,
+        "targets": targets,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--old", type=Path, required=True, help="release-0.1 engine directory (manifest format 1)")
@@ -165,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     p.add_argument("--class-chunk", type=int, default=None, help="chunk of the current side (default: the export's)")
     p.add_argument("--arena", action="store_true", help="ONNX Runtime's CPU arena on both sides (timing only)")
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="also the FLOP rate each speed target needs against this machine's GEMM rate",
+    )
     p.add_argument("--out", type=Path, default=Path("results/decoder_release.json"), help="JSON report to write")
     args = p.parse_args(argv)
     report: dict[str, Any] = {"timing": [], "memory": []}
@@ -172,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         r = compare(args.old, args.new, classes, args.repeats, args.threads, args.class_chunk, args.arena)
         report["timing"].append(r)
         print(json.dumps(r), flush=True)
+        if args.floor:
+            r["floor"] = floor(r, args.new, args.threads)
+            print(json.dumps({"classes": classes, "floor": r["floor"]}), flush=True)
     for classes in args.memory_classes:
         for side, d in (("old", args.old), ("new", args.new)):
             m = {

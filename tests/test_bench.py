@@ -69,3 +69,20 @@ def test_figures_command(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{}")
     assert main(["figures", str(tmp_path / "bad.json")]) == 2
     assert "is not a bench.json" in capsys.readouterr().err
+
+
+def test_release_floor_states_the_rate_each_target_needs(parity_engine_dir, monkeypatch):
+    """The target arithmetic of benchmarks.decoder_release, on the tiny model (SED-B's full decoder)."""
+    import benchmarks.bench
+    from benchmarks.decoder_release import floor
+
+    monkeypatch.setattr(benchmarks.bench, "gemm_gflops", lambda threads=None: 200.0)
+    ms = {"encoder_ms": 1000.0, "decoder_ms": 4000.0, "postprocess_ms": 500.0, "total_ms": 5500.0}
+    timing = {"classes": 10, "median_ms": {"old": dict(ms, decoder_ms=5000.0, total_ms=7000.0), "new": ms}}
+    f = floor(timing, parity_engine_dir, None)
+    assert 3.5 < f["decoder_gflop_per_class"] < 3.7  # the 3.58 GFLOP per class of SED-B's decoder
+    work = f["decoder_gflop_per_class"] * 10
+    dec, e2e = f["targets"]["decoder 2.5x"], f["targets"]["end to end 2x"]
+    assert dec["decoder_ms_allowed"] == 2000.0 and e2e["decoder_ms_allowed"] == 3500.0 - 1500.0
+    assert abs(dec["gflops_needed"] - work / 2.0) < 1e-9 and abs(dec["share_of_gemm"] - work / 400.0) < 1e-9
+    assert abs(f["decoder_gflops_now"] - work / 4.0) < 1e-9
