@@ -25,6 +25,11 @@ def test_every_graph_passes_the_trt_check(small_engine_dir):
         assert not model.graph.initializer or all(
             not t.HasField("data_location") or t.data_location == 0 for t in model.graph.initializer
         )
+        consts = {t.name for t in model.graph.initializer} | {
+            o for n in model.graph.node if n.op_type == "Constant" for o in n.output
+        }
+        from_weights = [n.name for n in model.graph.node if n.op_type != "Constant" and set(n.input) <= consts | {""}]
+        assert from_weights == [], f"{name}: weights computed at run time (fold them at export): {from_weights}"
 
 
 def test_trt_check_catches_unsupported_graphs():
