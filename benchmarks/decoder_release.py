@@ -172,8 +172,9 @@ def floor(timing: dict[str, Any], new_dir: Path, threads: int | None) -> dict[st
     from sed.config import load_config
 
     manifest = Manifest.load(new_dir)
-    model = load_sed(dc.replace(load_config(manifest.backbone), image_size=manifest.dims.image_size), None)
-    per_class = sum(graph_flops(model, (768, 768))[g][1] for g in DECODER_GRAPHS)
+    side = manifest.dims.image_size
+    model = load_sed(dc.replace(load_config(manifest.backbone), image_size=side), None)
+    per_class = sum(graph_flops(model, (side, side))[g][1] for g in DECODER_GRAPHS)
     peak = gemm_gflops(threads)
     old, new = timing["median_ms"]["old"], timing["median_ms"]["new"]
     budgets = {

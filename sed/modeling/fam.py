@@ -205,18 +205,16 @@ class ClassFusion(nn.Module):
         b, t, c, h, w = x.shape
         hp, wp = h // pooling, w // pooling
 
-        def to_classes(y: torch.Tensor) -> torch.Tensor:  # (B Hp Wp) T C -> (B T) C Hp Wp
-            return y.reshape(b, hp, wp, t, c).permute(0, 3, 4, 1, 2).reshape(b * t, c, hp, wp)
+        def to_classes(y: torch.Tensor) -> torch.Tensor:  # (B Hp Wp) T C -> B T C Hp Wp
+            return y.reshape(b, hp, wp, t, c).permute(0, 3, 4, 1, 2)
 
         if channels_first:
             fc1, fc2 = self.MLP[0], self.MLP[2]
             assert isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)
-            z = to_classes(self.norm2(tok))
-            xp = to_classes(tok) + pointwise(fc2, F.relu(pointwise(fc1, z)))
-            xp = xp.reshape(b, t, c, hp, wp)
+            z = to_classes(self.norm2(tok)).reshape(b * t, c, hp, wp)  # B T C Hp Wp -> (B T) C Hp Wp
+            xp = to_classes(tok) + pointwise(fc2, F.relu(pointwise(fc1, z))).reshape(b, t, c, hp, wp)
         else:
-            tok = tok + self.MLP(self.norm2(tok))
-            xp = tok.reshape(b, hp, wp, t, c).permute(0, 3, 4, 1, 2)  # (B Hp Wp) T C -> B T C Hp Wp
+            xp = to_classes(tok + self.MLP(self.norm2(tok)))
         if pooling > 1:
             up = F.interpolate(xp.reshape(b * t, c, hp, wp), size=(h, w), mode="bilinear", align_corners=True)
             xp = up.reshape(b, t, c, h, w)  # (B T) C H W -> B T C H W
