@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bench import MemoryMonitor, _image, _text
-from runtime.image import labels_from_probs, preprocess
+from runtime.image import preprocess
+from runtime.postprocess import labels_from_probs
 
 
 class Release01:

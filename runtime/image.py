@@ -2,8 +2,7 @@
 
 Pre-processing: RGB uint8 -> ResizeShortestEdge(640, max 2560) with PIL bilinear
 (antialiased), then the graphs normalise with CLIP statistics and resize to 768x768.
-Post-processing: sigmoid probabilities (T, 192, 192) -> bilinear (align_corners=False)
-resize to the original size -> argmax over T.
+Post-processing (probabilities -> labels) lives in runtime.postprocess.
 """
 
 from __future__ import annotations
@@ -23,8 +22,6 @@ CLIP_PIXEL_STD = (68.5005327, 66.6321579, 70.3231630)
 # Largest image accepted by default (w * h): 250 megapixels, ~750 MB decoded. Pillow's own
 # decompression-bomb limit (179 MP) is replaced by this explicit, adjustable one.
 DEFAULT_MAX_PIXELS = 250_000_000
-# Post-processing works on row bands whose resized class chunk stays below this many bytes.
-POSTPROCESS_BLOCK_BYTES = 32 << 20
 
 _PIL_LIMIT_LOCK = threading.Lock()
 
@@ -115,63 +112,3 @@ def to_network_input(image: np.ndarray) -> np.ndarray:
 def preprocess(image: np.ndarray) -> np.ndarray:
     """Full host-side pre-processing: validate, shortest-edge resize, to (1, 3, H1, W1)."""
     return to_network_input(resize_shortest_edge(check_image(image)))
-
-
-def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
-    """(out, in) interpolation matrix of torch bilinear, align_corners=False, no antialias."""
-    dst = np.arange(out_size, dtype=np.float64)
-    src = np.maximum((dst + 0.5) * (in_size / out_size) - 0.5, 0.0)
-    i0 = np.floor(src).astype(np.int64)
-    i0 = np.minimum(i0, in_size - 1)
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    l1 = src - i0
-    m = np.zeros((out_size, in_size), dtype=np.float64)
-    m[np.arange(out_size), i0] += 1.0 - l1
-    m[np.arange(out_size), i1] += l1
-    return m.astype(np.float32)
-
-
-def labels_from_probs(
-    probs: np.ndarray,
-    out_hw: tuple[int, int],
-    classes: np.ndarray | None = None,
-    chunk: int = 16,
-    block_bytes: int = POSTPROCESS_BLOCK_BYTES,
-) -> np.ndarray:
-    """Argmax over T of the probabilities resized to ``out_hw``, in bounded memory.
-
-    Works on row bands of the output and chunks of classes, so it never holds more than
-    about ``block_bytes`` of resized probabilities whatever the image size or vocabulary.
-
-    Args:
-        probs: (T, h, w) sigmoid probabilities.
-        out_hw: original image size (H0, W0).
-        classes: optional subset of class indices to consider (CER survivors: rejected
-            classes are exactly 0 and can never win against a kept class).
-        chunk: classes resized at once.
-        block_bytes: bound on one resized (chunk, rows, W0) float32 block.
-
-    Returns:
-        int32 (H0, W0) label map (ties go to the lower class index).
-    """
-    h0, w0 = out_hw
-    ry = bilinear_matrix(h0, probs.shape[1])
-    rx = bilinear_matrix(w0, probs.shape[2]).T.copy()
-    idx = np.arange(probs.shape[0]) if classes is None else np.asarray(classes)
-    chunk = max(1, min(chunk, len(idx)))
-    rows = int(max(1, min(h0, block_bytes // (4 * chunk * w0))))
-    labels = np.empty((h0, w0), dtype=np.int32)
-    for r0 in range(0, h0, rows):
-        band = ry[r0 : r0 + rows]
-        best = np.full((band.shape[0], w0), -np.inf, dtype=np.float32)
-        lab = np.zeros((band.shape[0], w0), dtype=np.int32)
-        for start in range(0, len(idx), chunk):
-            sel = idx[start : start + chunk]
-            resized = band[None] @ probs[sel] @ rx[None]  # c h w -> c rows W0
-            arg = resized.argmax(axis=0)
-            val = np.take_along_axis(resized, arg[None], axis=0)[0]
-            better = val > best
-            np.copyto(best, val, where=better)
-            np.copyto(lab, sel[arg].astype(np.int32), where=better)
-        labels[r0 : r0 + rows] = lab
-    return labels

@@ -9,8 +9,9 @@ outputs are written into preallocated whole-vocabulary tensors.
 
 Between decoder stages it selects the classes in the per-pixel top-k of the auxiliary
 logits (union over pixels and batch) and gathers, chunk by chunk, only their per-class
-tensors; at the end it scatters probabilities back to the full vocabulary (rejected
-classes exactly 0).
+tensors; at the end the backend's ops turn the survivors' probabilities into the label map
+where they are (runtime.postprocess), and the full-vocabulary probabilities (rejected classes
+exactly 0) reach the host only when a caller reads ``Prediction.probs``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 from runtime.backends.base import Array, Backend
 from runtime.cer import select_classes
 from runtime.errors import ConfigError, StateError, VocabularyError
-from runtime.image import labels_from_probs, preprocess
+from runtime.image import preprocess
 from runtime.io_spec import (
     CLASS_AXIS,
     DECODER_STAGE0,
@@ -81,13 +82,27 @@ class Timer:
 
 @dataclass
 class Prediction:
-    """probs (T, h, w) float32 at decoder resolution; labels (H0, W0) int32; kept (T,) bool."""
+    """labels (H0, W0) vocabulary ids in the smallest unsigned type that holds T; kept (T,) bool.
 
-    probs: np.ndarray
+    ``probs`` (T, h, w) float32 at decoder resolution, rejected classes exactly 0, is fetched
+    from the backend only when read: a caller that wants labels copies nothing else.
+    """
+
     labels: np.ndarray
     kept: np.ndarray
     survivors: list[int] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    _fetch: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+    _probs: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def probs(self) -> np.ndarray:
+        """(T, h, w) float32 probabilities (the kept classes copied from the backend on first use)."""
+        if self._probs is None:
+            if self._fetch is None:
+                raise StateError("this prediction holds no probabilities")
+            self._probs, self._fetch = self._fetch(), None
+        return self._probs
 
 
 class Predictor:
@@ -282,11 +297,14 @@ class Predictor:
                 survivors.append(len(kept))
             with timer(f"decoder_stage{k}_ms"):
                 out = self.decode_stage(k, out, enc, sel)
-        with timer("scatter_ms"):
-            probs = ops.to_numpy(ops.scatter_classes(out.probs, kept, num_classes))[0]
-        with timer("postprocess_ms"):
-            labels = labels_from_probs(probs, (image.shape[0], image.shape[1]), classes=kept)
+        with timer("postprocess_ms"):  # labels where the probabilities are; only they come back
+            labels = ops.labels(out.probs, kept, (image.shape[0], image.shape[1]), num_classes)
         mask = np.zeros(num_classes, dtype=bool)
         mask[kept] = True
         timings = dict(timer.timings, total_ms=sum(timer.timings.values()))
-        return Prediction(probs=probs, labels=labels, kept=mask, survivors=survivors, timings=timings)
+        kept_probs = out.probs
+
+        def fetch() -> np.ndarray:
+            return ops.scatter_classes(kept_probs, kept, num_classes)[0]
+
+        return Prediction(labels=labels, kept=mask, survivors=survivors, timings=timings, _fetch=fetch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from runtime.postprocess import label_areas
 from runtime.vocab import display_name
 
 
@@ -31,7 +32,7 @@ def legend_entries(
     labels: np.ndarray, classes: list[str], *, max_legend: int = 40
 ) -> tuple[list[tuple[int, str]], int]:
     """(class index, "name 12.3%") for the classes present, largest area first, and how many were left out."""
-    ids, counts = np.unique(labels, return_counts=True)
+    ids, counts = label_areas(labels)
     order = np.argsort(-counts, kind="stable")
     entries = [
         (int(ids[j]), f"{display_name(classes[int(ids[j])])[:26]} {100.0 * counts[j] / labels.size:.1f}%")

@@ -12,6 +12,7 @@ import numpy as np
 from runtime.cer import topk_union
 from runtime.errors import ConfigError, EngineError, InputError, SedTrtError, StateError
 from runtime.io_spec import CLASS_AXIS, ExportLimits, GraphSpec, ModelDims, graph_specs
+from runtime.postprocess import label_dtype, labels_from_probs
 
 Array = Any  # np.ndarray for host backends, torch.Tensor for device backends
 
@@ -52,9 +53,20 @@ class ArrayOps(abc.ABC):
     def topk_union(self, logits: Array, k: int) -> np.ndarray:
         """Sorted classes that are in the per-pixel top-k of any pixel and image of (B, T, H, W) (see runtime.cer)."""
 
-    @abc.abstractmethod
-    def scatter_classes(self, probs: Array, kept: np.ndarray, num_classes: int) -> Array:
-        """(B, T', H, W) -> (B, T, H, W) with exact zeros outside ``kept``."""
+    def scatter_classes(self, probs: Array, kept: np.ndarray, num_classes: int) -> np.ndarray:
+        """(B, T', H, W) -> host (B, T, H, W) with exact zeros outside ``kept`` (copies only T')."""
+        host = self.to_numpy(probs)
+        out = np.zeros((host.shape[0], num_classes, *host.shape[2:]), dtype=np.float32)
+        out[:, kept] = host
+        return out
+
+    def labels(self, probs: Array, kept: np.ndarray, out_hw: tuple[int, int], num_classes: int) -> np.ndarray:
+        """Host (H0, W0) label map (vocabulary ids) of the survivors' probabilities (1, T', h, w).
+
+        The default copies the survivors' maps to the host and runs the exact candidate
+        argmax there; a device backend overrides it to keep the maps where they are.
+        """
+        return labels_from_probs(self.to_numpy(probs)[0], out_hw, kept, dtype=label_dtype(num_classes))
 
     def synchronize(self) -> None:  # noqa: B027 (a no-op by default: host arrays are always ready)
         """Wait for queued device work (timing); a no-op on the host."""
@@ -80,11 +92,6 @@ class NumpyOps(ArrayOps):
 
     def topk_union(self, logits: np.ndarray, k: int) -> np.ndarray:
         return topk_union(logits, k)
-
-    def scatter_classes(self, probs: np.ndarray, kept: np.ndarray, num_classes: int) -> np.ndarray:
-        out = np.zeros((probs.shape[0], num_classes, *probs.shape[2:]), dtype=probs.dtype)
-        out[:, kept] = probs
-        return out
 
 
 class Backend(abc.ABC):

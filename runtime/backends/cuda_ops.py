@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import ArrayOps, NumpyOps
+from runtime.backends.base import ArrayOps
 from runtime.cer import topk_union
 from runtime.errors import BackendUnavailableError, DeviceError
 
@@ -140,7 +140,6 @@ class CudaOps(ArrayOps):
 
     def __init__(self, memory: DeviceMemory) -> None:
         self.memory = memory
-        self._host = NumpyOps()
 
     def device_array(self, x: DeviceArray | np.ndarray) -> DeviceArray:
         """``x`` on the device (uploads a host array)."""
@@ -206,9 +205,6 @@ class CudaOps(ArrayOps):
 
     def topk_union(self, logits: DeviceArray, k: int) -> np.ndarray:
         return topk_union(self.to_numpy(logits), k)  # the auxiliary logits are small (B, T', h, w)
-
-    def scatter_classes(self, probs: DeviceArray, kept: np.ndarray, num_classes: int) -> np.ndarray:
-        return self._host.scatter_classes(self.to_numpy(probs), kept, num_classes)
 
     def synchronize(self) -> None:
         self.memory.synchronize()

@@ -41,11 +41,6 @@ class TorchOps(ArrayOps):
     def topk_union(self, logits: torch.Tensor, k: int) -> np.ndarray:
         return torch_topk_union(logits, k).cpu().numpy()  # the one small device-to-host read per stage
 
-    def scatter_classes(self, probs: torch.Tensor, kept: np.ndarray, num_classes: int) -> torch.Tensor:
-        out = probs.new_zeros(probs.shape[0], num_classes, *probs.shape[2:])
-        out[:, torch.from_numpy(np.asarray(kept, dtype=np.int64)).to(probs.device)] = probs
-        return out
-
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from runtime.fsutil import atomic_write, check_outputs
+from runtime.postprocess import label_areas
 from runtime.vocab import names_file
 from sed_trt.cli.args import (
     add_classes_arg,
@@ -63,7 +64,7 @@ def summary(classes: list[str], labels: np.ndarray, kept: np.ndarray) -> str:
     """Vocabulary size, kept classes and the 8 largest classes present."""
     from runtime.vocab import display_name
 
-    ids, counts = np.unique(labels, return_counts=True)
+    ids, counts = label_areas(labels)
     top = ", ".join(
         f"{display_name(classes[i])} {100 * c / labels.size:.1f}%"
         for i, c in sorted(zip(ids, counts), key=lambda x: -x[1])[:8]
@@ -105,9 +106,8 @@ def run(args: argparse.Namespace) -> int:
         )
         predictor.set_classes(classes)
         pred = predictor.predict(image)
-    written = write_results(
-        args, image, classes, pred.labels, pred.kept, pred.probs, random_weights=backend.random_weights
-    )
+    probs = pred.probs if args.save_npz else None  # fetched from the backend only when saved
+    written = write_results(args, image, classes, pred.labels, pred.kept, probs, random_weights=backend.random_weights)
     print(f"{summary(classes, pred.labels, pred.kept)}; per stage {pred.survivors}; {pred.timings['total_ms']:.0f} ms")
     print(wrote_line(written))
     return 0

@@ -368,29 +368,6 @@ def test_image_pixel_limit_is_checked_before_decoding(parity_dir, tmp_path, caps
     _one_line_error(capsys, "raise it with --max-pixels")
 
 
-def test_banded_postprocessing_equals_one_block_and_stays_bounded():
-    import tracemalloc
-
-    from runtime.image import labels_from_probs
-
-    rng = np.random.default_rng(0)
-    probs = rng.random((40, 24, 24), dtype=np.float32)
-    kept = np.array([0, 3, 5, 7, 11, 12, 13, 20, 21, 22, 30, 39])
-    one = labels_from_probs(probs, (300, 410), classes=kept, block_bytes=1 << 40)
-    for block in (4 * 16 * 410 * 7, 4 * 5 * 410, 1):  # 7-row bands, 1-row bands, (chunk 5)
-        chunk = 5 if block == 4 * 5 * 410 else 16
-        np.testing.assert_array_equal(
-            labels_from_probs(probs, (300, 410), classes=kept, chunk=chunk, block_bytes=block), one
-        )
-    h0, w0 = 3000, 4000
-    tracemalloc.start()
-    labels_from_probs(probs, (h0, w0), block_bytes=4 << 20)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    # the int32 label map itself, plus a few 4 MB blocks; unbanded this would be 768 MB
-    assert peak < h0 * w0 * 4 + 48 * (1 << 20), peak / 2**20
-
-
 # ---------------------------------------------------------------- bad inputs: exit 2, one line
 
 

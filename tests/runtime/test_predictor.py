@@ -45,7 +45,7 @@ def test_onnxruntime_matches_torch_and_official(results, parity, topk):
         assert (o.probs[~o.kept] == 0).all()
         ref_labels = exp[f"cer_k{topk}_labels"]
     assert (o.labels == ref_labels).mean() >= 0.999
-    assert o.labels.dtype == np.int32 and o.labels.shape == tuple(parity["meta"]["image_size_hw"])
+    assert o.labels.dtype == np.uint8 and o.labels.shape == tuple(parity["meta"]["image_size_hw"])
 
 
 def test_text_cache_hit_skips_the_encoder(parity_engine_dir, parity, tmp_path):

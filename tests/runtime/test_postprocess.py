@@ -1,0 +1,86 @@
+"""The candidate argmax against brute force (torch resize of every map, then argmax)."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from runtime.postprocess import label_dtype, labels_from_probs, source_positions
+from sed.postprocess import labels_from_probs_torch
+
+
+def _smooth_probs(rng: np.random.Generator, t: int, h: int, w: int, cell: int = 8) -> np.ndarray:
+    """Sigmoid maps with regions and boundaries, like a decoder's (random maps are all boundary)."""
+    z = torch.from_numpy(rng.standard_normal((1, t, max(1, h // cell), max(1, w // cell))).astype(np.float32) * 3)
+    return torch.sigmoid(F.interpolate(z, size=(h, w), mode="bicubic", align_corners=False))[0].numpy()
+
+
+def _brute(probs: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    return labels_from_probs_torch(torch.from_numpy(probs), out_hw).numpy()
+
+
+@pytest.mark.parametrize(
+    "t,hw,out_hw",
+    [
+        (150, (192, 192), (480, 640)),  # upsampling, cells of 2-3 pixels
+        (150, (192, 192), (1500, 2000)),  # large photo
+        (24, (192, 192), (192, 192)),  # same size
+        (37, (48, 48), (100, 150)),
+        (20, (192, 192), (97, 61)),  # downsampling: many cells hold no pixel
+        (5, (192, 192), (1, 1)),
+        (3, (1, 1), (5, 7)),  # one cell
+        (300, (24, 24), (50, 1000)),  # 9-bit labels, extreme aspect
+    ],
+)
+def test_labels_equal_brute_force(t, hw, out_hw):
+    probs = _smooth_probs(np.random.default_rng(t), t, *hw)
+    got = labels_from_probs(probs, out_hw)
+    want = _brute(probs, out_hw)
+    assert got.shape == out_hw and got.dtype == label_dtype(t)
+    assert (got == want).mean() >= 0.9999
+
+
+def test_uniform_random_maps_and_exact_ties_go_to_the_lowest_class():
+    rng = np.random.default_rng(0)
+    probs = rng.random((40, 48, 48), dtype=np.float32)  # every cell contested
+    assert (labels_from_probs(probs, (300, 200)) == _brute(probs, (300, 200))).mean() >= 0.9999
+    tied = np.repeat(probs[:1], 3, axis=0)
+    tied[0] *= 0.5  # class 0 loses everywhere; classes 1 and 2 are equal: argmax says 1
+    assert (labels_from_probs(tied, (90, 70)) == 1).all()
+    assert (_brute(tied, (90, 70)) == 1).all()
+
+
+def test_class_ids_map_survivors_to_the_vocabulary():
+    probs = _smooth_probs(np.random.default_rng(3), 12, 24, 24)
+    kept = np.array([0, 3, 5, 7, 11, 12, 13, 20, 21, 22, 300, 399])
+    got = labels_from_probs(probs, (60, 80), kept)
+    np.testing.assert_array_equal(got, kept[_brute(probs, (60, 80))])
+    assert got.dtype == np.uint16
+    assert labels_from_probs(probs, (60, 80), kept, dtype=np.int32).dtype == np.int32
+
+
+def test_small_blocks_give_the_same_labels_in_bounded_memory():
+    probs = _smooth_probs(np.random.default_rng(1), 64, 96, 96)
+    one = labels_from_probs(probs, (500, 700), block_bytes=1 << 40)
+    np.testing.assert_array_equal(labels_from_probs(probs, (500, 700), block_bytes=1), one)
+    tracemalloc.start()
+    labels_from_probs(probs, (3000, 4000), block_bytes=4 << 20)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # the uint8 labels (12 MB) plus a few 4 MB blocks; brute force holds 3 GB
+    assert peak < 3000 * 4000 + 40 * (1 << 20), peak / 2**20
+
+
+@pytest.mark.parametrize("n_in,n_out", [(192, 427), (192, 640), (24, 768), (1000, 192), (7, 7)])
+def test_source_positions_reproduce_torch_linear_resize(n_in, n_out):
+    x = torch.rand(n_in, dtype=torch.float32)  # float32 weights, as torch computes them for float32 maps
+    i0, lam = source_positions(n_out, n_in)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    ours = (1 - lam) * x.numpy()[i0] + lam * x.numpy()[i1]
+    ref = F.interpolate(x[None, None], size=n_out, mode="linear", align_corners=False)[0, 0]
+    # float32 source positions: torch rounds them differently by an ulp (~8e-6 at 64)
+    np.testing.assert_allclose(ours, ref.numpy(), atol=1e-5)
