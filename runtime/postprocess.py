@@ -20,7 +20,9 @@ import numpy as np
 BLOCK_BYTES = 32 << 20
 # Candidates are kept down to this far below the cell's threshold, so float rounding in the
 # interpolation can never make a pruned class the winner.
-_TOLERANCE = 1e-6
+TOLERANCE = 1e-6
+# Past this many candidates per cell on average, the line-envelope form is cheaper.
+ENVELOPE_CANDIDATES = 8
 
 
 def label_dtype(num_classes: int) -> np.dtype:
@@ -83,7 +85,7 @@ def labels_from_probs(
     thr = np.full((h, w), -np.inf, dtype=np.float32)
     for a in range(0, t, chunk):
         np.maximum(thr, _corner_reduce(probs[a : a + chunk], np.minimum).max(axis=0), out=thr)
-    thr -= _TOLERANCE
+    thr -= TOLERANCE
     # Pass 2: the candidates of every used cell, as (class, cell) pairs in class order.
     cand_cls, cand_cell = [], []
     for a in range(0, t, chunk):
@@ -95,10 +97,12 @@ def labels_from_probs(
     order = np.argsort(cell, kind="stable")  # by cell; classes stay ascending within a cell
     cls, cell = cls[order], cell[order]
     count = np.bincount(cell, minlength=h * w)
+    out_ids = ids.astype(out_dtype)
+    if count.sum() > ENVELOPE_CANDIDATES * used.sum():  # near-tied classes: most cells contested by many
+        return labels_by_envelopes(probs, out_ids, out_hw, block_bytes=block_bytes)
     start = np.concatenate([[0], np.cumsum(count)[:-1]])
 
     # Uncontested cells take their one candidate; the label map is their gather.
-    out_ids = ids.astype(out_dtype)
     cell_label = np.zeros(h * w, dtype=out_dtype)
     single = count == 1
     cell_label[single] = out_ids[cls[start[single]]]
@@ -171,3 +175,56 @@ def label_areas(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     counts = np.bincount(labels.ravel())
     ids = np.flatnonzero(counts)
     return ids, counts[ids]
+
+
+def labels_by_envelopes(
+    probs: np.ndarray, ids: np.ndarray, out_hw: tuple[int, int], *, block_bytes: int = BLOCK_BYTES
+) -> np.ndarray:
+    """The same labels for maps where every class is a candidate (near-tied classes): per output
+    column, along each low-resolution row interval a class's value is a line in the row weight,
+    so the winners are the upper envelope of T lines, found a breakpoint at a time; cost
+    T x h x W0 per envelope segment instead of T x H0 x W0."""
+    t, h, w = probs.shape
+    h0, w0 = out_hw
+    iy, ly = source_positions(h0, h)
+    ix, lx = source_positions(w0, w)
+    ix1 = np.minimum(ix + 1, w - 1)
+    ys = np.searchsorted(iy, np.arange(h + 1))
+    rows = np.flatnonzero(np.diff(ys) > 0)  # cell rows holding output rows
+    labels = np.empty((h0, w0), dtype=ids.dtype)
+    band = max(1, block_bytes // (4 * 4 * t * w0))
+    for b in range(0, len(rows), band):
+        r = rows[b : b + band]  # nb
+        p0, p1 = probs[:, r], probs[:, np.minimum(r + 1, h - 1)]  # T nb w
+        u0 = (1 - lx) * p0[:, :, ix] + lx * p0[:, :, ix1]  # T nb W0: the row above, resized along x
+        u1 = (1 - lx) * p1[:, :, ix] + lx * p1[:, :, ix1]
+        slope = u1 - u0
+        lmax = np.array([ly[ys[i] : ys[i + 1]].max() for i in r], dtype=np.float32)  # nb
+        win = u0.argmax(axis=0)  # nb W0: the winner at weight 0 (lowest index on ties)
+        segments = [(np.zeros(win.shape, np.float32), win)]
+        live = np.ones(win.shape, dtype=bool)
+        while live.any():
+            at = np.nonzero(live)  # the columns whose envelope may go on
+            a, d = u0[:, at[0], at[1]], slope[:, at[0], at[1]]  # T n
+            cur, wn = segments[-1][0][at], segments[-1][1][at]
+            aw, dw = a[wn, np.arange(len(wn))], d[wn, np.arange(len(wn))]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                cross = np.where(d > dw, (aw - a) / (d - dw), np.inf)  # where each steeper line overtakes
+            cross = np.where(cross > cur, cross, np.inf)
+            nxt = cross.argmin(axis=0)
+            lnext = cross[nxt, np.arange(len(nxt))]
+            go = lnext <= lmax[at[0]]
+            start = np.full(win.shape, np.inf, dtype=np.float32)
+            winner = segments[-1][1].copy()
+            start[at[0][go], at[1][go]] = lnext[go]
+            winner[at[0][go], at[1][go]] = nxt[go]
+            live[at[0][~go], at[1][~go]] = False
+            if go.any():
+                segments.append((start, winner))
+        for j, i in enumerate(r):
+            weights = ly[ys[i] : ys[i + 1], None]  # rows of this cell row, 1
+            lab = np.broadcast_to(segments[0][1][j], (len(weights), w0)).copy()
+            for start, winner in segments[1:]:
+                np.copyto(lab, winner[j], where=weights >= start[j])
+            labels[ys[i] : ys[i + 1]] = ids[lab]
+    return labels

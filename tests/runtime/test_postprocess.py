@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from runtime.postprocess import label_dtype, labels_from_probs, source_positions
+from runtime.postprocess import label_dtype, labels_by_envelopes, labels_from_probs, source_positions
 from sed.postprocess import labels_from_probs_torch
 
 
@@ -84,3 +84,32 @@ def test_source_positions_reproduce_torch_linear_resize(n_in, n_out):
     ref = F.interpolate(x[None, None], size=n_out, mode="linear", align_corners=False)[0, 0]
     # float32 source positions: torch rounds them differently by an ulp (~8e-6 at 64)
     np.testing.assert_allclose(ours, ref.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "t,hw,out_hw", [(150, (192, 192), (480, 640)), (40, (48, 48), (300, 200)), (20, (192, 192), (97, 61))]
+)
+def test_device_version_equals_host_version(t, hw, out_hw):
+    """The torch ops' labels (run here on CPU tensors, on the GPU in the torch backend)."""
+    from runtime.backends.torch_ops import torch_labels
+
+    rng = np.random.default_rng(t)
+    probs = _smooth_probs(rng, t, *hw) if t != 40 else rng.random((t, *hw), dtype=np.float32)
+    ids = np.sort(rng.choice(1000, size=t, replace=False))
+    got = torch_labels(torch.from_numpy(probs), ids, out_hw, label_dtype(1000))
+    assert got.dtype == np.uint16
+    assert (got == labels_from_probs(probs, out_hw, ids)).mean() >= 0.99999
+    assert (got == ids[_brute(probs, out_hw)]).mean() >= 0.9999
+
+
+@pytest.mark.parametrize("out_hw", [(480, 640), (97, 61), (5, 7)])
+def test_envelope_form_equals_brute_force_on_near_tied_maps(out_hw):
+    """Random-weight models give classes with nearly equal maps: every cell is contested."""
+    rng = np.random.default_rng(5)
+    base = _smooth_probs(rng, 1, 96, 96)
+    probs = (base + rng.normal(0, 5e-4, (60, 96, 96))).astype(np.float32)
+    ids = np.arange(60).astype(np.uint8)
+    want = _brute(probs, out_hw)
+    assert (labels_by_envelopes(probs, ids, out_hw) == want).mean() >= 0.9995
+    assert (labels_by_envelopes(probs, ids, out_hw, block_bytes=1) == want).mean() >= 0.9995
+    assert (labels_from_probs(probs, out_hw) == want).mean() >= 0.9995  # chooses the envelope form here
