@@ -71,6 +71,7 @@ def compare_backends(
         ref_predictor = Predictor(reference, topk=topk, cache=cache)
         ref_predictor.set_classes(classes)
         ref, ref_ms = _timed(ref_predictor, image)
+        ref.probs  # noqa: B018 (fetched while the backend holds them)
         features = ref_predictor.text_features
         assert features is not None  # set_classes set them
     rows = [agreement(reference.label, ref, ref, ref_ms)]
@@ -79,6 +80,7 @@ def compare_backends(
             predictor = Predictor(backend, topk=topk)
             predictor.set_text_features(classes, features)
             pred, ms = _timed(predictor, image)
+            pred.probs  # noqa: B018 (fetched while the backend holds them)
         rows.append(agreement(backend.label, pred, ref, ms))
     return rows
 

@@ -94,12 +94,12 @@ def labels_from_probs(
         cand_cell.append(cell)
     cls = np.concatenate(cand_cls)
     cell = np.concatenate(cand_cell)
+    out_ids = ids.astype(out_dtype)
+    if len(cell) > ENVELOPE_CANDIDATES * used.sum():  # near-tied classes: most cells contested by many
+        return labels_by_envelopes(probs, out_ids, out_hw, block_bytes=block_bytes)
     order = np.argsort(cell, kind="stable")  # by cell; classes stay ascending within a cell
     cls, cell = cls[order], cell[order]
     count = np.bincount(cell, minlength=h * w)
-    out_ids = ids.astype(out_dtype)
-    if count.sum() > ENVELOPE_CANDIDATES * used.sum():  # near-tied classes: most cells contested by many
-        return labels_by_envelopes(probs, out_ids, out_hw, block_bytes=block_bytes)
     start = np.concatenate([[0], np.cumsum(count)[:-1]])
 
     # Uncontested cells take their one candidate; the label map is their gather.
@@ -113,15 +113,13 @@ def labels_from_probs(
     xs = np.searchsorted(ix, np.arange(w + 1))
     contested = np.flatnonzero(count > 1)
     if len(contested):
-        span_y = int(np.diff(ys).max())
-        span_x = int(np.diff(xs).max())
+        per_cell = max(1, block_bytes // (6 * 4 * int(np.diff(ys).max()) * int(np.diff(xs).max())))
         kcount = count[contested]
         # Buckets of similar candidate counts (padded to a power of two) keep padding small.
         bucket = np.ceil(np.log2(kcount)).astype(np.int64)
         for b in np.unique(bucket):
             group = contested[bucket == b]
             k = 1 << int(b)
-            per_cell = max(1, block_bytes // (6 * 4 * span_y * span_x))
             for g in range(0, len(group), per_cell):
                 _resolve(probs, labels, out_ids, group[g : g + per_cell], k, cls, start, count, (ys, xs), (ly, lx))
     return labels

@@ -302,9 +302,11 @@ class Predictor:
         mask = np.zeros(num_classes, dtype=bool)
         mask[kept] = True
         timings = dict(timer.timings, total_ms=sum(timer.timings.values()))
-        kept_probs = out.probs
+        kept_probs, backend = out.probs, self.backend
 
         def fetch() -> np.ndarray:
+            if not backend.active:  # a device backend has freed the maps with its memory
+                raise StateError("read Prediction.probs before the backend is deactivated")
             return ops.scatter_classes(kept_probs, kept, num_classes)[0]
 
         return Prediction(labels=labels, kept=mask, survivors=survivors, timings=timings, _fetch=fetch)

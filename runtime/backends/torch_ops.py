@@ -45,6 +45,8 @@ class TorchOps(ArrayOps):
         return torch_topk_union(logits, k).cpu().numpy()  # the one small device-to-host read per stage
 
     def labels(self, probs: torch.Tensor, kept: np.ndarray, out_hw: tuple[int, int], num_classes: int) -> np.ndarray:
+        if self.device.type == "cpu":  # already on the host: the numpy forms (with the envelope form)
+            return super().labels(probs, kept, out_hw, num_classes)
         return torch_labels(probs[0], np.asarray(kept), out_hw, label_dtype(num_classes))
 
     def synchronize(self) -> None:
@@ -56,8 +58,9 @@ def torch_labels(probs: torch.Tensor, ids: np.ndarray, out_hw: tuple[int, int], 
     """runtime.postprocess's candidate argmax on the device: (T, h, w) maps -> host (H0, W0) ids.
 
     The same rule as the host version (a class whose largest cell corner is below the cell's
-    largest smallest corner cannot win there); contested cells are resolved all at once,
-    padded to the largest candidate count. Only the label map leaves the device.
+    largest smallest corner cannot win there); contested cells are resolved in batches of
+    bounded scratch memory, padded to their largest candidate count. Only the label map leaves
+    the device.
     """
     t, h, w = probs.shape
     dev = probs.device
@@ -81,19 +84,21 @@ def torch_labels(probs: torch.Tensor, ids: np.ndarray, out_hw: tuple[int, int], 
     used = torch.zeros(h, w, dtype=torch.bool, device=dev)
     used[iy.unique()[:, None], ix.unique()[None, :]] = True
     cells = ((count > 1) & used.flatten()).nonzero().squeeze(1)  # n contested cells
-    if len(cells):
-        order = torch.where(cand.flatten(1)[:, cells], torch.arange(t, device=dev)[:, None], t)  # T n
-        k = int(count[cells].max())
+    per_batch = max(1, BLOCK_BYTES // (6 * 4 * int((ys[1:] - ys[:-1]).max()) * int((xs[1:] - xs[:-1]).max())))
+    for g in range(0, len(cells), per_batch):  # contested cells in batches of bounded scratch memory
+        batch = cells[g : g + per_batch]
+        order = torch.where(cand.flatten(1)[:, batch], torch.arange(t, device=dev)[:, None], t)  # T n
+        k = int(count[batch].max())
         cand_ids = order.sort(dim=0).values[:k].T  # n K ascending; past a cell's count: t
         cand_ids = torch.where(cand_ids < t, cand_ids, cand_ids[:, :1])  # padding repeats the first
-        r, c = cells // w, cells % w
+        r, c = batch // w, batch % w
         r1, c1 = (r + 1).clamp(max=h - 1), (c + 1).clamp(max=w - 1)
         ny, nx = ys[r + 1] - ys[r], xs[c + 1] - xs[c]
         yy = ys[r][:, None] + torch.minimum(torch.arange(int(ny.max()), device=dev)[None], ny[:, None] - 1)  # n Ry
         xx = xs[c][:, None] + torch.minimum(torch.arange(int(nx.max()), device=dev)[None], nx[:, None] - 1)  # n Rx
         wy1 = torch.from_numpy(ly_np).to(dev)[yy][:, :, None]  # n Ry 1
         wx1 = torch.from_numpy(lx_np).to(dev)[xx][:, None, :]  # n 1 Rx
-        best = torch.full((len(cells), yy.shape[1], xx.shape[1]), -float("inf"), device=dev)
+        best = torch.full((len(batch), yy.shape[1], xx.shape[1]), -float("inf"), device=dev)
         won = torch.zeros(best.shape, dtype=torch.int64, device=dev)
         for j in range(k):  # running maximum, strict: ties keep the lower class
             cj = cand_ids[:, j]

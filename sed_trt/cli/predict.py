@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         )
         predictor.set_classes(classes)
         pred = predictor.predict(image)
-    probs = pred.probs if args.save_npz else None  # fetched from the backend only when saved
+        probs = pred.probs if args.save_npz else None  # fetched from the backend only when saved
     written = write_results(args, image, classes, pred.labels, pred.kept, probs, random_weights=backend.random_weights)
     print(f"{summary(classes, pred.labels, pred.kept)}; per stage {pred.survivors}; {pred.timings['total_ms']:.0f} ms")
     print(wrote_line(written))

@@ -139,3 +139,16 @@ def test_onnxruntime_chunks_agree_and_are_bounded_by_the_export(parity_engine_di
     feeds["text_features"] = np.zeros(spec.inputs[1].concrete({"N": 5}), np.float32)
     with pytest.raises(InputError, match="at most 4"):
         backend.run("decoder_stage0", feeds)
+
+
+def test_probabilities_are_fetched_only_while_the_backend_is_active(parity_engine_dir, parity, parity_image):
+    backend = create_backend("onnxruntime", engine_dir=parity_engine_dir)
+    with backend:
+        pred = Predictor(backend, topk=2)
+        pred.set_classes(parity["classes"])
+        kept_read = pred.predict(parity_image)
+        kept_read.probs  # noqa: B018 (fetched while active: kept after)
+        unread = pred.predict(parity_image)
+    np.testing.assert_allclose(kept_read.probs, parity["expected"]["cer_k2_probs"], atol=1e-4)
+    with pytest.raises(StateError, match="before the backend is deactivated"):
+        unread.probs  # noqa: B018
