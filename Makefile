@@ -7,7 +7,7 @@ ENGINE_DIR ?= engines/$(BACKBONE)
 BENCH_ARGS ?=
 LOAD_ARGS ?=
 
-.PHONY: install lint test test-all engine bench gpu-check load-test help
+.PHONY: install lint test test-all engine bench gpu-bench gpu-check load-test help
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -36,6 +36,9 @@ engine: install ## export BACKBONE's ONNX graphs + manifest (and TensorRT engine
 
 bench: install ## PyTorch vs ONNX Runtime (vs TensorRT) ms/image, with and without CER; writes results/
 	$(PY) -m sed_trt bench --backbone $(BACKBONE) $(if $(WEIGHTS),--weights $(WEIGHTS)) --out-dir results $(BENCH_ARGS)
+
+gpu-bench: ## on a GPU machine: torch fp32/bf16, CUDA graphs on/off, ADE-150/847, CER off/top-8 (WEIGHTS=ckpt); writes results/gpu/
+	$(PY) -m benchmarks.gpu_bench --backbone $(BACKBONE) $(if $(WEIGHTS),--weights $(WEIGHTS)) --out-dir results/gpu
 
 gpu-check: install ## on a GPU machine (pip install -e ".[trt]"): what can run, then the CUDA-layer and real-TensorRT tests
 	$(PY) -m sed_trt doctor --gpu $(if $(wildcard $(ENGINE_DIR)/manifest.json),--engine-dir $(ENGINE_DIR))

@@ -338,7 +338,7 @@ def _time_fixed_survivors(
         ops.synchronize()
         start = time.perf_counter()
         out = dataclasses.replace(
-            first, features=ops.take(first.features, np.arange(keep), 1)
+            first, features=ops.take(first.features, ops.index(np.arange(keep)), 1)
         )  # stage 1 works in place
         for k in (1, 2, 3):
             out = pred.decode_stage(k, out, enc)
@@ -385,7 +385,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 step(f"{backend.label} rows skipped: {exc}")
                 bar.update(len(cfg.vocab_sizes) * (len(cfg.topks) + 1))
                 continue
-            pred = Predictor(backend)
+            pred = Predictor(backend, profile=True)
             tokens = pred.tokenizer(["a photo of a cat."] * 80)
             times = []
             for _ in range(cfg.repeats + 1):
@@ -396,7 +396,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             for vocab in cfg.vocab_sizes:
                 text = _text(vocab, backend.dims)
                 for topk in cfg.topks:
-                    pred = Predictor(backend, topk=topk)
+                    pred = Predictor(backend, topk=topk, profile=True)
                     pred.set_text_features([f"c{i}" for i in range(vocab)], text)
                     with MemoryMonitor() as mem:
                         totals, parts, survivors = _time_predict(pred, image, cfg.repeats, cfg.warmup)

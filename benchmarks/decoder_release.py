@@ -83,7 +83,7 @@ def _current(
     from runtime.predictor import Predictor
 
     backend = create_backend("onnxruntime", engine_dir=engine_dir, threads=threads, mem_arena=arena).activate()
-    pred = Predictor(backend, class_chunk=class_chunk)
+    pred = Predictor(backend, class_chunk=class_chunk, profile=True)
     pred.set_text_features([f"c{i}" for i in range(len(text))], text)
     return pred
 

@@ -1,12 +1,11 @@
 """Mixed-precision (fp16) graphs for TensorRT's strongly typed networks.
 
 TensorRT 11 has no fp16 builder flag: an fp16 engine needs fp16 types inside the ONNX. Each
-exported graph but the text encoder (run once per vocabulary, its features cached) is
-converted with onnxconverter-common: fp16 weights and activations, fp32 inputs and outputs
+exported graph but those of :data:`FP16_GRAPHS_SKIP` is converted with onnxconverter-common: fp16 weights and activations, fp32 inputs and outputs
 (the runtime binds fp32), and in fp32 the ops that normalise or accumulate: LayerNorm,
 GroupNorm (InstanceNormalization in the graphs), the cost map's L2 normalisation, reductions,
-softmax, and the running class-attention sum that carries over up to ``max_classes / chunk``
-chunks. Chosen by measurement on the parity model (ONNX Runtime, CPU): converting
+softmax, the running class-attention sum that carries over up to ``max_classes / chunk``
+chunks, and the output and auxiliary heads (whose logits decide CER and the labels). Chosen by measurement on the parity model (ONNX Runtime, CPU): converting
 everything gave max |dprob| 9.4e-4, keeping also the divisions, sigmoid, ELU and GELU in
 fp32 9.7e-4, this list 7.4e-4; CER kept sets were identical in all three. The numbers for
 the shipped list are what ``sed-trt compare --backends onnxruntime-fp16`` reports.
@@ -21,10 +20,12 @@ from typing import Any
 import onnx
 
 from runtime.errors import BackendUnavailableError, ExportError
-from runtime.io_spec import RUNNING_SUMS
+from runtime.io_spec import CER_GRAPHS, LABELS, RUNNING_SUMS, TEXT_ENCODER
 
 FP32_OPS = ("LayerNormalization", "InstanceNormalization", "ReduceL2", "ReduceMean", "ReduceSum", "Softmax")
-FP16_GRAPHS_SKIP = ("text_encoder",)  # fp32 even in fp16 engine sets
+# fp32 even in fp16 engine sets: the text encoder (run once per vocabulary, its features
+# cached), CER's decision and the label map (exact comparisons of fp32 values).
+FP16_GRAPHS_SKIP = (TEXT_ENCODER, *CER_GRAPHS, LABELS)
 
 
 def _converter() -> Any:
@@ -72,6 +73,25 @@ def _fp32_outputs(model: onnx.ModelProto) -> None:
         tt.elem_type = onnx.TensorProto.FLOAT
 
 
+HEAD_OUTPUTS = ("aux_logits", "probs")  # the heads' logits decide CER's kept sets and the labels
+_PASS_THROUGH = ("Reshape", "Squeeze", "Unsqueeze", "Sigmoid", "Identity")
+
+
+def head_nodes(model: onnx.ModelProto) -> list[str]:
+    """The nodes from each head's Conv to its graph output (:data:`HEAD_OUTPUTS`), kept fp32 as
+    in the torch backend's reduced precision (sed.modeling.precision)."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    names = []
+    for out in (o.name for o in model.graph.output if o.name.split("__fp16")[0] in HEAD_OUTPUTS):
+        node = producers.get(out)
+        while node is not None and node.op_type in _PASS_THROUGH:
+            names.append(node.name)
+            node = producers.get(node.input[0])
+        if node is not None and node.op_type == "Conv":
+            names.append(node.name)
+    return names
+
+
 def convert_graph(src: str | Path, dst: str | Path) -> None:
     """Write the mixed-precision version of the fp32 graph ``src`` to ``dst``."""
     float16 = _converter()
@@ -80,6 +100,7 @@ def convert_graph(src: str | Path, dst: str | Path) -> None:
     _detach_outputs(model)
     sums = set(RUNNING_SUMS.values())
     fp32_nodes = [n.name for n in model.graph.node if any(o.split("__fp16")[0] in sums for o in n.output)]
+    fp32_nodes += head_nodes(model)
     try:
         with warnings.catch_warnings():  # "the float32 number 1e-12 will be truncated to 1e-07": epsilons, by design
             warnings.simplefilter("ignore", UserWarning)

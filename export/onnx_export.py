@@ -25,8 +25,10 @@ from export.wrappers import wrapper_for
 from runtime.errors import EngineError, ExportError
 from runtime.fsutil import check_writable_dir, current_umask, file_sha256
 from runtime.io_spec import (
+    CER_GRAPHS,
     GRAPH_NAMES,
     IMAGE_ENCODER,
+    LABELS,
     TEXT_ENCODER,
     ExportLimits,
     GraphSpec,
@@ -41,7 +43,7 @@ from sed.modeling.sed import SED
 
 DEFAULT_OPSET = 20
 # Example sizes used for tracing: >= 2 on every dynamic axis so none is specialised.
-TRACE_SIZES = {"B": 2, "N": 3, "Q": 4, "L": 7, "H": 64, "W": 96}
+TRACE_SIZES = {"B": 2, "N": 3, "Q": 4, "L": 7, "H": 64, "W": 96, "T": 5, "R": 3, "X": 6}
 
 
 def example_inputs(
@@ -50,9 +52,19 @@ def example_inputs(
     """Random feeds for a graph at the given axis sizes (tokens end with EOT, as real ones do)."""
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
+    side = {t.name: t.shape[-1] for t in spec.inputs}.get("probs", 1)  # the labels graph's map side
     for t in spec.inputs:
         shape = t.concrete(sizes)
-        if t.dtype == "int64":
+        arr: np.ndarray
+        if t.name == "rank":  # k - 1 of CER's top-k
+            arr = np.array([min(1, sizes["T"] - 1)], dtype=np.int64)
+        elif t.name in ("rows", "cols"):
+            arr = rng.integers(0, int(side), size=shape, dtype=np.int64)
+        elif t.name in ("row_weights", "col_weights", "probs"):
+            arr = rng.uniform(0, 1, size=shape).astype(np.float32)
+        elif t.dtype == "int32":  # class ids and labels
+            arr = rng.integers(0, 1000, size=shape, dtype=np.int32)
+        elif t.dtype == "int64":
             arr = rng.integers(1, vocab_size - 2, size=shape, dtype=np.int64)
             arr[:, 0] = vocab_size - 2  # SOT
             arr[:, -1] = vocab_size - 1  # EOT (the largest id: where the encoder pools)
@@ -172,6 +184,10 @@ def validation_sizes(graph: str, dims: ModelDims, limits: ExportLimits) -> list[
         return [{"B": 1, "H": dims.image_size, "W": dims.image_size}]
     if graph == TEXT_ENCODER:
         return [{"Q": 5, "L": 9}, {"Q": 1, "L": 77}]
+    if graph in CER_GRAPHS:
+        return [{"B": 1, "T": 2}, {"B": 1, "T": min(limits.max_classes, 200)}]
+    if graph == LABELS:
+        return [{"N": 1, "R": 1, "X": 1}, {"N": limits.class_chunk, "R": min(limits.label_rows, 16), "X": 97}]
     return [{"B": 1, "N": 1}, {"B": 1, "N": limits.class_chunk}]
 
 

@@ -2,8 +2,8 @@
 
 torch.export needs a forward with named arguments; these classes only give the graph table
 of ``sed.graphs`` the input names of :mod:`runtime.io_spec`. CER's data-dependent parts
-(top-k union, gather, scatter into zeros) and the chunking over classes are in no graph:
-the runtime does them between graphs.
+(the survivors' ids, gathers) and the chunking over classes are in no graph: the runtime
+does them between graphs (the ``cerK`` graphs give it a fixed-size keep mask).
 """
 
 from __future__ import annotations
@@ -11,7 +11,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from runtime.io_spec import DECODER_STAGE0, FUSE_GRAPHS, IMAGE_ENCODER, SUMMARY_GRAPHS, TEXT_ENCODER
+from runtime.io_spec import (
+    CER_GRAPHS,
+    DECODER_STAGE0,
+    FUSE_GRAPHS,
+    IMAGE_ENCODER,
+    LABELS,
+    SUMMARY_GRAPHS,
+    TEXT_ENCODER,
+)
 from sed.graphs import graph_outputs
 from sed.modeling.sed import SED
 
@@ -69,6 +77,30 @@ class StageFuseExport(_GraphModule):
         return self._run(spatial_features, class_kv, corr_guidance, guidance_term)
 
 
+class CerExport(_GraphModule):
+    """aux_logits (B, T, s, s), rank (1,) = k - 1 -> keep (T,): CER's top-k union as a mask."""
+
+    def forward(self, aux_logits: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+        return self._run(aux_logits, rank)[0]
+
+
+class LabelsExport(_GraphModule):
+    """One band and class chunk of the label map (bilinear resize + running argmax)."""
+
+    def forward(
+        self,
+        probs: torch.Tensor,
+        class_ids: torch.Tensor,
+        rows: torch.Tensor,
+        row_weights: torch.Tensor,
+        cols: torch.Tensor,
+        col_weights: torch.Tensor,
+        best_in: torch.Tensor,
+        labels_in: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        return self._run(probs, class_ids, rows, row_weights, cols, col_weights, best_in, labels_in)
+
+
 def wrapper_for(model: SED, graph: str, pooling: int) -> nn.Module:
     """The export module of a graph name from :mod:`runtime.io_spec`."""
     if graph == IMAGE_ENCODER:
@@ -81,4 +113,8 @@ def wrapper_for(model: SED, graph: str, pooling: int) -> nn.Module:
         return StageSummariesExport(model, graph, pooling)
     if graph in FUSE_GRAPHS:
         return StageFuseExport(model, graph, pooling)
+    if graph in CER_GRAPHS:
+        return CerExport(model, graph)
+    if graph == LABELS:
+        return LabelsExport(model, graph)
     raise KeyError(f"unknown graph {graph!r}")

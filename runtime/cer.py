@@ -2,7 +2,10 @@
 
 The official rule, in one place for the model and every backend: keep the classes that are
 in the per-pixel top-k of some pixel of some image (union over pixels and the batch); with
-no k, or k >= T, keep them all.
+no k, or k >= T, keep them all. A class is in a pixel's top-k when its logit reaches that
+pixel's k-th largest: classes tied with the k-th are all kept (the official argsort leaves
+the choice among ties unspecified; this makes it deterministic and the same on every
+backend). Device backends run the same rule as a graph (``sed.graphs.cer_keep``).
 """
 
 from __future__ import annotations
@@ -19,10 +22,8 @@ def keeps_all(topk: int | None, num_classes: int) -> bool:
 
 def topk_union(logits: np.ndarray, k: int) -> np.ndarray:
     """Sorted indices of the classes in some pixel's top-k of (B, T, H, W) logits (numpy)."""
-    top = np.argpartition(-logits, k - 1, axis=1)[:, :k]  # B K H W, unordered
-    keep = np.zeros(logits.shape[1], dtype=bool)
-    keep[top.ravel()] = True
-    return np.flatnonzero(keep)
+    kth = -np.partition(-logits, k - 1, axis=1)[:, k - 1 : k]  # B 1 H W, the k-th largest
+    return np.flatnonzero((logits >= kth).any(axis=(0, 2, 3)))
 
 
 def select_classes(ops: Any, logits: Any, topk: int | None) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 Shapes are templates: an int is fixed, a string names a dynamic axis. The axes are
 B (images), N (a chunk of categories: the decoder graphs run on at most ``class_chunk``
-classes at a time, whatever the vocabulary size T), Q (prompts), L (token columns) and
-H, W (input image size). Export generates dynamic-shape declarations from here; the
+classes at a time, whatever the vocabulary size T), T (a whole vocabulary or its CER
+survivors), Q (prompts), L (token columns), H, W (input image size) and R, X (a band of
+rows and columns of the label map). Export generates dynamic-shape declarations from here; the
 TensorRT builder generates optimisation profiles from here; the runtime validates feeds
 against it.
 
@@ -13,11 +14,21 @@ one slice of the whole-vocabulary tensor. The class-attention sums are a running
 (zeros for the first chunk, the previous chunk's ``class_kv`` after that), so the sums
 over the whole vocabulary, which the matching ``*_fuse`` graph takes, are added on the
 device by the graphs themselves (no array arithmetic in any runtime).
+
+Two graphs serve device backends between and after the decoder graphs, so nothing but
+class ids and the label map reaches the host: ``cerK`` (CER before decoder stage K: which
+classes are in some pixel's top-k of the auxiliary logits) and ``labels`` (the bilinear
+resize of the survivors' probabilities to the photo and the argmax over classes, one band
+of rows and columns and one chunk of classes at a time, with a running maximum carried
+from chunk to chunk like the class-attention sums).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from types import MappingProxyType
 from typing import Any
 
 from runtime.errors import ConfigError, InputError
@@ -28,9 +39,12 @@ DECODER_STAGE0 = "decoder_stage0"  # cost map and its embedding (per class)
 SUMMARY_GRAPHS = ("decoder_stage1_summaries", "decoder_stage2_summaries", "decoder_stage3_summaries")
 FUSE_GRAPHS = ("decoder_stage1_fuse", "decoder_stage2_fuse", "decoder_stage3_fuse")
 DECODER_GRAPHS = (DECODER_STAGE0, *(g for pair in zip(SUMMARY_GRAPHS, FUSE_GRAPHS) for g in pair))
-GRAPH_NAMES = (IMAGE_ENCODER, TEXT_ENCODER, *DECODER_GRAPHS)
+CER_GRAPHS = ("cer1", "cer2", "cer3")  # the rejection point before decoder stage 1, 2, 3
+LABELS = "labels"
+GRAPH_NAMES = (IMAGE_ENCODER, TEXT_ENCODER, *DECODER_GRAPHS, *CER_GRAPHS, LABELS)
 CLASS_AXIS = "N"
 RUNNING_SUMS = {"class_kv_in": "class_kv"}  # summaries-graph input -> output it is carried into, chunk to chunk
+RUNNING_ARGMAX = {"best_in": "best", "labels_in": "labels"}  # the same for the labels graph
 ENCODER_STRIDE = 32  # the cost map is at 1/32 of the network input (ConvNeXt's last stage)
 
 Dim = int | str
@@ -167,6 +181,8 @@ class ExportLimits:
     min_image_side: int = 32
     opt_image_hw: tuple[int, int] = (640, 853)
     max_image_side: int = 2560
+    label_rows: int = 64  # the largest band of label-map rows one labels-graph run computes (axis R)
+    label_cols: int = 4096  # ... and of columns (axis X); wider photos run in tiles
 
     def range_of(self, axis: str) -> DynamicRange:
         """The min/opt/max of a named axis."""
@@ -177,10 +193,14 @@ class ExportLimits:
             "L": DynamicRange(2, 16, 77),
             "H": DynamicRange(self.min_image_side, self.opt_image_hw[0], self.max_image_side),
             "W": DynamicRange(self.min_image_side, self.opt_image_hw[1], self.max_image_side),
+            "T": DynamicRange(1, min(150, self.max_classes), self.max_classes),
+            "R": DynamicRange(1, self.label_rows, self.label_rows),
+            "X": DynamicRange(1, min(self.opt_image_hw[1], self.label_cols), self.label_cols),
         }
-        if self.class_chunk < 1 or self.max_classes < 1:
+        if min(self.class_chunk, self.max_classes, self.label_rows, self.label_cols) < 1:
             raise ConfigError(
-                f"class_chunk and max_classes must be >= 1, got {self.class_chunk} and {self.max_classes}"
+                f"class_chunk, max_classes, label_rows and label_cols must be >= 1, got {self.class_chunk}, "
+                f"{self.max_classes}, {self.label_rows} and {self.label_cols}"
             )
         if axis not in table:
             raise KeyError(f"unknown dynamic axis {axis!r}; known: {sorted(table)}")
@@ -197,9 +217,11 @@ class ExportLimits:
         return cls(**d)
 
 
-def graph_specs(dims: ModelDims, pooling: int = 1) -> dict[str, GraphSpec]:
-    """The I/O contract of every graph, for a model of the given sizes and class-attention pooling."""
-    f32, i64 = "float32", "int64"
+@functools.lru_cache(maxsize=16)
+def graph_specs(dims: ModelDims, pooling: int = 1) -> Mapping[str, GraphSpec]:
+    """The I/O contract of every graph, for a model of the given sizes and class-attention pooling
+    (computed once per model: every graph run reads it)."""
+    f32, i32, i64 = "float32", "int32", "int64"
     s = dims.feature_size
     chans = dims.stage_channels
     corr = dims.corr_guidance_dims
@@ -269,4 +291,26 @@ def graph_specs(dims: ModelDims, pooling: int = 1) -> dict[str, GraphSpec]:
             ),
             outputs=outputs,
         )
-    return specs
+        # CER before stage k: aux logits of the stage before (B, T, s_k, s_k) and k - 1 of top-k
+        specs[CER_GRAPHS[k - 1]] = GraphSpec(
+            CER_GRAPHS[k - 1],
+            inputs=(TensorSpec("aux_logits", f32, ("B", "T", size, size)), TensorSpec("rank", i64, (1,))),
+            outputs=(TensorSpec("keep", f32, ("T",)),),
+        )
+    side = 8 * s  # the decoder's output maps
+    band = ("R", "X")
+    specs[LABELS] = GraphSpec(
+        LABELS,
+        inputs=(
+            TensorSpec("probs", f32, (1, n, side, side)),
+            TensorSpec("class_ids", i32, (n,)),
+            TensorSpec("rows", i64, ("R",)),
+            TensorSpec("row_weights", f32, ("R",)),
+            TensorSpec("cols", i64, ("X",)),
+            TensorSpec("col_weights", f32, ("X",)),
+            TensorSpec("best_in", f32, band),
+            TensorSpec("labels_in", i32, band),
+        ),
+        outputs=(TensorSpec("best", f32, band), TensorSpec("labels", i32, band)),
+    )
+    return MappingProxyType(specs)

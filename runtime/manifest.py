@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,7 @@ from runtime.io_spec import GRAPH_NAMES, ExportLimits, GraphSpec, ModelDims, Ten
 from runtime.tokenizer import BPE_FILENAME
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = (
-    3  # 2: decoder stages split into class-chunked summaries + fuse graphs; 3: running class_kv sums in the graphs
-)
+MANIFEST_FORMAT = 4  # 4: the CER and labels graphs of device backends
 
 log = logging.getLogger("sed_trt")
 
@@ -59,7 +58,7 @@ class Manifest:
     format: int = MANIFEST_FORMAT
 
     @property
-    def specs(self) -> dict[str, GraphSpec]:
+    def specs(self) -> Mapping[str, GraphSpec]:
         return graph_specs(self.dims, self.pooling)
 
     def to_dict(self) -> dict[str, Any]:

@@ -8,10 +8,12 @@ running class-attention sums), then the ``*_fuse`` graph on every chunk with tho
 outputs are written into preallocated whole-vocabulary tensors.
 
 Between decoder stages it selects the classes in the per-pixel top-k of the auxiliary
-logits (union over pixels and batch) and gathers, chunk by chunk, only their per-class
-tensors; at the end the backend's ops turn the survivors' probabilities into the label map
-where they are (runtime.postprocess), and the full-vocabulary probabilities (rejected classes
-exactly 0) reach the host only when a caller reads ``Prediction.probs``.
+logits (union over pixels and batch; runtime.cer), uploads their indices once and gathers,
+chunk by chunk, only their per-class tensors. At the end the survivors' probabilities
+become the label map: on the host with runtime.postprocess, or, for a device-resident
+backend, with the ``cerK`` and ``labels`` graphs where the arrays are, so only the class
+ids and the label map cross to the host. The full-vocabulary probabilities (rejected
+classes exactly 0) are copied only when a caller reads ``Prediction.probs``.
 """
 
 from __future__ import annotations
@@ -20,22 +22,26 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from runtime.backends.base import Array, Backend
-from runtime.cer import select_classes
+from runtime.cer import keeps_all, topk_union
 from runtime.errors import ConfigError, StateError, VocabularyError
 from runtime.image import preprocess
 from runtime.io_spec import (
+    CER_GRAPHS,
     CLASS_AXIS,
     DECODER_STAGE0,
     FUSE_GRAPHS,
     IMAGE_ENCODER,
+    LABELS,
     RUNNING_SUMS,
     SUMMARY_GRAPHS,
     TEXT_ENCODER,
 )
+from runtime.postprocess import label_dtype, labels_from_probs, source_positions
 from runtime.text_cache import TextFeatureCache, cached_text_features
 from runtime.tokenizer import ClipTokenizer
 from runtime.vocab import validate_vocabulary
@@ -65,10 +71,17 @@ class StageOutputs:
         return cls(features=out["next_features"], corr_guidance=out["next_corr_guidance"], aux_logits=out["aux_logits"])
 
 
-class Timer:
-    """Wall time of named steps in ms, each ended by ``synchronize`` (queued device work counts)."""
+# Device memory one labels-graph run may use per intermediate (N, R, X) array, where the
+# engines set no bound (the torch backend on a GPU).
+LABEL_BLOCK_BYTES = 256 << 20
 
-    def __init__(self, synchronize: Callable[[], None]) -> None:
+
+class Timer:
+    """Wall time of named steps in ms. With ``synchronize`` each step waits for the device
+    (queued work counts: per-part timings); without, only the total is recorded and no step
+    adds a device synchronisation."""
+
+    def __init__(self, synchronize: Callable[[], None] | None) -> None:
         self.synchronize = synchronize
         self.timings: dict[str, float] = {}
 
@@ -76,8 +89,9 @@ class Timer:
     def __call__(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
         yield
-        self.synchronize()
-        self.timings[name] = (time.perf_counter() - start) * 1e3
+        if self.synchronize is not None:
+            self.synchronize()
+            self.timings[name] = (time.perf_counter() - start) * 1e3
 
 
 @dataclass
@@ -117,7 +131,18 @@ class Predictor:
         progress: bool = False,
         text_batch_size: int = 256,
         class_chunk: int | None = None,
+        profile: bool = False,
     ) -> None:
+        """
+        Args:
+            backend: what runs the graphs (activated by the caller).
+            topk: CER's k (None: no rejection).
+            cache: text features by vocabulary (memory and disk).
+            progress: show text-encoding progress.
+            text_batch_size: prompts per text-encoder run.
+            class_chunk: classes per decoder-graph run (default: the engines' largest).
+            profile: time every part (each waits for the device); default: the total only.
+        """
         if topk is not None and topk < 1:
             raise ConfigError(f"topk must be >= 1 (or omitted for no rejection), got {topk}")
         limit = backend.class_chunk if backend.limits is not None else None
@@ -131,6 +156,7 @@ class Predictor:
         self.cache = cache
         self.progress = progress
         self.text_batch_size = text_batch_size
+        self.profile = profile
         self.classes: list[str] = []
         self.text_features: np.ndarray | None = None  # (T, P, E) on the host
         self._text: Array = None  # the same, as the backend's array
@@ -191,7 +217,7 @@ class Predictor:
         per_class: dict[str, Array],
         shared: dict[str, Array],
         *,
-        select: dict[str, np.ndarray] | None = None,
+        select: dict[str, Any] | None = None,
         into: dict[str, Array] | None = None,
     ) -> dict[str, Array]:
         """Run ``graph`` over all classes of ``per_class``, ``class_chunk`` at a time.
@@ -200,7 +226,8 @@ class Predictor:
             per_class: inputs with the class axis (N in the spec).
             shared: inputs without it (the same for every chunk).
             select: for some per-class inputs, the sorted indices of the classes to run
-                (CER survivors); the others hold exactly the classes to run.
+                (CER survivors, as :meth:`ArrayOps.index` gives them); the others hold
+                exactly the classes to run.
             into: preallocated outputs to fill; an input may be passed as its own output
                 (each chunk reads classes ``select[a:b] >= a`` before it writes ``[a, b)``).
 
@@ -253,9 +280,7 @@ class Predictor:
         out = self.run_chunked(DECODER_STAGE0, {"text_features": self._text}, {"clip_dense": enc.clip_dense})
         return StageOutputs.from_graph(out)
 
-    def decode_stage(
-        self, k: int, prev: StageOutputs, enc: EncoderOutputs, select: np.ndarray | None = None
-    ) -> StageOutputs:
+    def decode_stage(self, k: int, prev: StageOutputs, enc: EncoderOutputs, select: Any = None) -> StageOutputs:
         """Decoder stage k (1..3) on the classes ``select`` of ``prev`` (None: all); stage 3 gives probabilities."""
         spatial = self.run_chunked(
             SUMMARY_GRAPHS[k - 1],
@@ -272,12 +297,82 @@ class Predictor:
         )
         return StageOutputs(probs=out["probs"]) if k == 3 else StageOutputs.from_graph(out)
 
+    def reject(self, k: int, aux_logits: Array) -> np.ndarray | None:
+        """CER before decoder stage k: the sorted indices of the classes kept, None for all."""
+        t = int(aux_logits.shape[1])
+        if keeps_all(self.topk, t):
+            return None
+        assert self.topk is not None
+        ops = self.backend.ops
+        if self.backend.device_resident:  # the rule as a graph; a (T,) mask crosses to the host
+            rank = ops.from_numpy(np.array([self.topk - 1], dtype=np.int64))
+            keep = ops.to_numpy(self.backend.run(CER_GRAPHS[k - 1], {"aux_logits": aux_logits, "rank": rank})["keep"])
+            sel = np.flatnonzero(keep > 0)
+        else:
+            sel = topk_union(ops.to_numpy(aux_logits), self.topk)
+        return None if len(sel) == t else sel
+
+    def labels(self, probs: Array, kept: np.ndarray, out_hw: tuple[int, int], num_classes: int) -> np.ndarray:
+        """The (H0, W0) label map (vocabulary ids ``kept``) of the survivors' probabilities (1, T', h, w)."""
+        dtype = label_dtype(num_classes)
+        if not self.backend.device_resident:
+            return labels_from_probs(
+                self.backend.ops.to_numpy(probs)[0], out_hw, kept, dtype=dtype, threads=self.backend.threads
+            )
+        return self._device_labels(probs, kept, out_hw).astype(dtype)
+
+    def _device_labels(self, probs: Array, kept: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+        """The labels graph over bands of rows, tiles of columns and chunks of classes; one
+        download per tile. A chunk carries the best value and label into the next."""
+        ops = self.backend.ops
+        t, side = int(probs.shape[1]), int(probs.shape[-1])
+        h0, w0 = out_hw
+        limits = self.backend.limits
+        chunk = min(t, self.class_chunk) if limits is not None else t
+        cols_max = limits.label_cols if limits is not None else w0
+        iy, ly = source_positions(h0, side)
+        ix, lx = source_positions(w0, side)
+        ids = ops.from_numpy(np.asarray(kept, dtype=np.int32))
+        out = np.empty((h0, w0), dtype=np.int32)
+        for x0 in range(0, w0, cols_max):
+            x1 = min(x0 + cols_max, w0)
+            rows_max = max(1, LABEL_BLOCK_BYTES // (4 * chunk * (x1 - x0)))
+            if limits is not None:
+                rows_max = min(rows_max, limits.label_rows)
+            rows_max = min(rows_max, h0)
+            cols = ops.from_numpy(ix[x0:x1])
+            col_weights = ops.from_numpy(lx[x0:x1])
+            start = ops.from_numpy(np.full((rows_max, x1 - x0), -1, dtype=np.float32))  # below every probability
+            tile = ops.empty((h0, x1 - x0), "int32")
+            for y0 in range(0, h0, rows_max):
+                y1 = min(y0 + rows_max, h0)
+                feeds = {
+                    "rows": ops.from_numpy(iy[y0:y1]),
+                    "row_weights": ops.from_numpy(ly[y0:y1]),
+                    "cols": cols,
+                    "col_weights": col_weights,
+                    "best_in": ops.narrow(start, 0, 0, y1 - y0),
+                    "labels_in": ops.empty(
+                        (y1 - y0, x1 - x0), "int32"
+                    ),  # read only where the first chunk loses: nowhere
+                }
+                for a in range(0, t, chunk):
+                    b = min(a + chunk, t)
+                    res = self.backend.run(
+                        LABELS, {**feeds, "probs": ops.narrow(probs, 1, a, b), "class_ids": ops.narrow(ids, 0, a, b)}
+                    )
+                    feeds["best_in"], feeds["labels_in"] = res["best"], res["labels"]
+                ops.write(tile, 0, y0, feeds["labels_in"])
+            out[:, x0:x1] = ops.to_numpy(tile)
+        return out
+
     def predict(self, image: np.ndarray) -> Prediction:
         """Segment one RGB uint8 image (H, W, 3)."""
         if self._text is None:
             raise StateError("no vocabulary: call set_classes() first")
         ops = self.backend.ops
-        timer = Timer(ops.synchronize)
+        timer = Timer(ops.synchronize if self.profile else None)
+        start = time.perf_counter()
         num_classes = len(self.classes)
         kept = np.arange(num_classes)  # indices into the vocabulary of the classes still decoded
         survivors: list[int] = []
@@ -288,20 +383,19 @@ class Predictor:
         with timer("decoder_stage0_ms"):
             out = self.decode_stage0(enc)
         for k in (1, 2, 3):
-            with timer(f"cer{k}_ms"):  # keep the classes in some pixel's top-k (gathered chunk by chunk)
-                sel: np.ndarray | None = select_classes(ops, out.aux_logits, self.topk)
-                if sel is not None and len(sel) < len(kept):
+            with timer(f"cer{k}_ms"):  # keep the classes in some pixel's top-k; their indices uploaded once
+                sel = self.reject(k, out.aux_logits)
+                if sel is not None:
                     kept = kept[sel]
-                else:
-                    sel = None
                 survivors.append(len(kept))
+                index = None if sel is None else ops.index(sel)
             with timer(f"decoder_stage{k}_ms"):
-                out = self.decode_stage(k, out, enc, sel)
+                out = self.decode_stage(k, out, enc, index)
         with timer("postprocess_ms"):  # labels where the probabilities are; only they come back
-            labels = ops.labels(out.probs, kept, (image.shape[0], image.shape[1]), num_classes)
+            labels = self.labels(out.probs, kept, (image.shape[0], image.shape[1]), num_classes)
         mask = np.zeros(num_classes, dtype=bool)
         mask[kept] = True
-        timings = dict(timer.timings, total_ms=sum(timer.timings.values()))
+        timings = dict(timer.timings, total_ms=(time.perf_counter() - start) * 1e3)
         kept_probs, backend = out.probs, self.backend
 
         def fetch() -> np.ndarray:

@@ -3,18 +3,53 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
 
-from runtime.backends.base import Backend
-from runtime.backends.torch_ops import TorchOps
+from runtime.backends.base import ArrayOps, Backend
 from runtime.errors import ConfigError, StateError
+from runtime.io_spec import CER_GRAPHS, DECODER_GRAPHS, IMAGE_ENCODER, LABELS, TEXT_ENCODER
 from sed.build import load_sed, resolve_device
 from sed.checkpoint import text_tower_fingerprint
 from sed.graphs import graph_outputs
+from sed.modeling.fam import ChannelsLastLayerNorm
+from sed.modeling.precision import fp32_norms
 from sed.modeling.sed import SED
+
+
+class TorchOps(ArrayOps):
+    """The predictor's array ops on torch tensors of one device (CPU or CUDA)."""
+
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+
+    def from_numpy(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+
+    def to_numpy(self, x: torch.Tensor) -> np.ndarray:
+        return x.detach().cpu().numpy()
+
+    def empty(self, shape: tuple[int, ...], dtype: str = "float32") -> torch.Tensor:
+        return torch.empty(shape, dtype=getattr(torch, dtype), device=self.device)
+
+    def zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.zeros(shape, dtype=torch.float32, device=self.device)
+
+    def index(self, idx: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(idx, dtype=np.int64)).to(self.device)  # one upload per stage
+
+    def take(self, x: torch.Tensor, idx: Any, axis: int) -> torch.Tensor:
+        return x.index_select(axis, idx).contiguous()
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
 
 @contextlib.contextmanager
@@ -33,8 +68,69 @@ def fp32_math(allow_tf32: bool = False) -> Iterator[None]:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
+class CudaGraphs:
+    """Captured CUDA graphs of the torch backend's graphs, one per (graph, input shapes).
+
+    A graph's first call at new shapes runs it once on a side stream (lazy initialisation and
+    cuDNN's algorithm search stay out of the capture), then captures it with static inputs;
+    later calls copy their inputs into those and replay. The shapes are exact, so a last,
+    smaller chunk of classes gets a graph of its own instead of padding (which would add
+    padded classes to the running class-attention sums): at most ``class_chunk`` shapes per
+    decoder graph. Outputs are the static tensors, valid until the same graph runs again at
+    the same shapes; the predictor copies chunk outputs out at once and uses the image
+    encoder's before the next image. Every capture shares one memory pool.
+    """
+
+    def __init__(self, max_graphs: int = 256) -> None:
+        self.max_graphs = max_graphs
+        self.pool = torch.cuda.graph_pool_handle()
+        self._graphs: OrderedDict[tuple, tuple[Any, dict[str, torch.Tensor], dict[str, torch.Tensor]]] = OrderedDict()
+        self.captures = 0
+
+    def run(self, graph: str, feeds: dict[str, torch.Tensor], fn: Callable[[dict], dict]) -> dict[str, torch.Tensor]:
+        key = (graph, *((n, tuple(x.shape)) for n, x in sorted(feeds.items())))
+        entry = self._graphs.get(key)
+        if entry is None:
+            static_in = {n: x.clone() for n, x in feeds.items()}
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                fn(static_in)
+            torch.cuda.current_stream().wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=self.pool, capture_error_mode="thread_local"):
+                static_out = fn(static_in)
+            entry = self._graphs[key] = (g, static_in, static_out)
+            self.captures += 1
+            while len(self._graphs) > self.max_graphs:
+                self._graphs.popitem(last=False)
+        else:
+            self._graphs.move_to_end(key)
+        g, static_in, static_out = entry
+        for name, x in feeds.items():
+            static_in[name].copy_(x)
+        g.replay()
+        return static_out
+
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Graphs that stay fp32 at every precision, as in the fp16 ONNX graphs (export.fp16): text
+# features are cached per vocabulary; CER's decision and the label map compare fp32 values.
+FP32_GRAPHS = (TEXT_ENCODER, *CER_GRAPHS, LABELS)
+# What --cuda-graphs captures: the graphs run per image at fixed shapes (CER's and the labels
+# graph's shapes follow the survivors and the photo; the text encoder runs per vocabulary).
+CAPTURED_GRAPHS = (IMAGE_ENCODER, *DECODER_GRAPHS)
+
+
 class TorchBackend(Backend):
-    """Runs the PyTorch reference stage by stage (same I/O contract as the exported graphs)."""
+    """Runs the PyTorch reference stage by stage (same I/O contract as the exported graphs).
+
+    ``precision`` bf16 or fp16 runs the image encoder and the decoder graphs under
+    ``torch.autocast`` with fp32 islands (:mod:`sed.modeling.precision`: norms, the cost
+    map's normalisation, the running class-attention sums, the heads); every graph's
+    inputs and outputs stay fp32. ``cuda_graphs`` replays captured CUDA graphs of the
+    image encoder and decoder graphs (:class:`CudaGraphs`; opt-in until measured faster).
+    """
 
     name = "torch"
 
@@ -48,9 +144,18 @@ class TorchBackend(Backend):
         pooling: int = 1,
         threads: int | None = None,
         allow_tf32: bool = False,
+        precision: str = "fp32",
+        cuda_graphs: bool = False,
     ) -> None:
         super().__init__()
         resolve_device(device)
+        if cuda_graphs and torch.device(device).type != "cuda":
+            raise ConfigError("--cuda-graphs needs --device cuda (the torch backend on a GPU)")
+        self.cuda_graphs = cuda_graphs
+        self._graphs: CudaGraphs | None = None
+        if precision not in PRECISIONS:
+            raise ConfigError(f"--precision {precision!r}: the torch backend runs {', '.join(PRECISIONS)}")
+        self.precision = precision
         self._model = model
         self._model_given = model is not None
         self.backbone = backbone
@@ -61,7 +166,9 @@ class TorchBackend(Backend):
         self.threads = threads
         self.allow_tf32 = allow_tf32
         self.ops = TorchOps(device)
+        self.device_resident = torch.device(device).type != "cpu"
         self._fingerprint: str | None = None
+        self._hooks: list[Any] = []
         if model is not None:
             self._set_dims(model)
 
@@ -80,6 +187,10 @@ class TorchBackend(Backend):
         return self._model_given is False and self.weights is None
 
     @property
+    def label(self) -> str:
+        return self.name if self.precision == "fp32" else f"{self.name}-{self.precision}"
+
+    @property
     def text_fingerprint(self) -> str:
         if self._fingerprint is None:
             self._fingerprint = text_tower_fingerprint(self.model)
@@ -94,14 +205,34 @@ class TorchBackend(Backend):
             self._model = load_sed(self.backbone, self.weights, device=self.device)
             self._set_dims(self._model)
         self._model.eval()
+        if self.precision != "fp32" and not self._hooks:
+            self._hooks = fp32_norms(self._model, (nn.LayerNorm, nn.GroupNorm, ChannelsLastLayerNorm))
+        if self.cuda_graphs and self._graphs is None:
+            self._graphs = CudaGraphs()
         self.active = True
         return self
 
+    def deactivate(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        self._graphs = None
+        super().deactivate()
+
+    def _autocast(self, graph: str) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32" or graph in FP32_GRAPHS:
+            return contextlib.nullcontext()
+        # no cast cache: each graph run is its own autocast region (and captures must not keep one)
+        return torch.autocast(torch.device(self.device).type, dtype=PRECISIONS[self.precision], cache_enabled=False)
+
     def _run(self, graph: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        with torch.no_grad(), fp32_math(self.allow_tf32):
+        with torch.no_grad(), fp32_math(self.allow_tf32), self._autocast(graph):
+            if self._graphs is not None and graph in CAPTURED_GRAPHS:
+                return self._graphs.run(graph, feeds, lambda f: self._run_graph(graph, f))
             return self._run_graph(graph, feeds)
 
     def _run_graph(self, graph: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         spec = self.specs[graph]
         outs = graph_outputs(self.model, graph, [feeds[n] for n in spec.input_names], pooling=self.pooling)
-        return dict(zip(spec.output_names, outs))
+        # The I/O contract is fp32 at every precision (a no-op in fp32).
+        return {n: o.float() if o.is_floating_point() else o for n, o in zip(spec.output_names, outs)}

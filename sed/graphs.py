@@ -12,8 +12,58 @@ from collections.abc import Sequence
 
 import torch
 
-from runtime.io_spec import DECODER_STAGE0, FUSE_GRAPHS, IMAGE_ENCODER, SUMMARY_GRAPHS, TEXT_ENCODER
+from runtime.io_spec import (
+    CER_GRAPHS,
+    DECODER_STAGE0,
+    FUSE_GRAPHS,
+    IMAGE_ENCODER,
+    LABELS,
+    SUMMARY_GRAPHS,
+    TEXT_ENCODER,
+)
+from sed.modeling.cer import cer_keep
 from sed.modeling.sed import SED
+
+
+def band_labels(
+    probs: torch.Tensor,
+    class_ids: torch.Tensor,
+    rows: torch.Tensor,
+    row_weights: torch.Tensor,
+    cols: torch.Tensor,
+    col_weights: torch.Tensor,
+    best_in: torch.Tensor,
+    labels_in: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One band of the label map for one chunk of classes: bilinear resize + running argmax.
+
+    Args:
+        probs: (1, N, h, w) probabilities of N classes.
+        class_ids: (N,) int32 label of each class (its id in the vocabulary).
+        rows, row_weights: (R,) per output row its upper source row and that row's lower
+            neighbour's weight (runtime.postprocess.source_positions); cols, col_weights: (X,).
+        best_in, labels_in: (R, X) the best value and label over the classes before this chunk
+            (-1 and anything for the first chunk).
+
+    Returns:
+        (R, X) best value and label so far. Values are computed as torch's bilinear
+        (align_corners=False) computes them, and ties keep the lower class, as argmax does
+        (chunks run in class order, so a later chunk must be strictly better).
+    """
+    h, w = probs.shape[-2:]
+    p = probs[0]
+    top, bottom = p.index_select(1, rows), p.index_select(1, (rows + 1).clamp(max=h - 1))  # N R w
+    c0, c1 = cols, (cols + 1).clamp(max=w - 1)
+    b1 = col_weights
+    b0 = 1 - b1
+    a1 = row_weights[:, None]  # R 1
+    a0 = 1 - a1
+    value = a0 * (b0 * top.index_select(2, c0) + b1 * top.index_select(2, c1)) + a1 * (
+        b0 * bottom.index_select(2, c0) + b1 * bottom.index_select(2, c1)
+    )  # N R X
+    best, index = value.max(dim=0)  # R X, the first of equal maxima
+    better = best > best_in
+    return torch.where(better, best, best_in), torch.where(better, class_ids[index], labels_in)
 
 
 def graph_outputs(
@@ -25,6 +75,11 @@ def graph_outputs(
     convolutions, fast in ONNX Runtime and TensorRT; the export sets it); PyTorch eager runs
     the channels-last form faster. The same function either way, up to float rounding.
     """
+    if graph in CER_GRAPHS:
+        aux_logits, rank = inputs
+        return (cer_keep(aux_logits, rank),)
+    if graph == LABELS:
+        return band_labels(*inputs[:8])
     dec = model.transformer
     if graph == IMAGE_ENCODER:
         (image,) = inputs
@@ -43,7 +98,7 @@ def graph_outputs(
         s = dec.stage_summaries(
             SUMMARY_GRAPHS.index(graph) + 1, features, pooling=pooling, channels_first=channels_first
         )
-        return s.spatial, kv_in + s.kv  # a running sum over chunks (runtime.io_spec.RUNNING_SUMS)
+        return s.spatial, kv_in + s.kv.float()  # a running sum over chunks (RUNNING_SUMS), in fp32
     if graph not in FUSE_GRAPHS:
         raise KeyError(f"unknown graph {graph!r}")
     k = FUSE_GRAPHS.index(graph) + 1

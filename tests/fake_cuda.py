@@ -23,6 +23,7 @@ class HostMemory(DeviceMemory):
         self._properties = properties
         self._buffers: dict[int, tuple[np.ndarray, int]] = {}  # ptr -> (backing buffer, nbytes)
         self.copies = 0
+        self.downloads: list[int] = []  # bytes of every device-to-host copy, in order
         self.closed = False
 
     @property
@@ -60,8 +61,16 @@ class HostMemory(DeviceMemory):
         ctypes.memmove(dst, src.ctypes.data, src.nbytes)
 
     def download(self, dst: np.ndarray, src: int) -> None:
+        self.engine_read(dst, src)
+        self.downloads.append(dst.nbytes)
+
+    def engine_read(self, dst: np.ndarray, src: int) -> None:
+        """What a (fake) engine reads of its inputs: on the device, not a transfer."""
         self._check(src, dst.nbytes)
         ctypes.memmove(dst.ctypes.data, src, dst.nbytes)
+
+    def engine_write(self, dst: int, src: np.ndarray) -> None:
+        self.upload(dst, src)
 
     def copy2d(self, dst: int, dpitch: int, src: int, spitch: int, width: int, height: int) -> None:
         self._check(dst, dpitch * (height - 1) + width)

@@ -30,8 +30,13 @@ import onnx
 
 from runtime.backends.cuda_ops import DeviceMemory
 
-ONNX_TO_DTYPE = {onnx.TensorProto.FLOAT: "FLOAT", onnx.TensorProto.FLOAT16: "HALF", onnx.TensorProto.INT64: "INT64"}
-NUMPY = {"FLOAT": np.float32, "HALF": np.float16, "INT64": np.int64}
+ONNX_TO_DTYPE = {
+    onnx.TensorProto.FLOAT: "FLOAT",
+    onnx.TensorProto.FLOAT16: "HALF",
+    onnx.TensorProto.INT32: "INT32",
+    onnx.TensorProto.INT64: "INT64",
+}
+NUMPY = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "INT64": np.int64}
 
 V10_BUILDER_FLAGS = {  # TensorRT 10.16 NvInfer.h
     "FP16": 0,
@@ -408,11 +413,12 @@ def make(version: str = "11.4.0.106") -> types.ModuleType:
             for vi in self.engine.inputs:
                 dtype = NUMPY[self.engine.dtypes[vi.name]]
                 feeds[vi.name] = np.empty(self.shapes[vi.name], dtype=dtype)
-                memory.download(feeds[vi.name], self.addresses[vi.name])
+                # the engine's own reads and writes happen on the device: not host transfers
+                getattr(memory, "engine_read", memory.download)(feeds[vi.name], self.addresses[vi.name])
             outs = self.engine.session.run([o.name for o in self.engine.outputs], feeds)
             for vi, arr in zip(self.engine.outputs, outs):
                 assert tuple(arr.shape) == self.get_tensor_shape(vi.name)
-                memory.upload(
+                getattr(memory, "engine_write", memory.upload)(
                     self.addresses[vi.name], np.ascontiguousarray(arr, dtype=NUMPY[self.engine.dtypes[vi.name]])
                 )
             memory.synchronize()

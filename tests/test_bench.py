@@ -86,3 +86,25 @@ def test_release_floor_states_the_rate_each_target_needs(parity_engine_dir, monk
     assert dec["decoder_ms_allowed"] == 2000.0 and e2e["decoder_ms_allowed"] == 3500.0 - 1500.0
     assert abs(dec["gflops_needed"] - work / 2.0) < 1e-9 and abs(dec["share_of_gemm"] - work / 400.0) < 1e-9
     assert abs(f["decoder_gflops_now"] - work / 4.0) < 1e-9
+
+
+def test_gpu_bench_writes_its_tables(tmp_path):
+    """The GPU bench's one prepared run, here on the CPU with a 64 px tiny model (no CUDA-graph rows)."""
+    from benchmarks.gpu_bench import main as gpu_bench
+
+    args = ["--backbone", "sed_tiny_linear", "--image-size", "64", "--device", "cpu", "--classes", "voc20"]
+    assert (
+        gpu_bench(
+            [*args, "--topk", "none", "2", "--precisions", "fp32", "bf16", "--repeats", "2", "--out-dir", str(tmp_path)]
+        )
+        == 0
+    )
+    result = json.loads((tmp_path / "gpu_bench.json").read_text())
+    rows = {(r["precision"], r["topk"]): r for r in result["rows"]}
+    assert set(rows) == {("fp32", None), ("fp32", 2), ("bf16", None), ("bf16", 2)}
+    assert rows["fp32", None]["labels_equal"] == 1.0 and rows["fp32", None]["max_dprob"] == 0.0
+    assert 0 < rows["bf16", 2]["max_dprob"] < 2e-2 and rows["bf16", 2]["kept_same"]
+    assert rows["fp32", 2]["survivors"][0] < 20 and all(r["e2e_ms"] > 0 for r in rows.values())
+    assert result["onnxruntime_cuda"]["available"] is False
+    md = (tmp_path / "gpu_bench.md").read_text()
+    assert "| bf16 | off | voc20 | 2 |" in md and "ONNX Runtime CUDA provider: absent" in md

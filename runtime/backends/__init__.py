@@ -49,8 +49,15 @@ def parse_label(label: str) -> tuple[str, dict[str, Any]]:
         raise ConfigError(
             f"unknown backend {label!r}; available: {sorted(BACKENDS)} (and openvino-bf16, onnxruntime-fp16)"
         )
-    if precision and (name, precision) not in (("openvino", "bf16"), ("onnxruntime", "fp16")):
-        raise ConfigError(f"unknown backend {label!r}: the precision labels are openvino-bf16 and onnxruntime-fp16")
+    if precision and (name, precision) not in (
+        ("openvino", "bf16"),
+        ("onnxruntime", "fp16"),
+        ("torch", "bf16"),
+        ("torch", "fp16"),
+    ):
+        raise ConfigError(
+            f"unknown backend {label!r}: the precision labels are openvino-bf16, onnxruntime-fp16, torch-bf16 and torch-fp16"
+        )
     return name, ({"precision": precision} if precision else {})
 
 
@@ -91,7 +98,7 @@ def open_backend(
         if backbone is None:
             raise ConfigError("--backbone is required with --backend torch")
         return create_backend(
-            "torch", backbone=backbone, weights=weights, device=device, pooling=pooling, threads=threads
+            "torch", backbone=backbone, weights=weights, device=device, pooling=pooling, threads=threads, **options
         )
     if engine_dir is None:
         raise ConfigError(f"--engine-dir is required with --backend {name} (make one with 'sed-trt export')")

@@ -1,18 +1,17 @@
-"""Backend interface (runner lifecycle) and the array operations CER needs between graphs."""
+"""Backend interface (runner lifecycle) and the array operations the predictor needs between graphs."""
 
 from __future__ import annotations
 
 import abc
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runtime.cer import topk_union
 from runtime.errors import ConfigError, EngineError, InputError, SedTrtError, StateError
-from runtime.io_spec import CLASS_AXIS, ExportLimits, GraphSpec, ModelDims, graph_specs
-from runtime.postprocess import label_dtype, labels_from_probs
+from runtime.io_spec import ExportLimits, GraphSpec, ModelDims, graph_specs
 
 Array = Any  # np.ndarray for host backends, torch.Tensor for device backends
 
@@ -21,7 +20,7 @@ _warned_random: set[Path] = set()  # engine directories already warned about in 
 
 
 class ArrayOps(abc.ABC):
-    """Array primitives the shared CER orchestration calls; survivor indices live on the host."""
+    """Array primitives the shared orchestration calls; survivor indices are decided on the host."""
 
     @abc.abstractmethod
     def from_numpy(self, a: np.ndarray) -> Array: ...
@@ -30,8 +29,8 @@ class ArrayOps(abc.ABC):
     def to_numpy(self, x: Array) -> np.ndarray: ...
 
     @abc.abstractmethod
-    def empty(self, shape: tuple[int, ...]) -> Array:
-        """An uninitialised float32 array (filled chunk by chunk by the predictor)."""
+    def empty(self, shape: tuple[int, ...], dtype: str = "float32") -> Array:
+        """An uninitialised array (filled chunk by chunk by the predictor)."""
 
     @abc.abstractmethod
     def zeros(self, shape: tuple[int, ...]) -> Array:
@@ -45,13 +44,13 @@ class ArrayOps(abc.ABC):
         """Copy ``src`` into ``dst`` at ``start`` along ``axis``."""
         dst[(slice(None),) * axis + (slice(start, start + src.shape[axis]),)] = src
 
-    @abc.abstractmethod
-    def take(self, x: Array, idx: np.ndarray, axis: int) -> Array:
-        """Gather ``idx`` along ``axis`` (contiguous result)."""
+    def index(self, idx: np.ndarray) -> Any:
+        """Host indices (n,) in the form :meth:`take` reads (uploaded once, sliced per chunk)."""
+        return idx
 
     @abc.abstractmethod
-    def topk_union(self, logits: Array, k: int) -> np.ndarray:
-        """Sorted classes that are in the per-pixel top-k of any pixel and image of (B, T, H, W) (see runtime.cer)."""
+    def take(self, x: Array, idx: Any, axis: int) -> Array:
+        """Gather ``idx`` (a slice of :meth:`index`'s result) along ``axis`` (contiguous result)."""
 
     def scatter_classes(self, probs: Array, kept: np.ndarray, num_classes: int) -> np.ndarray:
         """(B, T', H, W) -> host (B, T, H, W) with exact zeros outside ``kept`` (copies only T')."""
@@ -59,14 +58,6 @@ class ArrayOps(abc.ABC):
         out = np.zeros((host.shape[0], num_classes, *host.shape[2:]), dtype=np.float32)
         out[:, kept] = host
         return out
-
-    def labels(self, probs: Array, kept: np.ndarray, out_hw: tuple[int, int], num_classes: int) -> np.ndarray:
-        """Host (H0, W0) label map (vocabulary ids) of the survivors' probabilities (1, T', h, w).
-
-        The default copies the survivors' maps to the host and runs the exact candidate
-        argmax there; a device backend overrides it to keep the maps where they are.
-        """
-        return labels_from_probs(self.to_numpy(probs)[0], out_hw, kept, dtype=label_dtype(num_classes))
 
     def synchronize(self) -> None:  # noqa: B027 (a no-op by default: host arrays are always ready)
         """Wait for queued device work (timing); a no-op on the host."""
@@ -81,17 +72,14 @@ class NumpyOps(ArrayOps):
     def to_numpy(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(x)
 
-    def empty(self, shape: tuple[int, ...]) -> np.ndarray:
-        return np.empty(shape, dtype=np.float32)
+    def empty(self, shape: tuple[int, ...], dtype: str = "float32") -> np.ndarray:
+        return np.empty(shape, dtype=dtype)
 
     def zeros(self, shape: tuple[int, ...]) -> np.ndarray:
         return np.zeros(shape, dtype=np.float32)
 
     def take(self, x: np.ndarray, idx: np.ndarray, axis: int) -> np.ndarray:
         return np.ascontiguousarray(np.take(x, idx, axis=axis))
-
-    def topk_union(self, logits: np.ndarray, k: int) -> np.ndarray:
-        return topk_union(logits, k)
 
 
 class Backend(abc.ABC):
@@ -102,6 +90,11 @@ class Backend(abc.ABC):
     def __init__(self) -> None:
         self.active = False
 
+    # Whether the arrays live on a device: CER and the label map then run as graphs there
+    # (runtime.io_spec's cerK and labels), so only class ids and labels reach the host.
+    device_resident: bool = False
+    threads: int | None = None  # host threads (also the host post-processing's)
+
     # Set by subclasses in __init__ or activate().
     dims: ModelDims
     limits: ExportLimits | None
@@ -109,7 +102,7 @@ class Backend(abc.ABC):
     ops: ArrayOps
 
     @property
-    def specs(self) -> dict[str, GraphSpec]:
+    def specs(self) -> Mapping[str, GraphSpec]:
         return graph_specs(self.dims, self.pooling)
 
     @property
@@ -168,10 +161,12 @@ class Backend(abc.ABC):
                 raise InputError(f"graph {graph!r} | missing input {t.name!r} | expected {spec.input_names}")
             x = feeds[t.name]
             t.check(tuple(x.shape), _dtype_name(x), sizes)
-        if self.limits is not None and sizes.get(CLASS_AXIS, 0) > self.limits.class_chunk:
-            raise InputError(
-                f"graph {graph!r} | got {sizes[CLASS_AXIS]} classes in one chunk | the engines accept at most {self.limits.class_chunk}"
-            )
+        if self.limits is not None:
+            for axis, size in sizes.items():
+                if size > self.limits.range_of(axis).max:
+                    raise InputError(
+                        f"graph {graph!r} | got {axis}={size} | the engines accept at most {self.limits.range_of(axis).max}"
+                    )
         return self._run(graph, feeds)
 
     @abc.abstractmethod

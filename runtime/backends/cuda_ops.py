@@ -6,8 +6,9 @@ non-blocking stream per device), :class:`DeviceArray` is a shape and dtype over 
 pointer, and :class:`CudaOps` implements :class:`~runtime.backends.base.ArrayOps` with
 copies only. Class chunks of a (1, T, ...) tensor are pointer offsets; gathers of CER
 survivors are one 2-D copy per run of consecutive classes; running sums are added by the
-graphs themselves; the top-k union reads the small auxiliary logits on the host. Every
-copy is queued on the memory's stream, in order with the engines.
+graphs themselves; CER and the label map run as graphs (the predictor's device path), so
+only a (T,) keep mask and the label map are downloaded. Every copy is queued on the
+memory's stream, in order with the engines.
 
 :class:`DeviceMemory` is the seam: tests run the same ops over host memory (``tests/fake_cuda.py``).
 """
@@ -23,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from runtime.backends.base import ArrayOps
-from runtime.cer import topk_union
 from runtime.errors import BackendUnavailableError, DeviceError
 
 log = logging.getLogger("sed_trt")
@@ -81,7 +81,7 @@ class DeviceMemory(abc.ABC):
 
 
 class DeviceArray:
-    """A C-contiguous float32/int64 array in device memory: ``shape``, ``dtype``, ``ptr``.
+    """A C-contiguous float32/int32/int64 array in device memory: ``shape``, ``dtype``, ``ptr``.
 
     An owner frees its allocation when collected (stream-ordered, so after every queued use);
     a view keeps its owner alive.
@@ -136,7 +136,7 @@ def _split(shape: tuple[int, ...], axis: int, itemsize: int) -> tuple[int, int]:
 
 
 class CudaOps(ArrayOps):
-    """:class:`ArrayOps` over :class:`DeviceArray`: copies on the device, CER reads on the host."""
+    """:class:`ArrayOps` over :class:`DeviceArray`: copies on the device, planned on the host."""
 
     def __init__(self, memory: DeviceMemory) -> None:
         self.memory = memory
@@ -160,8 +160,8 @@ class CudaOps(ArrayOps):
             self.memory.download(out, x.ptr)
         return out
 
-    def empty(self, shape: tuple[int, ...]) -> DeviceArray:
-        return DeviceArray.empty(self.memory, shape)
+    def empty(self, shape: tuple[int, ...], dtype: str = "float32") -> DeviceArray:
+        return DeviceArray.empty(self.memory, shape, dtype)
 
     def zeros(self, shape: tuple[int, ...]) -> DeviceArray:
         out = DeviceArray.empty(self.memory, shape)
@@ -202,9 +202,6 @@ class CudaOps(ArrayOps):
                 outer,
             )
         return out
-
-    def topk_union(self, logits: DeviceArray, k: int) -> np.ndarray:
-        return topk_union(self.to_numpy(logits), k)  # the auxiliary logits are small (B, T', h, w)
 
     def synchronize(self) -> None:
         self.memory.synchronize()

@@ -25,7 +25,7 @@ from runtime.backends.cuda_ops import ALIGNMENT, CudaMemory, CudaOps, DeviceArra
 from runtime.errors import BackendUnavailableError, ConfigError, EngineError
 from runtime.io_spec import GRAPH_NAMES
 
-TRT_DTYPES = {"float32": "FLOAT", "int64": "INT64"}  # spec dtype -> trt.DataType member
+TRT_DTYPES = {"float32": "FLOAT", "int32": "INT32", "int64": "INT64"}  # spec dtype -> trt.DataType member
 _LOGGERS: dict[int, Any] = {}  # one logger per TensorRT module: TensorRT keeps the first it is given
 
 
@@ -62,6 +62,7 @@ class TensorRTBackend(EngineDirBackend):
     """Runs the TensorRT plans listed in an engine directory's manifest."""
 
     name = "tensorrt"
+    device_resident = True
     verify_kinds = ("engine", "tokenizer")
     text_file_kind = "engine"
 
@@ -198,11 +199,12 @@ class TensorRTBackend(EngineDirBackend):
                 _set_address(ctx, graph, name, x.ptr)
                 bound.append(x)
             outputs = {}
+            spec_dtypes = {t.name: t.dtype for t in spec.outputs}
             for name in spec.output_names:
                 shape = tuple(int(d) for d in ctx.get_tensor_shape(name))
                 if any(d < 0 for d in shape):
                     raise EngineError(f"{graph}: output {name!r} has unresolved shape {shape}")
-                out = DeviceArray.empty(ops.memory, shape)
+                out = DeviceArray.empty(ops.memory, shape, spec_dtypes[name])
                 _set_address(ctx, graph, name, out.ptr)
                 outputs[name] = out
             if not ctx.execute_async_v3(ops.memory.stream_handle):

@@ -1,11 +1,22 @@
-"""CER: category early rejection between decoder stages, for the torch model (rule: runtime.cer)."""
+"""CER: category early rejection between decoder stages (the rule: runtime.cer)."""
 
 from __future__ import annotations
 
 import torch
 
-from runtime.backends.torch_ops import torch_topk_union
 from runtime.cer import keeps_all
+
+
+def cer_keep(aux_logits: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+    """runtime.cer's rule: (T,) 1.0 for the classes whose logit reaches the per-pixel k-th
+    largest (``rank`` (1,) int64 = k - 1) at some pixel of some image of (B, T, s, s).
+
+    A full sort over T (TopK with K = T, which TensorRT takes for T < 3840) and a gather at
+    a run-time rank, so one exported graph serves every k.
+    """
+    ordered = aux_logits.topk(aux_logits.shape[1], dim=1).values  # B T s s, descending
+    kth = ordered.index_select(1, rank)  # B 1 s s
+    return (aux_logits >= kth).float().amax(dim=(0, 2, 3))  # T
 
 
 def select_categories(logits: torch.Tensor, topk: int | None) -> torch.Tensor:
@@ -13,4 +24,5 @@ def select_categories(logits: torch.Tensor, topk: int | None) -> torch.Tensor:
     if keeps_all(topk, logits.shape[1]):
         return torch.arange(logits.shape[1], device=logits.device)
     assert topk is not None
-    return torch_topk_union(logits, topk)
+    rank = torch.tensor([topk - 1], device=logits.device)
+    return cer_keep(logits, rank).nonzero().squeeze(1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sed.modeling.precision import fp32_island
+
 
 def cost_map(clip_dense: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of every pixel embedding with every (class, template) text embedding.
@@ -17,8 +19,9 @@ def cost_map(clip_dense: torch.Tensor, text_features: torch.Tensor) -> torch.Ten
         (B, T, P, H, W) similarities in [-1, 1]. (The official layout is (B, P, T, H, W);
         the decoder consumes it as (B T) P H W, which this layout gives without a permute.)
     """
-    img = F.normalize(clip_dense, dim=1)
-    txt = F.normalize(text_features, dim=-1)
+    with fp32_island(clip_dense):  # the norms in fp32; the products in the autocast precision
+        img = F.normalize(clip_dense.float(), dim=1)
+        txt = F.normalize(text_features.float(), dim=-1)
     b, e, h, w = img.shape
     t, p, _ = txt.shape
     corr = txt.reshape(t * p, e) @ img.reshape(b, e, h * w)  # (T P) E @ B E (H W) -> B (T P) (H W)

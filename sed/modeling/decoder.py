@@ -25,6 +25,7 @@ from torch import nn
 
 from sed.config import DecoderConfig
 from sed.modeling.fam import ClassFusion, SpatialFusion
+from sed.modeling.precision import fp32_island
 from sed.modeling.sfm import DoubleConv, skip_fuse
 
 
@@ -119,10 +120,16 @@ class DecoderStage(nn.Module):
         return y.reshape(b, t, *y.shape[1:])  # (B T) out 2H 2W -> B T out 2H 2W
 
 
-def _per_class_conv(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Apply a per-class module to (B, T, C, H, W) by folding T into the batch."""
+def _per_class_conv(conv: nn.Module, x: torch.Tensor, *, fp32: bool = False) -> torch.Tensor:
+    """Apply a per-class module to (B, T, C, H, W) by folding T into the batch (``fp32``: an
+    fp32 island under reduced precision, see :mod:`sed.modeling.precision`)."""
     b, t = x.shape[:2]
-    y = conv(x.reshape(b * t, *x.shape[2:]))  # B T C H W -> (B T) C H W
+    x = x.reshape(b * t, *x.shape[2:])  # B T C H W -> (B T) C H W
+    if fp32:
+        with fp32_island(x):
+            y = conv(x.float())
+    else:
+        y = conv(x)
     return y.reshape(b, t, *y.shape[1:])  # (B T) C' H' W' -> B T C' H' W'
 
 
@@ -187,7 +194,7 @@ class GradualFusionDecoder(nn.Module):
         """Stage 0: cost map (B, T, P, s, s) -> embedding (B, T, 128, s, s), cg for stage 1, aux logits."""
         x = _per_class_conv(self.conv1, cost)
         cg = _per_class_conv(self.decoder_corr_guidance_projection[0], cost)
-        aux = _per_class_conv(self.head0, x.detach() if detach_aux else x)
+        aux = _per_class_conv(self.head0, x.detach() if detach_aux else x, fp32=True)
         return StageOutput(features=x, corr_guidance=cg, aux_logits=aux.squeeze(2))
 
     def stage(
@@ -214,7 +221,7 @@ class GradualFusionDecoder(nn.Module):
         """
         x = self.stages[k - 1](features, corr_guidance=corr_guidance, guidance=guidance, pooling=pooling)
         cg = _per_class_conv(self.decoder_corr_guidance_projection[k], corr_guidance) if k < 3 else None
-        aux = _per_class_conv(self.heads[k], x.detach() if detach_aux and k < 3 else x)
+        aux = _per_class_conv(self.heads[k], x.detach() if detach_aux and k < 3 else x, fp32=True)
         return StageOutput(features=x, corr_guidance=cg, aux_logits=aux.squeeze(2))
 
     def stage_summaries(
@@ -256,5 +263,5 @@ class GradualFusionDecoder(nn.Module):
             channels_first=channels_first,
         )
         cg = _per_class_conv(self.decoder_corr_guidance_projection[k], corr_guidance) if k < 3 else None
-        aux = _per_class_conv(self.heads[k], x)
+        aux = _per_class_conv(self.heads[k], x, fp32=True)
         return StageOutput(features=x, corr_guidance=cg, aux_logits=aux.squeeze(2))

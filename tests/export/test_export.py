@@ -8,6 +8,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from export.check import check_trt_compatible
+from export.fp16 import FP16_GRAPHS_SKIP, head_nodes
 from export.onnx_export import example_inputs, run_torch
 from export.wrappers import wrapper_for
 from runtime.errors import ConfigError
@@ -107,7 +108,7 @@ def test_fp16_graphs_are_close_to_the_official_outputs(parity_engine_dir, parity
 
 def test_fp16_graphs_keep_fp32_io_and_fp32_sums(parity_engine_dir):
     manifest = Manifest.load(parity_engine_dir)
-    assert "text_encoder" not in manifest.fp16_graphs and len(manifest.fp16_graphs) == len(manifest.graphs) - 1
+    assert set(manifest.fp16_graphs) == set(manifest.graphs) - set(FP16_GRAPHS_SKIP)
     for name, rel in manifest.fp16_graphs.items():
         model = onnx.load(parity_engine_dir / rel)
         io_types = {t.type.tensor_type.elem_type for t in (*model.graph.input, *model.graph.output)}
@@ -117,5 +118,10 @@ def test_fp16_graphs_keep_fp32_io_and_fp32_sums(parity_engine_dir):
         if name.endswith("_summaries"):
             add = next(n for n in model.graph.node if "class_kv_in" in n.input and n.op_type == "Add")
             assert add  # the running sum reads the fp32 input directly (no fp16 round trip)
+        if "fuse" in name or name == "decoder_stage0":  # the heads' convolutions read fp32 weights
+            weights = {i.name: i.data_type for i in model.graph.initializer}
+            heads = head_nodes(onnx.load(parity_engine_dir / manifest.graphs[name]))
+            convs = [n for n in model.graph.node if n.name in heads and n.op_type == "Conv"]
+            assert convs and all(weights[n.input[1]] == onnx.TensorProto.FLOAT for n in convs), name
     with pytest.raises(ConfigError, match="no fp16 graphs"):
         Manifest(**{**manifest.__dict__, "fp16_graphs": {}}).graphs_for("fp16")

@@ -1,0 +1,112 @@
+"""The compiled kernel of :mod:`runtime.postprocess` (imported on first use: numba loads in ~0.3 s).
+
+Module-level functions, so numba caches their machine code on disk (``cache=True``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def winner(slab: np.ndarray, c: int, c1: int, cand: np.ndarray, n: int, a: Any, b: Any, buf: np.ndarray) -> int:
+    """The lowest class of the largest value among ``cand[:n]`` at row weight a, column weight b."""
+    one = np.float32(1)
+    a0, b0 = one - a, one - b
+    p00, p01, p10, p11 = slab[0, c], slab[0, c1], slab[1, c], slab[1, c1]
+    if n == slab.shape[2]:  # every class: contiguous, vectorised
+        for t in range(n):
+            buf[t] = a0 * (b0 * p00[t] + b * p01[t]) + a * (b0 * p10[t] + b * p11[t])
+        best = buf[0]
+        for t in range(1, n):
+            if buf[t] > best:
+                best = buf[t]
+        for t in range(n):
+            if buf[t] == best:
+                return t
+        return 0
+    won = cand[0]
+    best = -np.inf
+    for i in range(n):
+        t = cand[i]
+        v = a0 * (b0 * p00[t] + b * p01[t]) + a * (b0 * p10[t] + b * p11[t])
+        if v > best:
+            best, won = v, t
+    return won
+
+
+@njit(cache=True, nogil=True)
+def cell_rows(
+    probs: np.ndarray,
+    rows: np.ndarray,
+    ys: np.ndarray,
+    ly: np.ndarray,
+    xs: np.ndarray,
+    lx: np.ndarray,
+    ids: np.ndarray,
+    tol: float,
+    out: np.ndarray,
+) -> None:
+    """Label the output rows of the cell rows ``rows`` of (T, h, w) maps into ``out``."""
+    t, h, w = probs.shape
+    slab = np.empty((2, w, t), np.float32)  # the cell row's two corner rows, classes last
+    cand = np.empty((w, t), np.int32)
+    count = np.empty(w, np.int64)
+    buf = np.empty(t, np.float32)
+    stack = np.empty(256, np.int64)
+    for r in rows:
+        r1 = min(r + 1, h - 1)
+        for k in range(t):  # contiguous reads; the slab stays in cache
+            for c in range(w):
+                slab[0, c, k] = probs[k, r, c]
+                slab[1, c, k] = probs[k, r1, c]
+        for c in range(w):  # candidates: largest corner >= the largest smallest corner
+            if xs[c] == xs[c + 1]:
+                continue
+            c1 = min(c + 1, w - 1)
+            thr = -np.inf
+            for k in range(t):
+                low = min(min(slab[0, c, k], slab[0, c1, k]), min(slab[1, c, k], slab[1, c1, k]))
+                thr = max(thr, low)
+            thr -= tol
+            n = 0
+            for k in range(t):
+                if max(max(slab[0, c, k], slab[0, c1, k]), max(slab[1, c, k], slab[1, c1, k])) >= thr:
+                    cand[c, n] = k
+                    n += 1
+            count[c] = n
+        for y in range(ys[r], ys[r + 1]):
+            a = ly[y]
+            for c in range(w):
+                x0, x1 = xs[c], xs[c + 1] - 1
+                if x1 < x0:
+                    continue
+                c1 = min(c + 1, w - 1)
+                n = count[c]
+                if n == 1:
+                    out[y, x0 : x1 + 1] = ids[cand[c, 0]]
+                    continue
+                # Runs: a class winning at both ends of a run wins all of it; else split it.
+                wl = winner(slab, c, c1, cand[c], n, a, lx[x0], buf)
+                wr = winner(slab, c, c1, cand[c], n, a, lx[x1], buf) if x1 > x0 else wl
+                out[y, x0] = ids[wl]
+                out[y, x1] = ids[wr]
+                stack[0], stack[1], stack[2], stack[3] = x0, x1, wl, wr
+                sp = 4
+                while sp > 0:
+                    sp -= 4
+                    lo, hi, wlo, whi = stack[sp], stack[sp + 1], stack[sp + 2], stack[sp + 3]
+                    if hi - lo < 2:
+                        continue
+                    if wlo == whi:
+                        out[y, lo + 1 : hi] = ids[wlo]
+                        continue
+                    mid = (lo + hi) // 2
+                    wm = winner(slab, c, c1, cand[c], n, a, lx[mid], buf)
+                    out[y, mid] = ids[wm]
+                    stack[sp], stack[sp + 1], stack[sp + 2], stack[sp + 3] = lo, mid, wlo, wm
+                    stack[sp + 4], stack[sp + 5], stack[sp + 6], stack[sp + 7] = mid, hi, wm, whi
+                    sp += 8

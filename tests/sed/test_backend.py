@@ -1,0 +1,74 @@
+"""The torch backend: reduced precision with fp32 islands, CUDA graphs' preconditions, CER's rule on tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from runtime.backends import create_backend
+from runtime.cer import topk_union
+from runtime.errors import ConfigError
+from runtime.predictor import Predictor
+from sed.modeling.cer import cer_keep
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("topk", [None, 1, 2, 8])
+def test_bf16_keeps_the_official_kept_sets(parity_model, parity, parity_image, topk):
+    """bf16 with the fp32 islands: probabilities within 2e-2 of the official outputs, and the
+    same CER kept sets (the heads decide them in fp32). Labels are not compared: the tiny
+    model's classes are near-ties."""
+    with create_backend("torch", model=parity_model, precision="bf16") as backend:
+        pred = Predictor(backend, topk=topk)
+        pred.set_classes(parity["classes"])
+        out = pred.predict(parity_image)
+        probs = out.probs
+        assert backend.label == "torch-bf16"
+    exp = parity["expected"]
+    ref = 1 / (1 + np.exp(-exp["logits_pool1"])) if topk is None else exp[f"cer_k{topk}_probs"]
+    kept = np.ones(len(parity["classes"]), bool) if topk is None else exp[f"cer_k{topk}_kept"]
+    np.testing.assert_array_equal(out.kept, kept)
+    assert np.abs(probs - ref).max() <= 2e-2
+    assert np.abs(probs - ref).max() > 1e-5  # really reduced precision
+    assert probs.dtype == np.float32
+
+
+def test_islands_are_removed_and_fp32_is_untouched(small_model):
+    image = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    classes = ["a", "b", "c"]
+
+    def run(precision: str) -> np.ndarray:
+        with create_backend("torch", model=small_model, precision=precision) as backend:
+            pred = Predictor(backend)
+            pred.set_classes(classes)
+            out = pred.predict(image)
+            return out.probs
+
+    before = run("fp32")
+    half = run("fp16")
+    assert not any(m._forward_pre_hooks for m in small_model.modules())  # the islands' hooks are gone
+    np.testing.assert_array_equal(run("fp32"), before)
+    assert 0 < np.abs(half - before).max() < 2e-2
+
+
+def test_options_are_checked_before_any_work():
+    with pytest.raises(ConfigError, match="torch backend runs fp32, bf16, fp16"):
+        create_backend("torch", backbone="sed_tiny_linear", precision="int8")
+    with pytest.raises(ConfigError, match="--cuda-graphs needs --device cuda"):
+        create_backend("torch", backbone="sed_tiny_linear", cuda_graphs=True)
+
+
+def test_cer_rule_is_the_same_on_tensors_and_arrays_and_keeps_ties():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((2, 30, 6, 6)).astype(np.float32)
+    for k in (1, 3, 29):
+        keep = cer_keep(torch.from_numpy(logits), torch.tensor([k - 1])).numpy()
+        np.testing.assert_array_equal(np.flatnonzero(keep), topk_union(logits, k))
+        # every class in a pixel's top-k by argsort is kept (the official union)
+        official = np.unique(np.argsort(-logits, axis=1)[:, :k])
+        np.testing.assert_array_equal(topk_union(logits, k), official)
+    tied = np.zeros((1, 4, 2, 2), np.float32)
+    tied[:, 0] = 1  # class 0 first everywhere, classes 1-3 tied second: top-2 keeps all of them
+    assert topk_union(tied, 2).tolist() == [0, 1, 2, 3]
+    assert np.flatnonzero(cer_keep(torch.from_numpy(tied), torch.tensor([1])).numpy()).tolist() == [0, 1, 2, 3]
