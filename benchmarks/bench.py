@@ -41,7 +41,7 @@ class BenchConfig:
     warmup: int = 1
     threads: int | None = None
     device: str = "cpu"  # the torch backend's device (cuda for the PyTorch-on-GPU rows)
-    ort_arena: bool = True  # ONNX Runtime's CPU memory arena (see OnnxRuntimeBackend)
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # backend options, each to its backends
     out_dir: str = "results"
 
 
@@ -248,52 +248,43 @@ def _engine_dir(cfg: BenchConfig, image_size: int, model: Any) -> Path:
 
 
 def _backends(cfg: BenchConfig, model: Any, engine_dir: Callable[[], Path]) -> list[Any]:
-    """The backends to measure, created but not active: each is activated for its own rows
-    only, so a row's peak RSS holds one backend's models, not every backend's."""
-    from runtime.backends import create_backend, parse_label
+    """The backends to measure (labels, opened like any tool opens them), created but not active:
+    each is activated for its own rows only, so a row's peak RSS holds one backend's models."""
+    from runtime.backends.registry import BackendRequest, open_backend, parse_label
 
     out = []
-    for name in cfg.backends:
+    for label in cfg.backends:
         try:
-            if name == "torch":
-                b = create_backend("torch", model=model.to(cfg.device), device=cfg.device, threads=cfg.threads)
-            elif name.startswith("onnxruntime"):  # onnxruntime, or onnxruntime-fp16 (the mixed-precision graphs)
-                b = create_backend(
-                    "onnxruntime",
-                    engine_dir=engine_dir(),
+            spec, _ = parse_label(label)
+            if spec.loads == "checkpoint":
+                own = {o.keyword for o in spec.options}
+                request = BackendRequest(
+                    model=model.to(cfg.device),
+                    device=cfg.device,
                     threads=cfg.threads,
-                    mem_arena=cfg.ort_arena,
-                    **parse_label(name)[1],
+                    options={k: v for k, v in cfg.options.items() if k in own},
                 )
-            elif name.startswith("openvino"):  # openvino (f32) or openvino-bf16
-                b = create_backend("openvino", engine_dir=engine_dir(), threads=cfg.threads, **parse_label(name)[1])
             else:
-                from export.trt_build import build_engines, tensorrt_unavailable_reason
+                if spec.name == "tensorrt":  # engines are built from the exported graphs, once
+                    from export.trt_build import build_engines, tensorrt_unavailable_reason
 
-                reason = tensorrt_unavailable_reason()
-                if reason:
-                    step(f"tensorrt rows skipped: {reason}")
-                    continue
-                if not _has_engines(engine_dir()):
-                    build_engines(engine_dir())
-                b = create_backend("tensorrt", engine_dir=engine_dir())
-            out.append(b)
+                    reason = tensorrt_unavailable_reason()
+                    if reason:
+                        step(f"{label} rows skipped: {reason}")
+                        continue
+                    if not _has_engines(engine_dir()):
+                        build_engines(engine_dir())
+                own = {o.keyword for o in spec.options}
+                request = BackendRequest(
+                    engine_dir=engine_dir(),
+                    device="cuda" if spec.placement == "gpu" else "cpu",
+                    threads=None if spec.placement == "gpu" else cfg.threads,
+                    options={k: v for k, v in cfg.options.items() if k in own},
+                )
+            out.append(open_backend(label, request))
         except SedTrtError as exc:
-            step(f"{name} rows skipped: {exc}")
+            step(f"{label} rows skipped: {exc}")
     return out
-
-
-def _placement(backend: Any) -> dict[str, Any]:
-    """Where a backend runs and with how many CPU threads (None: the library's default)."""
-    import torch
-
-    if backend.name == "torch":
-        return {"device": str(backend.device), "threads": torch.get_num_threads()}
-    if backend.name == "onnxruntime":
-        return {"device": backend.providers[0], "threads": backend.threads}
-    if backend.name == "openvino":
-        return {"device": backend.device, "threads": backend.threads}
-    return {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cuda", "threads": None}
 
 
 def _has_engines(engine_dir: Path) -> bool:
@@ -413,7 +404,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                             "efficiency": efficiency(
                                 {k: statistics.median(v) for k, v in parts.items()}, survivors, vocab, flops, peak
                             ),
-                            **_placement(backend),
+                            **backend.placement(),
                             **mem.result(),
                         }
                     )
@@ -430,7 +421,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                         "ms": fixed,
                         "parts_ms": {},
                         "survivors": [min(cfg.fixed_survivors, vocab)] * 3,
-                        **_placement(backend),
+                        **backend.placement(),
                         **mem.result(),
                     }
                 )
@@ -504,7 +495,7 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines = [
         f"Machine: {m['processor']}, {m['cpu_count']} CPUs (native bf16: {m.get('cpu_bf16', 'unknown')}), GPU: {m['cuda'] or 'none'}; {m['platform']}. "
         f"Threads: torch {m['torch_threads']}, ONNX Runtime / OpenVINO {result['config']['threads'] or 'default (one per physical core)'}; "
-        f"ONNX Runtime CPU arena {'on' if result['config'].get('ort_arena') else 'off'}."
+        f"ONNX Runtime CPU arena {'off' if result['config'].get('options', {}).get('mem_arena') is False else 'on'}."
         + (
             " openvino-bf16 rows computed in bf16; every other row in fp32."
             if any(r["backend"].endswith("bf16") for r in result["rows"])

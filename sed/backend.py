@@ -1,4 +1,8 @@
-"""PyTorch backend for the runtime: the graphs are the model's own stage methods."""
+"""PyTorch backend for the runtime: the graphs are the model's own stage methods.
+
+Importing this module imports neither torch nor the model (they load when a backend is
+built), so the command line can list the backend and its options cheaply.
+"""
 
 from __future__ import annotations
 
@@ -6,50 +10,72 @@ import contextlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from runtime.backends.base import ArrayOps, Backend
+from runtime.backends.registry import BackendSpec, Option
 from runtime.errors import ConfigError, StateError
 from runtime.io_spec import CER_GRAPHS, DECODER_GRAPHS, IMAGE_ENCODER, LABELS, TEXT_ENCODER
-from sed.build import load_sed, resolve_device
-from sed.checkpoint import text_tower_fingerprint
-from sed.graphs import graph_outputs
-from sed.modeling.fam import ChannelsLastLayerNorm
-from sed.modeling.precision import fp32_norms
-from sed.modeling.sed import SED
+
+if TYPE_CHECKING:
+    import torch
+
+    from sed.modeling.sed import SED
+
+SPEC = BackendSpec(
+    name="torch",
+    cls="TorchBackend",
+    summary="the PyTorch reference (checkpoint) on the CPU or a GPU; bf16/fp16 with fp32 islands",
+    loads="checkpoint",
+    placement="device",
+    precisions=("fp32", "bf16", "fp16"),
+    options=(Option("cuda_graphs", "--cuda-graphs", "torch on a GPU: replay captured CUDA graphs (opt-in)"),),
+    probe="probe",
+)
+
+
+def probe() -> str:
+    """torch's version and the GPUs it sees."""
+    import torch
+
+    gpus = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    )
+    return f"{torch.__version__}, CUDA {torch.version.cuda}, GPUs: {gpus or 'none visible'}"
 
 
 class TorchOps(ArrayOps):
     """The predictor's array ops on torch tensors of one device (CPU or CUDA)."""
 
     def __init__(self, device: str | torch.device = "cpu") -> None:
+        import torch
+
+        self.torch = torch
         self.device = torch.device(device)
 
     def from_numpy(self, a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+        return self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
 
     def to_numpy(self, x: torch.Tensor) -> np.ndarray:
         return x.detach().cpu().numpy()
 
     def empty(self, shape: tuple[int, ...], dtype: str = "float32") -> torch.Tensor:
-        return torch.empty(shape, dtype=getattr(torch, dtype), device=self.device)
+        return self.torch.empty(shape, dtype=getattr(self.torch, dtype), device=self.device)
 
     def zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.zeros(shape, dtype=torch.float32, device=self.device)
+        return self.torch.zeros(shape, dtype=self.torch.float32, device=self.device)
 
     def index(self, idx: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(idx, dtype=np.int64)).to(self.device)  # one upload per stage
+        return self.from_numpy(np.asarray(idx, dtype=np.int64))  # one upload per stage
 
     def take(self, x: torch.Tensor, idx: Any, axis: int) -> torch.Tensor:
         return x.index_select(axis, idx).contiguous()
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            self.torch.cuda.synchronize(self.device)
 
 
 @contextlib.contextmanager
@@ -60,6 +86,8 @@ def fp32_math(allow_tf32: bool = False) -> Iterator[None]:
     model: TF32 gives max |dprob| 6e-4 and only 80.7 % of labels equal to the official
     outputs (near-ties flip); IEEE fp32 gives 5e-7 and 99.97 %, as on the CPU.
     """
+    import torch
+
     saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allow_tf32
     try:
@@ -82,12 +110,16 @@ class CudaGraphs:
     """
 
     def __init__(self, max_graphs: int = 256) -> None:
+        import torch
+
+        self.torch = torch
         self.max_graphs = max_graphs
         self.pool = torch.cuda.graph_pool_handle()
         self._graphs: OrderedDict[tuple, tuple[Any, dict[str, torch.Tensor], dict[str, torch.Tensor]]] = OrderedDict()
         self.captures = 0
 
     def run(self, graph: str, feeds: dict[str, torch.Tensor], fn: Callable[[dict], dict]) -> dict[str, torch.Tensor]:
+        torch = self.torch
         key = (graph, *((n, tuple(x.shape)) for n, x in sorted(feeds.items())))
         entry = self._graphs.get(key)
         if entry is None:
@@ -113,7 +145,7 @@ class CudaGraphs:
         return static_out
 
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # ours -> torch's dtype
 # Graphs that stay fp32 at every precision, as in the fp16 ONNX graphs (export.fp16): text
 # features are cached per vocabulary; CER's decision and the label map compare fp32 values.
 FP32_GRAPHS = (TEXT_ENCODER, *CER_GRAPHS, LABELS)
@@ -147,6 +179,10 @@ class TorchBackend(Backend):
         precision: str = "fp32",
         cuda_graphs: bool = False,
     ) -> None:
+        import torch
+
+        from sed.build import resolve_device
+
         super().__init__()
         resolve_device(device)
         if cuda_graphs and torch.device(device).type != "cuda":
@@ -186,17 +222,46 @@ class TorchBackend(Backend):
     def random_weights(self) -> bool:
         return self._model_given is False and self.weights is None
 
+    @classmethod
+    def from_request(cls, request: Any) -> TorchBackend:
+        return cls(
+            request.model,
+            backbone=request.backbone,
+            weights=request.weights,
+            device=request.device,
+            pooling=request.pooling,
+            threads=request.threads,
+            precision=request.precision,
+            cuda_graphs=bool(request.options.get("cuda_graphs", False)),
+        )
+
     @property
     def label(self) -> str:
-        return self.name if self.precision == "fp32" else f"{self.name}-{self.precision}"
+        return SPEC.label(self.precision)
+
+    def placement(self) -> dict[str, Any]:
+        import torch
+
+        device = torch.device(self.device)
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        return {"device": name, "threads": None if device.type == "cuda" else torch.get_num_threads()}
 
     @property
     def text_fingerprint(self) -> str:
+        from sed.checkpoint import text_tower_fingerprint
+
         if self._fingerprint is None:
             self._fingerprint = text_tower_fingerprint(self.model)
         return self._fingerprint
 
     def activate(self) -> TorchBackend:
+        import torch
+        from torch import nn
+
+        from sed.build import load_sed
+        from sed.modeling.fam import ChannelsLastLayerNorm
+        from sed.modeling.precision import fp32_norms
+
         if self.threads:
             torch.set_num_threads(self.threads)
         if self._model is None:
@@ -220,18 +285,25 @@ class TorchBackend(Backend):
         super().deactivate()
 
     def _autocast(self, graph: str) -> contextlib.AbstractContextManager:
+        import torch
+
         if self.precision == "fp32" or graph in FP32_GRAPHS:
             return contextlib.nullcontext()
         # no cast cache: each graph run is its own autocast region (and captures must not keep one)
-        return torch.autocast(torch.device(self.device).type, dtype=PRECISIONS[self.precision], cache_enabled=False)
+        dtype = getattr(torch, PRECISIONS[self.precision])
+        return torch.autocast(torch.device(self.device).type, dtype=dtype, cache_enabled=False)
 
     def _run(self, graph: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        import torch
+
         with torch.no_grad(), fp32_math(self.allow_tf32), self._autocast(graph):
             if self._graphs is not None and graph in CAPTURED_GRAPHS:
                 return self._graphs.run(graph, feeds, lambda f: self._run_graph(graph, f))
             return self._run_graph(graph, feeds)
 
     def _run_graph(self, graph: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from sed.graphs import graph_outputs
+
         spec = self.specs[graph]
         outs = graph_outputs(self.model, graph, [feeds[n] for n in spec.input_names], pooling=self.pooling)
         # The I/O contract is fp32 at every precision (a no-op in fp32).

@@ -1,4 +1,4 @@
-"""sed-trt's top floor: the ``sed-trt`` command line (``python -m sed_trt``).
+"""sed-trt's top floor: the Python API (:mod:`sed_trt.api`) and the ``sed-trt`` command line.
 
 Layers, bottom to top; each imports only from the layers below it:
 
@@ -8,5 +8,29 @@ Layers, bottom to top; each imports only from the layers below it:
 - ``sed``: the PyTorch model, its checkpoints and training; registers the ``torch`` backend.
 - ``export``: model -> ONNX graphs -> TensorRT engines.
 - ``benchmarks``: the benchmark harness and its figures.
-- ``sed_trt``: this package, the command line; every command is a few lines over the above.
+- ``sed_trt``: this package, the Python API and the command line; each a few lines over the above.
 """
+
+from runtime.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    EngineError,
+    ImageError,
+    SedTrtError,
+    StateError,
+    VocabularyError,
+)
+from sed_trt.api import Segmentation, Segmenter, segment
+
+__all__ = [
+    "BackendUnavailableError",
+    "ConfigError",
+    "EngineError",
+    "ImageError",
+    "SedTrtError",
+    "Segmentation",
+    "Segmenter",
+    "StateError",
+    "VocabularyError",
+    "segment",
+]

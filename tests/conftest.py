@@ -87,3 +87,16 @@ def small_engine_dir(tmp_path_factory: pytest.TempPathFactory, small_model) -> P
         progress=False,
     )
     return out
+
+
+@pytest.fixture
+def toy_backend(monkeypatch):
+    """The toy backend plug-in (tests/toy_backend.py) registered for one test, as a user would register theirs."""
+    from runtime.backends import registry
+    from tests import toy_backend
+
+    monkeypatch.setattr(registry, "_MODULES", dict(registry._MODULES))
+    monkeypatch.setattr(registry, "_SPECS", dict(registry._SPECS))
+    toy_backend.BUILT.clear()
+    registry.register_backend("tests.toy_backend")
+    return toy_backend

@@ -9,22 +9,24 @@ from pathlib import Path
 from benchmarks.bench import BenchConfig, run_bench
 
 
-def test_bench_tiny_writes_table_and_plot(tmp_path):
+def test_bench_tiny_writes_table_and_plot(tmp_path, toy_backend):
+    """Also a plug-in's rows: the toy backend (tests/toy_backend.py) is measured like the others."""
     cfg = BenchConfig(
         backbone="sed_tiny_linear",
         image_sizes=(64,),
         vocab_sizes=(3, 20),
         topks=(None, 1),
         fixed_survivors=2,
-        backends=("torch", "onnxruntime", "tensorrt"),
+        backends=("torch", "onnxruntime", "tensorrt", "toy"),
         repeats=2,
         warmup=1,
         out_dir=str(tmp_path),
     )
     result = run_bench(cfg)
     data = json.loads((tmp_path / "bench.json").read_text())
-    assert {r["backend"] for r in data["rows"]} == {"torch", "onnxruntime"}
-    assert len(data["rows"]) == 2 * 2 * 3 == len(result["rows"])
+    assert {r["backend"] for r in data["rows"]} == {"torch", "onnxruntime", "toy"}
+    assert len(data["rows"]) == 3 * 2 * 3 == len(result["rows"])
+    assert len(toy_backend.BUILT) == 1
     cer = [r for r in data["rows"] if r["setting"] == "cer"]
     assert all(len(r["survivors"]) == 3 and r["survivors"][-1] <= r["vocab"] for r in cer)
     assert all(r["ms"]["median"] > 0 and r["ms"]["p90"] >= r["ms"]["median"] for r in data["rows"])

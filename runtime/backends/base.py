@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import ConfigError, EngineError, InputError, SedTrtError, StateError
-from runtime.io_spec import ExportLimits, GraphSpec, ModelDims, graph_specs
+from runtime.io_spec import CER_GRAPHS, LABELS, ExportLimits, GraphSpec, ModelDims, graph_specs
 
 Array = Any  # np.ndarray for host backends, torch.Tensor for device backends
 
 log = logging.getLogger("sed_trt")
+DEVICE_GRAPHS = (*CER_GRAPHS, LABELS)  # what only device-resident backends run
 _warned_random: set[Path] = set()  # engine directories already warned about in this process
 
 
@@ -135,6 +136,15 @@ class Backend(abc.ABC):
         """Largest chunk of classes the decoder graphs accept (the default chunk of the predictor)."""
         return (self.limits or ExportLimits()).class_chunk
 
+    @classmethod
+    def from_request(cls, request: Any) -> Backend:
+        """Build from a :class:`runtime.backends.registry.BackendRequest` (what ``open_backend`` calls)."""
+        raise NotImplementedError(f"{cls.__name__} does not implement from_request")
+
+    def placement(self) -> dict[str, Any]:
+        """Where this backend runs and with how many CPU threads (None: the library's default)."""
+        return {"device": "cpu", "threads": self.threads}
+
     def activate(self) -> Backend:
         self.active = True
         return self
@@ -197,6 +207,22 @@ class EngineDirBackend(Backend):
         self.pooling = self.manifest.pooling
         self._runners: dict[str, Any] = {}
 
+    @classmethod
+    def from_request(cls, request: Any) -> EngineDirBackend:
+        """``cls(engine_dir, backbone=..., threads=..., precision=..., **options)`` for a CPU backend
+        (a GPU backend overrides it), then refuse an export that cannot serve the request."""
+        if str(request.device) != "cpu":
+            raise ConfigError(f"--device {request.device}: the {cls.name} backend runs on the CPU")
+        backend = cls(  # type: ignore[call-arg]
+            request.engine_dir,
+            backbone=request.backbone,
+            threads=request.threads,
+            precision=request.precision,
+            **request.options,
+        )
+        backend.check_compatible(pooling=request.pooling, image_size=request.image_size, weights=request.weights)
+        return backend
+
     def _prepare(self) -> None:
         """Import the engine library and settle options before any graph loads (raise
         :class:`BackendUnavailableError` when it is missing). Graph backends override it."""
@@ -211,6 +237,8 @@ class EngineDirBackend(Backend):
         self.verify()
         runners = {}
         for name, rel in self.manifest.graphs_for(self.graph_precision).items():
+            if name in DEVICE_GRAPHS and not self.device_resident:
+                continue  # CER and the labels run on the host here
             try:
                 runners[name] = self._load(name, self.engine_dir / rel)
             except SedTrtError:

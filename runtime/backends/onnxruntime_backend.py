@@ -8,7 +8,43 @@ from typing import Any
 import numpy as np
 
 from runtime.backends.base import EngineDirBackend, NumpyOps
+from runtime.backends.registry import BackendSpec, Option
 from runtime.errors import BackendUnavailableError
+
+SPEC = BackendSpec(
+    name="onnxruntime",
+    cls="OnnxRuntimeBackend",
+    summary="the exported ONNX graphs in ONNX Runtime on the CPU (numpy only, no torch)",
+    loads="engine_dir",
+    placement="cpu",
+    precisions=("fp32", "fp16"),  # fp16: the mixed-precision graphs of export --fp16 (their CPU accuracy)
+    options=(
+        Option(
+            "mem_arena",
+            "--ort-arena",
+            "onnxruntime: its CPU memory arena (default on: faster; --no-ort-arena saves memory)",
+            kind="toggle",
+        ),
+    ),
+    probe="probe",
+)
+
+
+def probe() -> str:
+    """ONNX Runtime's version and providers (and a warning when both CPU and GPU packages are installed)."""
+    from importlib import metadata
+
+    import onnxruntime as ort
+
+    installed = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.version(dist)
+            installed.append(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    clash = " | WARNING: both onnxruntime and onnxruntime-gpu are installed; keep one" if len(installed) > 1 else ""
+    return f"{ort.__version__}, providers {ort.get_available_providers()}{clash}"
 
 
 class OnnxRuntimeBackend(EngineDirBackend):
@@ -18,7 +54,7 @@ class OnnxRuntimeBackend(EngineDirBackend):
 
     @property
     def label(self) -> str:
-        return self.name if self.graph_precision == "fp32" else f"{self.name}-{self.graph_precision}"
+        return SPEC.label(self.graph_precision)
 
     def __init__(
         self,
@@ -35,10 +71,8 @@ class OnnxRuntimeBackend(EngineDirBackend):
         # from), to measure their accuracy on the CPU; ONNX Runtime adds casts where it lacks fp16 kernels.
         self.manifest.graphs_for(precision)  # refuse an export without fp16 graphs now, not at activate
         self.graph_precision = precision
-        # ONNX Runtime's CPU arena, measured on ConvNeXt-B, 768 px (2-core EPYC). With whole-vocabulary
-        # graphs (release 0.1) it tripled peak RSS (12.4 GB at 150 classes). With class-chunked
-        # decoding its buffers are chunk-sized: 4.0 GB at 150 classes and 5.4 GB at 847 (2.2 and
-        # 4.6-4.8 GB without it), and 1.3-1.4x faster. On by default; mem_arena=False for the leanest run.
+        # ONNX Runtime's CPU arena: faster, with chunk-sized buffers kept between runs (the
+        # benchmark docs give the measured cost); mem_arena=False for the leanest run.
         self.mem_arena = mem_arena
         self.ops = NumpyOps()
         self.providers = providers or ["CPUExecutionProvider"]
@@ -67,6 +101,9 @@ class OnnxRuntimeBackend(EngineDirBackend):
         import onnxruntime as ort
 
         return ort.InferenceSession(str(path), self._options, providers=self.providers)
+
+    def placement(self) -> dict[str, object]:
+        return {"device": self.providers[0], "threads": self.threads}
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         spec = self.specs[graph]

@@ -1,7 +1,7 @@
 """OpenVINO backend (CPU): runs the exported ONNX graphs with numpy only (no torch at run time).
 
 OpenVINO picks bf16 by itself on CPUs with native bf16 (AMX, AVX512-BF16); here the
-precision is always pinned: f32 by default, bf16 only when asked for, and refused where
+precision is always pinned: fp32 by default, bf16 only when asked for, and refused where
 the CPU has no native bf16. One compiled model and one infer request per graph serve every
 vocabulary size (dynamic T, no recompilation); compiled blobs are cached on disk so a
 second start-up skips compilation.
@@ -15,10 +15,27 @@ from typing import Any
 import numpy as np
 
 from runtime.backends.base import EngineDirBackend, NumpyOps
+from runtime.backends.registry import BackendSpec, Option
 from runtime.errors import BackendUnavailableError, ConfigError, EngineError
 from runtime.text_cache import default_cache_dir as sed_trt_cache_dir
 
-PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16"}
+SPEC = BackendSpec(
+    name="openvino",
+    cls="OpenVINOBackend",
+    summary="the exported ONNX graphs in OpenVINO on the CPU (bf16 where the CPU has it natively)",
+    loads="engine_dir",
+    placement="cpu",
+    precisions=("fp32", "bf16"),
+    options=(
+        Option(
+            "release_memory",
+            "--release-memory",
+            "openvino: free each graph's buffers after it runs (less memory, slower)",
+        ),
+    ),
+    probe="probe",
+)
+OV_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # ours -> OpenVINO's INFERENCE_PRECISION_HINT
 
 
 def default_cache_dir() -> Path:
@@ -39,6 +56,13 @@ def native_bf16(core: Any) -> bool:
     return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
+def probe() -> str:
+    """OpenVINO's version, the CPU and whether it has native bf16."""
+    ov = import_openvino()
+    core = ov.Core()
+    return f"{ov.__version__}, CPU {core.get_property('CPU', 'FULL_DEVICE_NAME')}, native bf16: {native_bf16(core)}"
+
+
 class OpenVINOBackend(EngineDirBackend):
     """One compiled model and infer request per graph of an engine directory, on the CPU."""
 
@@ -48,20 +72,20 @@ class OpenVINOBackend(EngineDirBackend):
         self,
         engine_dir: str | Path,
         *,
-        precision: str = "f32",
+        precision: str = "fp32",
         threads: int | None = None,
         cache_dir: str | Path | None = None,
         release_memory: bool = False,
         backbone: str | None = None,
     ) -> None:
         super().__init__(engine_dir, backbone=backbone)
-        if precision not in PRECISIONS:
-            raise ConfigError(f"--precision {precision!r} is not an OpenVINO precision; use f32 or bf16")
-        self.precision = PRECISIONS[precision]
+        if precision not in OV_PRECISIONS:
+            raise ConfigError(f"--precision {precision!r} is not an OpenVINO precision; use fp32 or bf16")
+        self.precision = precision
         self.threads = threads
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        # Free each graph's intermediate buffers after it ran. Measured (ConvNeXt-B, 768 px, 150
-        # classes, 2-core EPYC, class-chunked graphs): peak RSS 4.0 -> 3.6 GB, 10.3 -> 11.8 s per image.
+        # Free each graph's intermediate buffers after it ran: less peak memory, slower (the
+        # benchmark docs give the measured trade-off).
         self.release_memory = release_memory
         self._compiled: dict[str, Any] = {}
         self.ops = NumpyOps()
@@ -72,17 +96,17 @@ class OpenVINOBackend(EngineDirBackend):
 
     @property
     def label(self) -> str:
-        return "openvino" if self.precision == "f32" else f"openvino-{self.precision}"
+        return SPEC.label(self.precision)
 
     def config(self, core: Any) -> dict[str, Any]:
         """The compile options: precision pinned, latency mode, one stream, model cache."""
         if self.precision == "bf16" and not native_bf16(core):
             raise ConfigError(
-                f"--precision bf16 needs a CPU with native bf16 (AMX or AVX512-BF16); {core.get_property('CPU', 'FULL_DEVICE_NAME')} has none: use f32"
+                f"--precision bf16 needs a CPU with native bf16 (AMX or AVX512-BF16); {core.get_property('CPU', 'FULL_DEVICE_NAME')} has none: use fp32"
             )
         cfg: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": self.precision,
-            "EXECUTION_MODE_HINT": "ACCURACY" if self.precision == "f32" else "PERFORMANCE",
+            "INFERENCE_PRECISION_HINT": OV_PRECISIONS[self.precision],
+            "EXECUTION_MODE_HINT": "ACCURACY" if self.precision == "fp32" else "PERFORMANCE",
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": "1",
         }
@@ -94,7 +118,7 @@ class OpenVINOBackend(EngineDirBackend):
         ov = import_openvino()
         self._core = ov.Core()
         self._config = self.config(self._core)
-        self._expected = {"f32": ov.Type.f32, "bf16": ov.Type.bf16}[self.precision]
+        self._expected = {"fp32": ov.Type.f32, "bf16": ov.Type.bf16}[self.precision]
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             self._core.set_property({"CACHE_DIR": str(self.cache_dir)})
@@ -114,6 +138,9 @@ class OpenVINOBackend(EngineDirBackend):
     def deactivate(self) -> None:
         super().deactivate()
         self._compiled = {}
+
+    def placement(self) -> dict[str, Any]:
+        return {"device": self.device, "threads": self.threads}
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         spec = self.specs[graph]

@@ -22,9 +22,19 @@ from typing import Any
 
 from runtime.backends.base import EngineDirBackend
 from runtime.backends.cuda_ops import ALIGNMENT, CudaMemory, CudaOps, DeviceArray, DeviceMemory
+from runtime.backends.registry import BackendSpec
 from runtime.errors import BackendUnavailableError, ConfigError, EngineError
-from runtime.io_spec import GRAPH_NAMES
+from runtime.io_spec import DECODER_STAGE0, GRAPH_NAMES
 
+SPEC = BackendSpec(
+    name="tensorrt",
+    cls="TensorRTBackend",
+    summary="TensorRT engines built from the exported graphs, on an NVIDIA GPU (tensorrt + cuda-python, no torch)",
+    loads="engine_dir",
+    placement="gpu",
+    precisions=("fp32", "fp16"),  # the engines' own: sed-trt build-engines --precision
+    probe="probe",
+)
 TRT_DTYPES = {"float32": "FLOAT", "int32": "INT32", "int64": "INT64"}  # spec dtype -> trt.DataType member
 _LOGGERS: dict[int, Any] = {}  # one logger per TensorRT module: TensorRT keeps the first it is given
 
@@ -38,6 +48,11 @@ def import_tensorrt() -> ModuleType:
             f"TensorRT is not installed ({exc}); on a machine with an NVIDIA GPU: pip install 'sed-trt[trt]'"
         ) from None
     return trt
+
+
+def probe() -> str:
+    """TensorRT's version (raises when it is not installed)."""
+    return str(import_tensorrt().__version__)
 
 
 def trt_logger(trt: ModuleType) -> Any:
@@ -92,6 +107,34 @@ class TensorRTBackend(EngineDirBackend):
         self._workspace: DeviceArray | None = None
         self._lock = threading.Lock()
         self.calls: int = 0
+
+    @classmethod
+    def from_request(cls, request: Any) -> TensorRTBackend:
+        device = request.device if str(request.device).startswith("cuda") else "cuda"  # cpu (the default): GPU 0
+        if request.threads is not None:
+            raise ConfigError("--threads does not apply to --backend tensorrt (it runs on the GPU)")
+        backend = cls(request.engine_dir, backbone=request.backbone, device=device)
+        built = backend.engine_precision
+        if built != request.precision:
+            raise ConfigError(
+                f"the engines in {str(request.engine_dir)!r} were built for {built}: use --precision {built} "
+                f"(or rebuild them with 'sed-trt build-engines --precision {request.precision}')"
+            )
+        backend.check_compatible(pooling=request.pooling, image_size=request.image_size, weights=request.weights)
+        return backend
+
+    @property
+    def engine_precision(self) -> str:
+        """fp32 or fp16: what the engines were built from (the text encoder's is fp32 in both)."""
+        return self.manifest.engines[DECODER_STAGE0].precision.split("+")[0]
+
+    @property
+    def label(self) -> str:
+        return SPEC.label(self.engine_precision)
+
+    def placement(self) -> dict[str, Any]:
+        name = self.memory.properties()[0] if self.memory is not None else self.device
+        return {"device": name, "threads": None}
 
     def _check_entry(self, graph: str, trt: ModuleType, gpu: tuple[str, str]) -> None:
         entry = self.manifest.engines[graph]

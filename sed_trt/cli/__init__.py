@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+import sed  # noqa: F401  (registers the torch backend; torch itself loads only when used)
 from runtime.errors import SedTrtError
 from sed_trt.cli import bench, compare, doctor, evaluate, export, predict, serve, train
 from sed_trt.cli.args import HelpFormatter

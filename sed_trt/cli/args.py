@@ -95,33 +95,44 @@ def add_classes_arg(p: argparse.ArgumentParser, *, required: bool = True) -> Non
     )
 
 
+def add_backend_options(p: argparse.ArgumentParser) -> None:
+    """Every registered backend's own options as flags (each declared once, in its backend's SPEC)."""
+    from runtime.backends.registry import all_options
+
+    for keyword, opt in all_options().items():
+        kwargs: dict[str, Any] = {"dest": keyword, "default": None, "help": opt.help}
+        if opt.kind == "switch":
+            kwargs["action"] = "store_const"
+            kwargs["const"] = True
+        elif opt.kind == "toggle":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = opt.type
+        p.add_argument(opt.flag, **kwargs)
+
+
+def backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The backend options given on the command line (None: not given)."""
+    from runtime.backends.registry import all_options
+
+    return {k: getattr(args, k) for k in all_options() if getattr(args, k, None) is not None}
+
+
 def add_runtime_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--backend",
-        choices=["torch", "onnxruntime", "openvino", "tensorrt"],
-        default="torch",
-        help="what runs the model",
-    )
+    from runtime.backends.registry import PRECISIONS, backend_specs
+
+    specs = backend_specs()
+    p.add_argument("--backend", choices=list(specs), default="torch", help="what runs the model")
     p.add_argument(
         "--precision",
-        choices=["f32", "bf16"],
-        default="f32",
-        help="openvino: inference precision; bf16 (an opt-in, needs AMX or AVX512-BF16) is faster and less exact",
+        choices=PRECISIONS,
+        default="fp32",
+        help="numeric precision, where the backend runs it: "
+        + "; ".join(f"{s.name} {'/'.join(s.precisions)}" for s in specs.values()),
     )
-    p.add_argument(
-        "--ort-arena",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="onnxruntime: its CPU memory arena (default on: 1.3x faster; --no-ort-arena saves ~1-2 GB)",
-    )
-    p.add_argument(
-        "--release-memory",
-        action="store_true",
-        help="openvino: free each graph's buffers after it runs (ConvNeXt-B, 768 px, 150 classes: peak RSS 4.0 -> 3.6 GB, 14 %% slower)",
-    )
-    p.add_argument(
-        "--engine-dir", default=None, help="directory written by 'sed-trt export' (onnxruntime, openvino, tensorrt)"
-    )
+    add_backend_options(p)
+    exported = ", ".join(s.name for s in specs.values() if s.loads == "engine_dir")
+    p.add_argument("--engine-dir", default=None, help=f"directory written by 'sed-trt export' (for {exported})")
     p.add_argument(
         "--topk",
         type=positive_int,
@@ -158,27 +169,22 @@ def model_spec(args: argparse.Namespace) -> Any:
 
 def make_backend(args: argparse.Namespace) -> Backend:
     """Create (not activate) the backend the arguments ask for; the runtime checks it fits."""
-    from runtime.backends import open_backend
+    from runtime.backends.registry import BackendRequest, open_backend, parse_label
 
-    if args.backend == "torch":
-        import sed  # noqa: F401  (registers the torch backend)
-
-        backbone = model_spec(args) if args.backbone is not None else None
-    else:
-        backbone = args.backbone
-    return open_backend(
-        args.backend,
+    spec, _ = parse_label(args.backend)
+    checkpoint = spec.loads == "checkpoint"
+    request = BackendRequest(
         engine_dir=args.engine_dir,
-        backbone=backbone,
+        backbone=model_spec(args) if checkpoint and args.backbone is not None else args.backbone,
         weights=args.weights,
         device=args.device,
         pooling=args.pooling,
         image_size=args.image_size,
         threads=args.threads,
         precision=args.precision,
-        release_memory=args.release_memory,
-        ort_arena=args.ort_arena,
+        options=backend_options(args),
     )
+    return open_backend(args.backend, request)
 
 
 def make_cache(args: argparse.Namespace) -> TextFeatureCache:

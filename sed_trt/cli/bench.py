@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sed_trt.cli.args import add_subcommand, positive_int
+from sed_trt.cli.args import add_backend_options, add_subcommand, backend_options, positive_int
 
 
 def topk_list(text: str) -> tuple[int | None, ...]:
@@ -45,7 +45,7 @@ def run_bench(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         threads=args.threads,
         device=args.device,
-        ort_arena=args.ort_arena,
+        options=backend_options(args),
         out_dir=args.out_dir,
     )
     run_bench(cfg)
@@ -84,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--backends",
         default="torch,onnxruntime,tensorrt",
-        help="comma list of torch, onnxruntime, openvino, openvino-bf16, tensorrt; unavailable ones are skipped with a reason",
+        help="comma list of backend labels (torch, torch-bf16, onnxruntime, openvino-bf16, tensorrt, ...); unavailable ones are skipped with a reason",
     )
     p.add_argument(
         "--repeats", type=positive_int, default=3, help="timed runs per configuration (median and p90 reported)"
@@ -92,12 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: the library's choice)")
     p.add_argument("--device", default="cpu", help="torch device of the torch rows (cpu, cuda, cuda:N)")
-    p.add_argument(
-        "--ort-arena",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="ONNX Runtime rows with its CPU memory arena (default on; --no-ort-arena for the leanest rows)",
-    )
+    add_backend_options(p)
     p.add_argument("--out-dir", default="results", help="where bench.json, bench.md and the figures go")
 
     p = add_subcommand(sub, "figures", run_figures)

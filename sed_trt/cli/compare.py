@@ -20,7 +20,7 @@ from sed_trt.cli.args import (
 
 def run(args: argparse.Namespace) -> int:
     """Accuracy of backends and precisions against a reference on one image: probabilities, labels, CER kept sets."""
-    from runtime.backends import open_backend
+    from runtime.backends.registry import BackendRequest, open_backend, parse_label
     from runtime.compare import compare_backends, format_agreements
     from runtime.fsutil import atomic_write, check_outputs
     from runtime.image import load_image
@@ -28,20 +28,24 @@ def run(args: argparse.Namespace) -> int:
 
     check_outputs({"--out-json": args.out_json}, {"--image": args.image})
     labels = [b.strip() for b in args.backends.split(",") if b.strip()]
-    if "torch" in labels or args.reference == "torch":
-        if args.backbone is None:
-            raise ConfigError("torch rows need --backbone (and --weights for trained weights)")
-        import sed  # noqa: F401  (registers the torch backend)
+    specs = [parse_label(label)[0] for label in [args.reference, *labels]]
+    if any(s.loads == "checkpoint" for s in specs) and args.backbone is None:
+        raise ConfigError("rows of the PyTorch model need --backbone (and --weights for trained weights)")
     classes = load_vocabulary(args.classes)
     image = load_image(args.image, max_pixels=args.max_pixels)
-    common = {
-        "engine_dir": args.engine_dir,
-        "backbone": args.backbone,
-        "weights": args.weights,
-        "threads": args.threads,
-    }
-    reference = open_backend(args.reference, **common)
-    others = [open_backend(label, **common) for label in labels]
+
+    def request(label: str) -> BackendRequest:
+        spec = parse_label(label)[0]
+        return BackendRequest(
+            engine_dir=None if spec.loads == "checkpoint" else args.engine_dir,
+            backbone=args.backbone,
+            weights=args.weights,
+            device="cpu" if spec.placement == "cpu" else args.device,
+            threads=None if spec.placement == "gpu" else args.threads,
+        )
+
+    reference = open_backend(args.reference, request(args.reference))
+    others = [open_backend(label, request(label)) for label in labels]
     rows = compare_backends(reference, others, image, classes, topk=args.topk, cache=make_cache(args))
     title = f"{len(classes)} classes, CER {f'top-{args.topk}' if args.topk else 'off'}, reference {reference.label}, image {args.image}"
     print(format_agreements(rows, title=title), end="")
@@ -64,13 +68,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_classes_arg(p)
     p.add_argument("--topk", type=positive_int, default=None, help="CER top-k (default: no rejection)")
     p.add_argument(
-        "--reference", choices=["onnxruntime", "torch"], default="onnxruntime", help="what the others are compared with"
+        "--reference", default="onnxruntime", help="what the others are compared with (a backend label, as --backends)"
     )
     p.add_argument(
         "--backends",
         default="openvino,openvino-bf16",
-        help="comma list of backends to compare (torch, onnxruntime, openvino, openvino-bf16, tensorrt)",
+        help="comma list of backend labels: a backend, or backend-precision (torch-bf16, onnxruntime-fp16, ...)",
     )
+    p.add_argument("--device", default="cpu", help="torch rows' device; tensorrt rows' GPU (cuda:N)")
     p.add_argument("--backbone", default=None, help="model for torch rows (as in predict)")
     p.add_argument("--weights", default=None, help="SED checkpoint for torch rows (also checked against the engines)")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: the library's choice)")

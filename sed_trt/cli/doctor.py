@@ -7,6 +7,7 @@ import importlib
 from collections.abc import Callable
 from importlib import metadata
 
+from runtime.backends.registry import probe_all
 from runtime.errors import ConfigError, SedTrtError
 from sed_trt.cli.args import add_subcommand
 
@@ -25,22 +26,6 @@ def _probe(fn: Callable[[], str]) -> tuple[bool, str]:
         return False, str(exc)
     except Exception as exc:  # a broken install raises anything
         return False, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-
-
-def _onnxruntime() -> str:
-    import onnxruntime as ort
-
-    both = [d for d in ("onnxruntime", "onnxruntime-gpu") if _version(d)]
-    clash = " | WARNING: both onnxruntime and onnxruntime-gpu are installed; keep one" if len(both) > 1 else ""
-    return f"{ort.__version__}, providers {ort.get_available_providers()}{clash}"
-
-
-def _openvino() -> str:
-    from runtime.backends.openvino_backend import import_openvino, native_bf16
-
-    ov = import_openvino()
-    core = ov.Core()
-    return f"{ov.__version__}, CPU {core.get_property('CPU', 'FULL_DEVICE_NAME')}, native bf16: {native_bf16(core)}"
 
 
 def _gpu(device: str, found: dict[str, str]) -> str:
@@ -63,13 +48,6 @@ def _module(name: str, dist: str) -> Callable[[], str]:
         return _version(dist) or "installed"
 
     return probe
-
-
-def _tensorrt(found: dict[str, str]) -> str:
-    from runtime.backends.tensorrt_backend import import_tensorrt
-
-    found["tensorrt"] = str(import_tensorrt().__version__)
-    return found["tensorrt"]
 
 
 def _engines(engine_dir: str, found: dict[str, str]) -> str:
@@ -103,12 +81,12 @@ def run(args: argparse.Namespace) -> int:
         checks.append((name, ok, detail, gpu))
 
     check("numpy", _module("numpy", "numpy"))
-    check("onnxruntime", _onnxruntime)
-    check("openvino", _openvino)
-    check("torch (reference, training)", _module("torch", "torch"))
+    for spec, ok, detail in probe_all():  # every registered backend's own probe
+        if spec.name == "tensorrt" and ok:
+            found["tensorrt"] = detail
+        checks.append((f"backend {spec.name}", ok, detail, spec.name == "tensorrt"))
     check("cuda-python", _module("cuda.bindings", "cuda-bindings"), gpu=True)
     check("GPU", lambda: _gpu(args.device, found), gpu=True)
-    check("tensorrt", lambda: _tensorrt(found), gpu=True)
     check("polygraphy (engine builds)", _module("polygraphy", "polygraphy"), gpu=True)
     check("onnxconverter-common (fp16 graphs)", _module("onnxconverter_common", "onnxconverter-common"))
     if args.engine_dir:
@@ -119,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     missing = [name for name, ok, _, needed in checks if needed and not ok]
     if args.gpu and missing:
         raise ConfigError(f"TensorRT cannot run here: {', '.join(missing)} (see above)")
-    print("TensorRT can run here" if not missing else "TensorRT cannot run here (ONNX Runtime and OpenVINO can)")
+    usable = [name.split()[1] for name, ok, *_ in checks if ok and name.startswith("backend ")]
+    print(f"TensorRT {'can' if not missing else 'cannot'} run here; usable backends: {', '.join(usable)}")
     return 0
 
 

@@ -23,8 +23,9 @@ def results(parity_model, parity_engine_dir, parity, parity_image):
     ort_b = create_backend("onnxruntime", engine_dir=parity_engine_dir, backbone="sed_tiny_linear").activate()
     # The device path (CER and the label map as the cerK and labels graphs, as TensorRT runs
     # them), here in ONNX Runtime on the CPU.
-    graphs_b = create_backend("onnxruntime", engine_dir=parity_engine_dir).activate()
+    graphs_b = create_backend("onnxruntime", engine_dir=parity_engine_dir)
     graphs_b.device_resident = True
+    graphs_b.activate()
     for name, backend in (("torch", torch_b), ("onnxruntime", ort_b), ("graphs", graphs_b)):
         for k in (None, 1, 2, 8):
             pred = Predictor(backend, topk=k)
@@ -91,14 +92,16 @@ def test_engine_dir_errors(parity_engine_dir, tmp_path, parity):
 
 
 def test_onnxruntime_arena_is_on_unless_refused(parity_engine_dir):
-    from runtime.backends import open_backend
+    from runtime.backends import BackendRequest, open_backend
     from runtime.errors import ConfigError
 
     fat = create_backend("onnxruntime", engine_dir=parity_engine_dir).activate()
-    lean = open_backend("onnxruntime", engine_dir=parity_engine_dir, ort_arena=False).activate()
+    lean = open_backend(
+        "onnxruntime", BackendRequest(engine_dir=parity_engine_dir, options={"mem_arena": False})
+    ).activate()
     assert lean._options.enable_cpu_mem_arena is False and fat._options.enable_cpu_mem_arena is True
-    with pytest.raises(ConfigError, match="applies to --backend onnxruntime only"):
-        open_backend("openvino", engine_dir=parity_engine_dir, ort_arena=True)
+    with pytest.raises(ConfigError, match="--ort-arena applies to --backend onnxruntime only"):
+        open_backend("openvino", BackendRequest(engine_dir=parity_engine_dir, options={"mem_arena": True}))
 
 
 @pytest.mark.parametrize("topk", [None, 2])

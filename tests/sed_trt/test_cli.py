@@ -227,7 +227,8 @@ def test_doctor_reports_each_component_and_gpu_mode_fails_in_one_line(parity_eng
 
     assert main(["doctor", "--engine-dir", str(parity_engine_dir)]) == 0
     out = capsys.readouterr().out
-    assert "ok  onnxruntime" in out and f"engine directory {parity_engine_dir}" in out
+    assert "ok  backend onnxruntime" in out and f"engine directory {parity_engine_dir}" in out
+    assert "usable backends: onnxruntime, openvino, torch" in out
     assert f"{len(GRAPH_NAMES)} graphs verified" in out
     if tensorrt_unavailable_reason() is None:
         pytest.skip("TensorRT and a GPU are present: --gpu passes here")
