@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,20 +13,33 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-PARITY = Path(os.environ.get("SED_PARITY_DIR", ROOT.parent / "shared" / "parity" / "sed_tiny_linear"))
+# The official outputs of the tiny model: the trimmed copy in the repository (tests/parity.py),
+# or a full vector directory such as ../shared/parity/sed_tiny_linear.
+PARITY = Path(os.environ.get("SED_PARITY_DIR", ROOT / "tests" / "data" / "parity" / "sed_tiny_linear"))
 
 
 @pytest.fixture(scope="session")
-def parity_dir() -> Path:
+def parity_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The vector as files the commands read: image.png, meta.json, cfg/ and checkpoint.pth."""
+    from tests.parity import write_checkpoint
+
     if not (PARITY / "expected.npz").is_file():
-        pytest.skip(f"missing parity data, expected at {PARITY} (set SED_PARITY_DIR)")
-    return PARITY
+        raise FileNotFoundError(f"no parity vector at {PARITY} (SED_PARITY_DIR)")
+    if (PARITY / "checkpoint.pth").is_file():
+        return PARITY
+    out = tmp_path_factory.mktemp("parity") / PARITY.name
+    shutil.copytree(PARITY, out)
+    write_checkpoint(PARITY, out / "checkpoint.pth")
+    return out
 
 
 @pytest.fixture(scope="session")
 def parity(parity_dir: Path) -> dict:
+    """meta, classes and the expected arrays (trimmed: compare ``tests.parity.trim(name, x)``)."""
+    from tests.parity import load_expected
+
     meta = json.loads((parity_dir / "meta.json").read_text())
-    return {"meta": meta, "classes": meta["classes"], "expected": dict(np.load(parity_dir / "expected.npz"))}
+    return {"meta": meta, "classes": meta["classes"], "expected": load_expected(parity_dir)}
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from PIL import Image
 
 import sed_trt
 from sed_trt import ConfigError, ImageError, StateError, VocabularyError
+from tests.parity import trim
 
 pytestmark = pytest.mark.parity
 
@@ -36,7 +37,7 @@ def test_segmenter_keeps_the_model_for_many_images(parity_dir, parity, parity_im
     assert not seg.backend.active
     exp = parity["expected"]
     np.testing.assert_array_equal(first.kept, exp["cer_k2_kept"])
-    np.testing.assert_allclose(first.probs, exp["cer_k2_probs"], atol=1e-4)
+    np.testing.assert_allclose(trim("cer_k2_probs", first.probs), exp["cer_k2_probs"], atol=1e-4)
     np.testing.assert_array_equal(again.kept, exp["cer_k8_kept"])
 
 
