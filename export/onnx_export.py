@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
@@ -211,12 +213,46 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _recognised_manifest(directory: Path) -> dict | None:
+    """The manifest of an engine directory that sed-trt export made (format and fields), else None."""
+    try:
+        d = json.loads((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(d, dict) or not isinstance(d.get("format"), int) or not isinstance(d.get("graphs"), dict):
+        return None
+    if not all(isinstance(d.get(k), (dict, str)) for k in ("backbone", "dims", "limits", "text_fingerprint")):
+        return None
+    return d
+
+
+def _own_names(manifest: dict) -> set[str]:
+    """Top-level names an export writes into an engine directory (the rest is the user's)."""
+    files = [*manifest.get("graphs", {}).values(), *manifest.get("fp16_graphs", {}).values()]
+    files += [e.get("file", "") for e in manifest.get("engines", {}).values() if isinstance(e, dict)]
+    files += [manifest.get("tokenizer_file", BPE_FILENAME), MANIFEST_NAME]
+    return {Path(f).parts[0] for f in files if isinstance(f, str) and f}
+
+
+def foreign_entries(directory: Path) -> list[str]:
+    """Names in an engine directory that no export wrote (notes, a user's files): kept by a re-export."""
+    manifest = _recognised_manifest(directory) or {}
+    own = _own_names(manifest)
+    return sorted(p.name for p in directory.iterdir() if p.name not in own and not fnmatch(p.name, TIMING_CACHE_GLOB))
+
+
 def check_export_target(out: Path) -> None:
-    """Refuse, before any work, a target that is unwritable or a directory of something else."""
+    """Refuse, before any work, a target that is unwritable or a directory of something else.
+
+    Only a directory an export made (its manifest recognised) is replaced; the files a user
+    keeps there survive (they move into the new directory). Anything else is never touched.
+    """
     check_writable_dir(out, "--out-dir")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+    if out.is_dir() and any(out.iterdir()) and _recognised_manifest(out) is None:
+        shown = ", ".join(sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())[:5])
         raise EngineError(
-            f"refusing to replace {str(out)!r}: it is not empty and not an engine directory (no {MANIFEST_NAME})"
+            f"refusing to replace {str(out)!r}: it is not an engine directory made by 'sed-trt export' "
+            f"(it holds {shown}); choose an empty or new --out-dir"
         )
 
 
@@ -231,20 +267,37 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _remove_stale_staging(out: Path) -> None:
-    """Delete what killed exports into ``out`` left behind (their process no longer exists)."""
-    for sibling in out.parent.glob(f".{out.name}.*-*-*"):
+    """Clear what killed exports into ``out`` left behind (their process no longer exists): a
+    half-written export is deleted; an old directory hidden for a swap gives its user files
+    back to ``out`` (or becomes ``out`` again when the swap never finished)."""
+    for sibling in sorted(out.parent.glob(f".{out.name}.*-*-*")):
         parts = sibling.name[len(out.name) + 2 :].split("-")
-        if len(parts) >= 3 and parts[0] in ("export", "old") and parts[1].isdigit() and not _pid_alive(int(parts[1])):
-            shutil.rmtree(sibling, ignore_errors=True)
+        if len(parts) < 3 or parts[0] not in ("export", "old") or not parts[1].isdigit() or _pid_alive(int(parts[1])):
+            continue
+        if parts[0] == "old":
+            if not out.exists():
+                os.rename(sibling, out)
+                continue
+            _move_entries(sibling, out, foreign_entries(sibling))
+        shutil.rmtree(sibling, ignore_errors=True)
+
+
+def _move_entries(src: Path, dst: Path, names: list[str]) -> None:
+    for name in names:
+        if not (dst / name).exists():
+            os.rename(src / name, dst / name)
 
 
 def _swap_in(staging: Path, out: Path) -> None:
-    """Replace ``out`` by the finished ``staging`` directory.
+    """Replace ``out`` by the finished ``staging`` directory; the user's files in ``out`` move over.
 
     Two renames in one directory: a crash between them leaves no ``out`` at all (and the old
-    one hidden beside it), never a mix of old and new files under one manifest.
+    one hidden beside it, which the next export restores), never a mix of old and new files
+    under one manifest. The user's files move only after, and a crash then leaves them in the
+    hidden directory, from which the next export moves them.
     """
     old = None
+    keep = foreign_entries(out) if out.exists() else []
     if out.exists():
         old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-{os.getpid()}-"))
         os.rmdir(old)
@@ -256,6 +309,7 @@ def _swap_in(staging: Path, out: Path) -> None:
             os.rename(old, out)
         raise
     if old is not None:
+        _move_entries(old, out, keep)
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -302,6 +356,10 @@ def run_export(
             shutil.copyfile(cache, out / cache.name)
         os.chmod(out, 0o777 & ~current_umask())
         _swap_in(out, final)
+    except OSError as exc:  # a full disk, no permission: nothing half-written is left
+        shutil.rmtree(out, ignore_errors=True)
+        where = exc.filename if getattr(exc, "filename", None) else final
+        raise ExportError(f"cannot write the export into {str(final)!r} ({where}): {exc.strerror or exc}") from None
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise

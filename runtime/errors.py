@@ -55,6 +55,10 @@ class ServeError(SedTrtError, RuntimeError):
     """A server request failed: the server is unreachable or refused the request (its one-line reason)."""
 
 
+class WriteError(SedTrtError, OSError):
+    """A result could not be written (disk full, no permission, ...); nothing partial is left."""
+
+
 class DatasetError(SedTrtError, ValueError):
     """A missing or malformed dataset on disk."""
 

@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from runtime.errors import ConfigError
+import numpy as np
+
+from runtime.errors import ConfigError, WriteError
+
+TEMP_NAME_EXTRA = 14  # atomic_write's temporary name: "." + name + ".XXXXXXXX.tmp"
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -42,20 +48,56 @@ def current_umask() -> int:
 def atomic_write(path: str | Path, write: Callable[[str], object], *, mode: int = 0o666) -> Path:
     """Call ``write(tmp_path)``, then rename the temporary file over ``path``.
 
-    The file gets ``mode & ~umask`` (``mkstemp`` alone would leave 0600), and the temporary
-    file is removed on every failure path, interrupts included.
+    The file gets ``mode & ~umask`` (``mkstemp`` alone would leave 0600), the temporary file
+    is removed on every failure path, interrupts included, and an operating-system failure
+    (a full disk, no permission) is a :class:`WriteError` naming the file. A symbolic link to
+    a regular file is written through: its target is replaced, the link kept.
     """
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.resolve().parent, prefix=f".{target.name}.", suffix=".tmp")
+    if target.is_symlink() and target.resolve().is_file():
+        target = target.resolve()
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.resolve().parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise WriteError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, mode & ~current_umask())
         os.replace(tmp, target)
+    except OSError as exc:
+        raise WriteError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return target
+    return Path(path)
+
+
+def write_npz(path: str | Path, arrays: Mapping[str, np.ndarray], *, compress: bool = True) -> None:
+    """numpy's .npz format written to ``path`` exactly (np.savez appends ".npz" to other names),
+    with every file closed on failure (no stray traceback from a half-written archive)."""
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", compression=method, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
+
+
+def require_regular_file(path: str | Path, what: str, error: type[Exception]) -> Path:
+    """``path`` if it is an existing regular file (links followed), else ``error`` in one line:
+    a FIFO or device would block or stream forever, a directory is not a file."""
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        raise error(f"{what} {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise error(f"{what} {str(path)!r} cannot be read: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
+        raise error(f"{what} {str(path)!r} is a directory")
+    if not stat.S_ISREG(mode):
+        raise error(f"{what} {str(path)!r} is not a regular file (a FIFO, socket or device)")
+    return p
 
 
 def is_within(path: str | Path, directory: str | Path) -> bool:
@@ -90,11 +132,21 @@ def check_outputs(
     for i, (flag, path) in enumerate(named):
         if path.is_dir():
             raise ConfigError(f"{flag} {str(path)!r} is a directory; give a file name")
+        if path.exists() and not path.is_file():
+            raise ConfigError(
+                f"{flag} {str(path)!r} is not a regular file (a device, FIFO or socket): results go to files only"
+            )
         parent = path.resolve().parent
         if not parent.is_dir():
             raise ConfigError(f"{flag} {str(path)!r}: directory {str(parent)!r} does not exist")
         if not os.access(parent, os.W_OK):
             raise ConfigError(f"{flag} {str(path)!r}: directory {str(parent)!r} is not writable")
+        name_max = _name_max(parent)
+        if len(path.name.encode("utf-8", "surrogateescape")) + TEMP_NAME_EXTRA > name_max:
+            raise ConfigError(
+                f"{flag}: the file name is {len(path.name.encode('utf-8', 'surrogateescape'))} bytes; "
+                f"at most {name_max - TEMP_NAME_EXTRA} here (it is written under a longer temporary name first)"
+            )
         for src_flag, src in sources:
             if _same_file(path, src):
                 raise ConfigError(
@@ -103,6 +155,13 @@ def check_outputs(
         for other_flag, other in named[:i]:
             if _same_file(path, other):
                 raise ConfigError(f"{flag} and {other_flag} name the same file {str(path)!r}")
+
+
+def _name_max(directory: Path) -> int:
+    try:
+        return int(os.pathconf(directory, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
 
 
 def check_writable_dir(path: str | Path, flag: str) -> None:

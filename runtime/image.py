@@ -7,12 +7,17 @@ Post-processing (probabilities -> labels) lives in runtime.postprocess.
 
 from __future__ import annotations
 
+import logging
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from runtime.errors import ImageError
+from runtime.fsutil import require_regular_file
+
+log = logging.getLogger("sed_trt")
 
 SHORT_SIDE = 640
 MAX_SIDE = 2560
@@ -35,7 +40,7 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    path = Path(path)
+    path = require_regular_file(path, "image", ImageError)  # a FIFO would block, a device never end
     try:
         with _PIL_LIMIT_LOCK:  # our limit replaces Pillow's global one for this open only
             saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
@@ -47,10 +52,15 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
             w, h = im.size
             if max_pixels is not None and w * h > max_pixels:
                 raise ImageError(
-                    f"image {str(path)!r} is {w}x{h} ({w * h / 1e6:.0f} megapixels), above the limit of {max_pixels / 1e6:.0f}"
-                    " megapixels; raise it with --max-pixels if the machine has the memory"
+                    f"image {str(path)!r} is {w}x{h} ({_pixels(w * h)}), above the limit of {_pixels(max_pixels)}; "
+                    "raise it with --max-pixels if the machine has the memory"
                 )
-            upright: Image.Image = ImageOps.exif_transpose(im)
+            with warnings.catch_warnings(record=True) as caught:  # Pillow's (EXIF...): one line each, ours
+                warnings.simplefilter("always")
+                upright: Image.Image = ImageOps.exif_transpose(im)
+                upright.load()
+            for message in {str(c.message).strip().splitlines()[0] for c in caught if str(c.message).strip()}:
+                log.warning("image %s: %s", path, message)
             if convert and upright.mode != "RGB":
                 upright = upright.convert("RGB")
             mode = upright.mode
@@ -59,16 +69,16 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                     f"image {str(path)!r} has mode {mode!r}; expected an RGB image (convert it first, e.g. Image.convert('RGB'))"
                 )
             return np.asarray(upright, dtype=np.uint8).copy()
-    except FileNotFoundError:
-        raise ImageError(f"image {str(path)!r} does not exist") from None
-    except IsADirectoryError:
-        raise ImageError(f"image {str(path)!r} is a directory") from None
     except MemoryError:
         raise ImageError(f"image {str(path)!r} does not fit in memory; lower --max-pixels or resize it") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, ImageError):
             raise
         raise ImageError(f"cannot read image {str(path)!r}: not a readable image file") from None
+
+
+def _pixels(n: int) -> str:
+    return f"{n / 1e6:.4g} megapixels" if n >= 100_000 else f"{n} pixels"
 
 
 def check_image(image: np.ndarray) -> np.ndarray:

@@ -46,6 +46,10 @@ CLASS_AXIS = "N"
 RUNNING_SUMS = {"class_kv_in": "class_kv"}  # summaries-graph input -> output it is carried into, chunk to chunk
 RUNNING_ARGMAX = {"best_in": "best", "labels_in": "labels"}  # the same for the labels graph
 ENCODER_STRIDE = 32  # the cost map is at 1/32 of the network input (ConvNeXt's last stage)
+# The network input side (--image-size): 768 is the paper's. Past 2048 the activations of one
+# image (and an export's tracing) outgrow a workstation's memory; below 64 the decoder's
+# smallest map is under 2 pixels.
+MIN_NETWORK_SIZE, MAX_NETWORK_SIZE = 64, 2048
 
 Dim = int | str
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -139,12 +140,21 @@ class Manifest:
             )
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise EngineError(f"cannot read {str(path)!r}: {exc}") from None
+        except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
+            raise EngineError(
+                f"cannot read {str(path)!r}: {type(exc).__name__}: {exc}; re-export the engines"
+            ) from None
+        if not isinstance(d, dict):
+            raise EngineError(
+                f"{str(path)!r} is not a manifest (a JSON {type(d).__name__}, not an object); re-export the engines"
+            )
         if d.get("format") != MANIFEST_FORMAT:
             raise EngineError(
                 f"{str(path)!r} has manifest format {d.get('format')!r}; this sed-trt reads format {MANIFEST_FORMAT}: re-export the engines"
             )
+        problem = _schema_problem(d)
+        if problem:
+            raise EngineError(f"{str(path)!r} is malformed: {problem}; re-export the engines")
         try:
             engines = {k: EngineEntry(**v) for k, v in d.get("engines", {}).items()}
             m = cls(
@@ -165,10 +175,15 @@ class Manifest:
                 fp16_graphs=dict(d.get("fp16_graphs", {})),
                 fp16_sha256=dict(d.get("fp16_sha256", {})),
             )
+            m.dims.check_pooling(m.pooling)
         except (KeyError, TypeError, ValueError) as exc:
             raise EngineError(
                 f"{str(path)!r} is malformed ({type(exc).__name__}: {exc}); re-export the engines"
             ) from None
+        if d.get("io") != json.loads(json.dumps(m.to_dict()["io"])):
+            raise EngineError(
+                f"{str(path)!r}: its dims and pooling do not give the graphs' I/O it records (edited?); re-export the engines"
+            )
         missing = [g for g in GRAPH_NAMES if g not in m.graphs]
         if missing:
             raise EngineError(f"{str(path)!r} lists no graph for {missing}; re-export the engines")
@@ -194,6 +209,57 @@ class Manifest:
             raise EngineError(
                 f"engine directory was exported for backbone {self.backbone!r}, not {Path(backbone).stem!r}"
             )
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+# key -> (type, required) of a manifest's top level; nested tables are checked below
+_FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    "backbone": (str, True),
+    "model_config": (dict, True),
+    "dims": (dict, True),
+    "limits": (dict, True),
+    "pooling": (int, True),
+    "opset": (int, True),
+    "checkpoint_sha256": ((str, type(None)), True),
+    "text_fingerprint": (str, True),
+    "graphs": (dict, True),
+    "graph_sha256": (dict, True),
+    "tokenizer_file": (str, True),
+    "tokenizer_sha256": (str, True),
+    "versions": (dict, False),
+    "engines": (dict, False),
+    "fp16_graphs": (dict, False),
+    "fp16_sha256": (dict, False),
+    "io": (dict, True),
+}
+
+
+def _schema_problem(d: dict[str, Any]) -> str:
+    """What is wrong with a manifest's types and ranges ('' if nothing)."""
+    for key, (kind, required) in _FIELDS.items():
+        if key not in d:
+            if required:
+                return f"no {key!r}"
+            continue
+        if not isinstance(d[key], kind) or isinstance(d[key], bool):
+            return f"{key!r} is a {type(d[key]).__name__}"
+    for table in ("dims", "limits"):
+        for key, value in d[table].items():
+            values = value if isinstance(value, list) else [value]
+            if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+                return f"{table}.{key} is {value!r}, not a positive whole number"
+    for table in ("graphs", "fp16_graphs"):
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in d.get(table, {}).items()):
+            return f"{table!r} maps names to something other than file names"
+    digests = [
+        d["checkpoint_sha256"],
+        d["tokenizer_sha256"],
+        *d["graph_sha256"].values(),
+        *d.get("fp16_sha256", {}).values(),
+    ]
+    if not all(v is None or (isinstance(v, str) and (v == "" or _HEX64.fullmatch(v))) for v in digests):
+        return "a sha256 that is not 64 hexadecimal digits"
+    return ""
 
 
 def _tensor(t: TensorSpec) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from runtime.io_spec import (
     TEXT_ENCODER,
 )
 from runtime.postprocess import label_dtype, labels_from_probs, source_positions
+from runtime.resources import check_memory, vocabulary_bytes
 from runtime.text_cache import TextFeatureCache, cached_text_features
 from runtime.tokenizer import ClipTokenizer
 from runtime.vocab import validate_vocabulary
@@ -176,12 +177,15 @@ class Predictor:
 
     def set_classes(self, classes: list[str]) -> None:
         """Set the vocabulary; text features come from the cache or the text encoder."""
-        classes = validate_vocabulary(list(classes))
-        limit = self.backend.max_classes
+        classes = list(classes)
+        limit = self.backend.max_classes  # the size first: it costs nothing to check
         if limit is not None and len(classes) > limit:
             raise VocabularyError(
                 f"the vocabulary has {len(classes)} classes but the engines were exported for at most {limit}; re-export with --max-classes {len(classes)}"
             )
+        need = vocabulary_bytes(len(classes), self.backend.dims, self.backend.specs)
+        check_memory(need, f"a vocabulary of {len(classes)} classes", error=VocabularyError)
+        classes = validate_vocabulary(classes)
         feats = cached_text_features(
             self.encode_text,
             self.tokenizer,

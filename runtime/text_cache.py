@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import EngineError, VocabularyError
-from runtime.fsutil import atomic_write
+from runtime.fsutil import atomic_write, write_npz
 from runtime.progress import Progress
 from runtime.tokenizer import ClipTokenizer, trim_tokens
 from runtime.vocab import IMAGENET_TEMPLATES, build_prompts, pool_text_embeddings
@@ -81,9 +81,13 @@ class TextFeatureCache:
         except Exception as exc:  # any unreadable entry (truncated zip, bad JSON, missing array)
             self._discard(path, f"unreadable: {type(exc).__name__}")
             return None
-        problem = _entry_problem(header, features, key, shape)
+        problem = _entry_problem(header, features, key)
         if problem:
             self._discard(path, problem)
+            return None
+        if shape is not None and tuple(features.shape) != tuple(shape):
+            # an intact entry another model may use (the key covers the text tower): kept, not served
+            log.warning("text-feature cache entry %s has shape %s, expected %s: not used", path, features.shape, shape)
             return None
         self._memory[key] = features
         return features
@@ -105,12 +109,8 @@ class TextFeatureCache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda tmp: _save_entry(tmp, header, features))
-        except OSError as exc:
-            log.warning(
-                "cannot write the text-feature cache at %s (%s); continuing without it",
-                path.parent,
-                exc.strerror or exc,
-            )
+        except OSError as exc:  # WriteError included: a full disk costs the cache entry, not the run
+            log.warning("cannot write the text-feature cache at %s (%s); continuing without it", path.parent, exc)
 
 
 def _digest(features: np.ndarray) -> str:
@@ -118,11 +118,10 @@ def _digest(features: np.ndarray) -> str:
 
 
 def _save_entry(tmp: str, header: dict, features: np.ndarray) -> None:
-    with open(tmp, "wb") as f:
-        np.savez(f, header=np.array(json.dumps(header)), features=features)
+    write_npz(tmp, {"header": np.array(json.dumps(header)), "features": features}, compress=False)
 
 
-def _entry_problem(header: object, features: np.ndarray, key: str, shape: tuple[int, ...] | None) -> str:
+def _entry_problem(header: object, features: np.ndarray, key: str) -> str:
     """Why a disk entry cannot be trusted ('' if it can)."""
     if not isinstance(header, dict) or header.get("format") != TextFeatureCache.FORMAT:
         return "unknown format"
@@ -130,8 +129,6 @@ def _entry_problem(header: object, features: np.ndarray, key: str, shape: tuple[
         return "stored under another key"
     if features.dtype != np.float32 or list(features.shape) != header.get("shape"):
         return f"dtype/shape {features.dtype} {features.shape} differ from its header"
-    if shape is not None and tuple(features.shape) != tuple(shape):
-        return f"shape {features.shape}, expected {tuple(shape)}"
     if header.get("sha256") != _digest(features):
         return "checksum mismatch"
     if not np.isfinite(features).all():
@@ -150,6 +147,11 @@ def encode_vocabulary(
 ) -> np.ndarray:
     """Text features (T, P, E) of ``classes`` with the official templates and synonym pooling."""
     templates = IMAGENET_TEMPLATES[:num_templates]
+    for name in classes:  # a byte count per name first: refusing a huge name takes milliseconds
+        if tokenizer.fits(name) is False:
+            raise VocabularyError(
+                f"class name {name[:60]!r} cannot fit CLIP's {tokenizer.context_length} tokens; shorten it"
+            )
     prompts, counts = build_prompts(classes, templates)
     tokens, truncated = tokenizer.tokenize(prompts)
     if truncated:

@@ -13,6 +13,7 @@ import functools
 import gzip
 import html
 import importlib.util
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,9 @@ from runtime.errors import ConfigError
 
 BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 CONTEXT_LENGTH = 77
+BPE_CACHE_WORDS = 50_000  # words whose BPE is kept (least recently used evicted)
+HTML_SHRINK = 24  # an HTML5 entity shrinks at most 18-fold when unescaped (twice: a little more)
+SPECIAL_TOKENS = ("<start_of_text>", "<end_of_text>")
 _NUM_MERGES = 49152 - 256 - 2
 
 
@@ -72,7 +76,10 @@ class ClipTokenizer:
         self.encoder = {tok: i for i, tok in enumerate(vocab)}
         self.bpe_ranks = {m: i for i, m in enumerate(merges)}
         self.context_length = context_length
-        self._cache: dict[str, str] = {"<start_of_text>": "<start_of_text>", "<end_of_text>": "<end_of_text>"}
+        # A token covers at most this many bytes: a text with more non-space bytes than
+        # (context - 2) tokens of this size cannot fit, whatever its words (checked before BPE).
+        self.max_token_bytes = max(len(tok.removesuffix("</w>")) for tok in vocab[:-2])
+        self._cache: OrderedDict[str, str] = OrderedDict()
         self._pattern = regex.compile(
             r"""<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
             regex.IGNORECASE,
@@ -86,8 +93,23 @@ class ClipTokenizer:
         text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
         return " ".join(text.split()).strip().lower()
 
+    def fits(self, text: str) -> bool | None:
+        """False when ``text`` cannot fit the context whatever its words (a cheap byte count:
+        milliseconds for megabytes); None when only tokenizing can tell."""
+        budget = (self.context_length - 2) * self.max_token_bytes
+        raw = sum(len(w.encode("utf-8")) for w in text.split())
+        # html-unescaping shrinks entities, so the raw text gets that much slack before cleaning
+        if raw > HTML_SHRINK * budget:
+            return False
+        if raw > budget and sum(len(w.encode("utf-8")) for w in self.clean(text).split()) > budget:
+            return False
+        return None
+
     def _bpe(self, token: str) -> str:
+        if token in SPECIAL_TOKENS:  # open_clip maps them to their ids (class names may not hold them)
+            return token
         if token in self._cache:
+            self._cache.move_to_end(token)
             return self._cache[token]
         word = tuple(token[:-1]) + (token[-1] + "</w>",)
         while len(word) > 1:
@@ -108,6 +130,8 @@ class ClipTokenizer:
             word = tuple(merged)
         out = " ".join(word)
         self._cache[token] = out
+        if len(self._cache) > BPE_CACHE_WORDS:  # bounded: a server sees unbounded distinct words
+            self._cache.popitem(last=False)
         return out
 
     def encode(self, text: str) -> list[int]:
@@ -128,6 +152,10 @@ class ClipTokenizer:
         out = np.zeros((len(texts), self.context_length), dtype=np.int64)
         truncated: list[int] = []
         for row, text in enumerate(texts):
+            if self.fits(text) is False:
+                truncated.append(row)
+                out[row, 0], out[row, -1] = self.sot_token, self.eot_token
+                continue
             ids = [self.sot_token, *self.encode(text), self.eot_token]
             if len(ids) > self.context_length:
                 truncated.append(row)

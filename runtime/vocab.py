@@ -9,13 +9,14 @@ built template-major, and each class keeps one embedding per template (T, P, E).
 from __future__ import annotations
 
 import json
-import unicodedata
+import re
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from runtime.errors import VocabularyError
+from runtime.fsutil import require_regular_file
 
 IMAGENET_TEMPLATES: tuple[str, ...] = (
     "a bad photo of a {}.",
@@ -111,6 +112,11 @@ BUILTIN_VOCABULARIES: dict[str, str] = {
 }
 
 SYNONYM_SEPARATOR = ", "
+# Longer names cannot fit CLIP's context whatever their words (75 tokens of at most 32 bytes,
+# with slack for HTML entities, which unescape shorter); refused before any text processing.
+MAX_NAME_BYTES = 64 * 1024
+SPECIAL_TOKENS = ("<start_of_text>", "<end_of_text>")
+_WORD = re.compile(r"\w")  # a letter or a digit (or _)
 
 
 def list_vocabularies() -> list[str]:
@@ -140,7 +146,7 @@ def load_vocabulary(spec: str) -> list[str]:
     if spec in BUILTIN_VOCABULARIES:
         return validate_vocabulary(json.loads(builtin_vocabulary_text(spec)))
     path = Path(spec)
-    if path.suffix.lower() in {".json", ".txt"} or names_file(spec):
+    if path.suffix.lower() in {".json", ".txt"} or names_file(spec) or _names_other_file(spec):
         return validate_vocabulary(_read_vocabulary_file(path))
     sep = ";" if ";" in spec else ","
     return validate_vocabulary([c.strip() for c in spec.split(sep)])
@@ -154,7 +160,16 @@ def names_file(spec: str) -> bool:
         return False
 
 
+def _names_other_file(spec: str) -> bool:
+    """Whether ``spec`` names something on disk that is not a regular file (a FIFO, a directory)."""
+    try:
+        return Path(spec).exists() and not Path(spec).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _read_vocabulary_file(path: Path) -> list[str]:
+    require_regular_file(path, "vocabulary file", VocabularyError)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -178,27 +193,58 @@ def _read_vocabulary_file(path: Path) -> list[str]:
 
 
 def class_key(name: str) -> str:
-    """What makes two class names the same: Unicode NFC form, case folded, whitespace collapsed."""
-    return " ".join(unicodedata.normalize("NFC", name).casefold().split())
+    """What makes two class names the same: the text CLIP's tokenizer reads (ftfy-fixed, HTML
+    entities unescaped, whitespace collapsed, so ``ｃａｔ``, ``cat`` and ``c\x07at`` are one),
+    case folded."""
+    from runtime.tokenizer import ClipTokenizer
+
+    return ClipTokenizer.clean(name).casefold()
+
+
+def name_problem(name: str) -> str | None:
+    """Why a class name cannot be used (None: it can). Cheap: a byte count before any parsing."""
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        return f"is {len(name.encode('utf-8', 'surrogatepass'))} bytes long; a class name of over {MAX_NAME_BYTES} cannot fit CLIP's 77 tokens"
+    key = class_key(name)
+    if any(tok in key for tok in SPECIAL_TOKENS):
+        return "holds CLIP's special token <start_of_text> or <end_of_text>"
+    for synonym in name.split(SYNONYM_SEPARATOR) if SYNONYM_SEPARATOR in name else [name]:
+        if not _WORD.search(class_key(synonym)):
+            return "has a synonym with no letter or digit" if SYNONYM_SEPARATOR in name else "has no letter or digit"
+    return None
 
 
 def validate_vocabulary(classes: list[str]) -> list[str]:
-    """Reject empty vocabularies, empty names and duplicates (after :func:`class_key`)."""
+    """Reject empty vocabularies, unusable names (:func:`name_problem`) and duplicates (after :func:`class_key`)."""
     if not classes:
         raise VocabularyError("the vocabulary is empty; give at least one class name")
+    if not all(isinstance(c, str) for c in classes):
+        raise VocabularyError("class names must be strings")
     empty = [i for i, c in enumerate(classes) if not c.strip()]
     if empty:
         raise VocabularyError(f"the vocabulary has empty class names at positions {empty[:10]}")
-    seen: dict[str, int] = {}
+    for i, c in enumerate(classes):
+        problem = name_problem(c)
+        if problem:
+            raise VocabularyError(f"class {i} ({_shown(c)}) {problem}")
+    seen: dict[str, str] = {}
     dups: list[str] = []
     for c in classes:
         key = class_key(c)
         if key in seen:
-            dups.append(c.strip())
-        seen[key] = 1
+            dups.append(f"{_shown(seen[key])} = {_shown(c)}" if seen[key] != c else _shown(c))
+        seen.setdefault(key, c)
     if dups:
-        raise VocabularyError(f"duplicate class names in the vocabulary: {sorted(set(dups))[:10]}")
+        raise VocabularyError(
+            f"duplicate class names in the vocabulary (CLIP reads them alike): {sorted(set(dups))[:10]}"
+        )
     return list(classes)
+
+
+def _shown(name: str) -> str:
+    """A name for a message: escaped, at most 40 characters."""
+    text = name if len(name) <= 40 else name[:37] + "..."
+    return ascii(text) if not text.isprintable() else repr(text)
 
 
 def display_name(name: str) -> str:

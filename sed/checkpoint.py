@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from runtime.errors import CheckpointError
+from runtime.fsutil import require_regular_file
 from sed.config import OFFICIAL_WEIGHTS_HINT
 
 OFFICIAL_PREFIX = "sem_seg_head.predictor."
@@ -24,8 +25,9 @@ OFFICIAL_PREFIX = "sem_seg_head.predictor."
 
 def read_checkpoint(path: str | Path, what: str) -> Mapping[str, object]:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{what} {str(path)!r} does not exist; {OFFICIAL_WEIGHTS_HINT}")
+    require_regular_file(path, what, CheckpointError)  # a FIFO or device would block torch.load
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

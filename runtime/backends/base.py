@@ -254,6 +254,21 @@ class EngineDirBackend(Backend):
         self._runners = {}
         self.active = False
 
+    def check_graph_inputs(self, graph: str, shapes: dict[str, list[Any]]) -> None:
+        """Refuse a graph file whose inputs' fixed sizes are not the manifest's (an edited manifest,
+        a file from another export): it would fail later with a library's message, or compute garbage."""
+        for t in self.specs[graph].inputs:
+            got = shapes.get(t.name)
+            fixed = [(i, d) for i, d in enumerate(t.shape) if isinstance(d, int)]
+            if (
+                got is None
+                or len(got) != len(t.shape)
+                or any(isinstance(got[i], int) and got[i] != d for i, d in fixed)
+            ):
+                raise EngineError(
+                    f"{graph}: input {t.name!r} of the graph file is {got}, the manifest says {list(t.shape)}; re-export the engines"
+                )
+
     def check_compatible(
         self, *, pooling: int | None = None, image_size: int | None = None, weights: str | Path | None = None
     ) -> None:

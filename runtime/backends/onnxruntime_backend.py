@@ -100,7 +100,9 @@ class OnnxRuntimeBackend(EngineDirBackend):
     def _load(self, graph: str, path: Path) -> Any:
         import onnxruntime as ort
 
-        return ort.InferenceSession(str(path), self._options, providers=self.providers)
+        session = ort.InferenceSession(str(path), self._options, providers=self.providers)
+        self.check_graph_inputs(graph, {i.name: list(i.shape) for i in session.get_inputs()})
+        return session
 
     def placement(self) -> dict[str, object]:
         return {"device": self.providers[0], "threads": self.threads}

@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
+from typing import NoReturn
 
 import sed  # noqa: F401  (registers the torch backend; torch itself loads only when used)
 from runtime.errors import SedTrtError
@@ -20,8 +23,15 @@ from sed_trt.cli.args import HelpFormatter
 SUBCOMMANDS = (predict, export, compare, evaluate, train, bench, serve, doctor)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (``sed-trt predict: error: ... (see --help)``), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sed-trt", description="Fast, faithful SED open-vocabulary segmentation.", formatter_class=HelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -53,9 +63,15 @@ def configure_logging() -> None:
     logger.setLevel(logging.WARNING)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM as SIGINT: the same cleanup (temporary files, staging directories)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
     except SedTrtError as exc:

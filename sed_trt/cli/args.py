@@ -8,6 +8,7 @@ from typing import Any
 from runtime.backends import Backend
 from runtime.errors import ConfigError
 from runtime.image import DEFAULT_MAX_PIXELS
+from runtime.io_spec import ENCODER_STRIDE, MAX_NETWORK_SIZE, MIN_NETWORK_SIZE
 from runtime.text_cache import TextFeatureCache, default_cache_dir
 
 
@@ -162,8 +163,10 @@ def model_spec(args: argparse.Namespace) -> Any:
 
     from sed.config import load_config
 
-    if args.image_size % 32:
-        raise ConfigError(f"--image-size must be a multiple of 32, got {args.image_size}")
+    if args.image_size % ENCODER_STRIDE or not MIN_NETWORK_SIZE <= args.image_size <= MAX_NETWORK_SIZE:
+        raise ConfigError(
+            f"--image-size must be a multiple of {ENCODER_STRIDE} between {MIN_NETWORK_SIZE} and {MAX_NETWORK_SIZE}, got {args.image_size}"
+        )
     return dataclasses.replace(load_config(args.backbone), image_size=args.image_size)
 
 

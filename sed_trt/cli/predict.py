@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runtime.fsutil import atomic_write, check_outputs
+from runtime.errors import ConfigError
+from runtime.fsutil import atomic_write, check_outputs, write_npz
 from runtime.postprocess import label_areas
 from runtime.vocab import names_file
 from sed_trt.cli.args import (
@@ -22,10 +24,16 @@ from sed_trt.cli.args import (
 )
 
 
-def _save_npz(path: str, arrays: dict[str, Any]) -> None:
-    # Any: numpy 2's stub reads ** as its allow_pickle flag. A file object: given a name, numpy appends ".npz".
-    with open(path, "wb") as f:
-        np.savez_compressed(f, **arrays)
+def image_format(path: str) -> str:
+    """Pillow's format for an output name's suffix (``.png``, ``.jpg``, ``.webp``...), or a ConfigError."""
+    from PIL import Image
+
+    suffix = Path(path).suffix.lower()
+    formats = Image.registered_extensions()
+    if suffix not in formats or formats[suffix] not in Image.SAVE:
+        known = sorted(s for s, f in formats.items() if f in ("PNG", "JPEG", "WEBP", "BMP", "TIFF"))
+        raise ConfigError(f"--out {path!r}: unknown image type {suffix or '(no suffix)'!r}; use one of {known}")
+    return formats[suffix]
 
 
 def write_results(
@@ -44,7 +52,7 @@ def write_results(
         arrays = {"labels": labels.astype(np.int32), "kept": kept, "classes": np.array(classes, dtype=str)}
         if probs is not None:
             arrays["probs"] = probs.astype(np.float32)
-        written.append(atomic_write(args.save_npz, lambda tmp: _save_npz(tmp, arrays)))
+        written.append(atomic_write(args.save_npz, lambda tmp: write_npz(tmp, arrays)))
     if args.out:
         from PIL import Image
 
@@ -52,7 +60,9 @@ def write_results(
 
         banner = "RANDOM WEIGHTS: this segmentation is meaningless (no --weights)" if random_weights else None
         vis = overlay(image, labels, classes, alpha=args.alpha, banner=banner, side_by_side=args.side_by_side)
-        written.append(atomic_write(args.out, lambda tmp: Image.fromarray(vis).save(tmp, format="PNG")))
+        fmt = image_format(args.out)
+        options: dict[str, Any] = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+        written.append(atomic_write(args.out, lambda tmp: Image.fromarray(vis).save(tmp, format=fmt, **options)))
     return written
 
 
@@ -73,7 +83,7 @@ def summary(classes: list[str], labels: np.ndarray, kept: np.ndarray) -> str:
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default=None, help="PNG colour overlay with a legend")
+    p.add_argument("--out", default=None, help="colour overlay with a legend (.png, .jpg, .webp: by the suffix)")
     p.add_argument("--alpha", type=unit_float, default=0.5, help="opacity of the class colours in --out")
     p.add_argument("--side-by-side", action="store_true", help="--out shows the photo and the overlay side by side")
     p.add_argument(
@@ -91,6 +101,8 @@ def read_request(args: argparse.Namespace, **inputs: str | None) -> tuple[list[s
         {"--out": args.out, "--save-npz": args.save_npz},
         {"--image": args.image, **inputs, "--classes": classes_file},
     )
+    if args.out:
+        image_format(args.out)  # an unknown image type is refused before any work
     return load_vocabulary(args.classes), load_image(args.image, max_pixels=args.max_pixels)
 
 

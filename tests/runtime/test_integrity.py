@@ -322,7 +322,7 @@ def test_outputs_never_clobber_inputs_or_each_other(parity_dir, tmp_path, capsys
 
     assert predict("--out", str(image)) == 2
     _one_line_error(capsys, "same file as --image")
-    assert predict("--out", str(tmp_path / "x.npz"), "--save-npz", str(tmp_path / "x.npz")) == 2
+    assert predict("--out", str(tmp_path / "x.png"), "--save-npz", str(tmp_path / "x.png")) == 2
     _one_line_error(capsys, "name the same file")
     (tmp_path / "dir.png").mkdir()
     assert predict("--save-npz", str(tmp_path / "o.npz"), "--out", str(tmp_path / "dir.png")) == 2

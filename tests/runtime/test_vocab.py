@@ -75,7 +75,7 @@ def test_inline_files_and_errors(tmp_path):
         load_vocabulary(" , ")
     with pytest.raises(VocabularyError, match="duplicate class names.*Cat"):
         load_vocabulary("cat,dog,Cat")
-    with pytest.raises(VocabularyError, match="cannot read vocabulary file"):
+    with pytest.raises(VocabularyError, match="vocabulary file .* does not exist"):
         load_vocabulary(str(tmp_path / "missing.json"))
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(VocabularyError, match="not valid JSON"):
