@@ -158,7 +158,7 @@ def graph_flops(model: Any, image_hw: tuple[int, int], pooling: int = 1) -> dict
         return float(fc.get_total_flops())
 
     image = np.zeros((*image_hw, 3), dtype=np.uint8)
-    out = {IMAGE_ENCODER: (count(IMAGE_ENCODER, {"image": preprocess(image)}), 0.0)}
+    out = {IMAGE_ENCODER: (count(IMAGE_ENCODER, preprocess([image], model.cfg.image_size)), 0.0)}
     for graph in DECODER_GRAPHS:
         one, two = (count(graph, example_inputs(specs[graph], {"B": 1, "N": n})) for n in (1, 2))
         out[graph] = (2 * one - two, two - one)
@@ -322,7 +322,7 @@ def _time_fixed_survivors(
     pred = Predictor(backend)
     keep = min(survivors, text.shape[0])
     pred.set_text_features([f"c{i}" for i in range(keep)], text[:keep])
-    enc = pred.encode_image(ops.from_numpy(preprocess(image)))
+    enc = pred.encode_image({k: ops.from_numpy(v) for k, v in preprocess([image], backend.dims.image_size).items()})
     first = pred.decode_stage0(enc)
     times = []
     for _ in range(repeats + 1):

@@ -58,7 +58,7 @@ class Release01:
     def predict(self, image: np.ndarray, text: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         times: dict[str, float] = {}
         t0 = time.perf_counter()
-        enc = self._run("image_encoder", {"image": preprocess(image)})
+        enc = self._run("image_encoder", {"image": preprocess([image], 768)["image"]})  # release 0.1 resizes inside
         t1 = time.perf_counter()
         out = self._run("decoder_stage0", {"clip_dense": enc["clip_dense"], "text_features": text})
         for k in (1, 2, 3):

@@ -58,7 +58,12 @@ def example_inputs(
     for t in spec.inputs:
         shape = t.concrete(sizes)
         arr: np.ndarray
-        if t.name == "rank":  # k - 1 of CER's top-k
+        if t.name.startswith("canvas_"):  # where the canvas reads each photo: a smaller photo than the padding
+            from runtime.image import canvas_positions
+
+            table = canvas_positions(max(1, sizes["H"] - 3), max(1, sizes["W"] - 5), int(t.shape[-1]))[t.name]
+            arr = np.ascontiguousarray(np.broadcast_to(table, shape))
+        elif t.name == "rank":  # k - 1 of CER's top-k
             arr = np.array([min(1, sizes["T"] - 1)], dtype=np.int64)
         elif t.name in ("rows", "cols"):
             arr = rng.integers(0, int(side), size=shape, dtype=np.int64)

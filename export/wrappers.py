@@ -36,10 +36,18 @@ class _GraphModule(nn.Module):
 
 
 class ImageEncoderExport(_GraphModule):
-    """image (B, 3, H, W) raw RGB -> clip_dense, guidance_term1..3 (normalise + 768 resize inside)."""
+    """image (B, 3, H, W) raw RGB, padded, and each photo's canvas positions -> clip_dense,
+    guidance_term1..3 (normalise + per-photo 768 resize inside)."""
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self._run(image)
+    def forward(
+        self,
+        image: torch.Tensor,
+        canvas_rows: torch.Tensor,
+        canvas_row_weights: torch.Tensor,
+        canvas_cols: torch.Tensor,
+        canvas_col_weights: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        return self._run(image, canvas_rows, canvas_row_weights, canvas_cols, canvas_col_weights)
 
 
 class TextEncoderExport(_GraphModule):

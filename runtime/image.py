@@ -114,11 +114,44 @@ def resize_shortest_edge(image: np.ndarray, short: int = SHORT_SIDE, max_size: i
     return np.asarray(Image.fromarray(image).resize((neww, newh), Image.Resampling.BILINEAR))
 
 
-def to_network_input(image: np.ndarray) -> np.ndarray:
-    """uint8 (H, W, 3) -> float32 (1, 3, H, W) raw 0-255 values (the graphs normalise)."""
-    return np.ascontiguousarray(image.transpose(2, 0, 1)[None].astype(np.float32))  # H W 3 -> 1 3 H W
+def source_positions(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per output index: the low-resolution cell (i0, its upper corner min(i0 + 1, n - 1)) and
+    the weight of that upper corner, as torch's bilinear (align_corners=False) computes them:
+    float32 scale in / out, the source position ``scale * (i + 0.5) - 0.5`` rounded once (torch's
+    kernels compute it with a fused multiply-add), clamped at 0."""
+    scale = np.float32(np.float32(in_size) / np.float32(out_size))
+    centres = np.arange(out_size, dtype=np.float32) + np.float32(0.5)
+    src = np.maximum((np.float64(scale) * centres.astype(np.float64) - 0.5).astype(np.float32), np.float32(0))
+    i0 = np.minimum(src.astype(np.int64), in_size - 1)
+    lam: np.ndarray = (src - i0.astype(np.float32)).astype(np.float32)
+    lam[i0 == in_size - 1] = 0  # the last cell has one corner row: all weight on it
+    return i0, lam
 
 
-def preprocess(image: np.ndarray) -> np.ndarray:
-    """Full host-side pre-processing: validate, shortest-edge resize, to (1, 3, H1, W1)."""
-    return to_network_input(resize_shortest_edge(check_image(image)))
+def canvas_positions(h: int, w: int, size: int) -> dict[str, np.ndarray]:
+    """Where the graphs' (size, size) canvas reads an (h, w) photo: per canvas row and column its
+    two source rows (columns) (2, size) and the second one's weight (size,), as ``F.interpolate``."""
+    iy, ly = source_positions(size, h)
+    ix, lx = source_positions(size, w)
+    return {
+        "canvas_rows": np.stack([iy, np.minimum(iy + 1, h - 1)]),
+        "canvas_row_weights": ly,
+        "canvas_cols": np.stack([ix, np.minimum(ix + 1, w - 1)]),
+        "canvas_col_weights": lx,
+    }
+
+
+def preprocess(images: list[np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """Host-side pre-processing of a batch: validate, shortest-edge resize, pad to the largest,
+    and each photo's canvas positions: the image encoder's feeds ``image`` (B, 3, H, W) float32
+    raw 0-255 values (the graphs normalise) and ``canvas_*``."""
+    resized = [resize_shortest_edge(check_image(im)) for im in images]
+    h = max(r.shape[0] for r in resized)
+    w = max(r.shape[1] for r in resized)
+    batch = np.zeros((len(resized), 3, h, w), dtype=np.float32)
+    tables: dict[str, list[np.ndarray]] = {}
+    for b, r in enumerate(resized):
+        batch[b, :, : r.shape[0], : r.shape[1]] = r.transpose(2, 0, 1)  # H W 3 -> 3 H W
+        for name, table in canvas_positions(r.shape[0], r.shape[1], size).items():
+            tables.setdefault(name, []).append(table)
+    return {"image": batch, **{name: np.stack(t) for name, t in tables.items()}}

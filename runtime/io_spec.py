@@ -233,7 +233,15 @@ def graph_specs(dims: ModelDims, pooling: int = 1) -> Mapping[str, GraphSpec]:
     specs = {
         IMAGE_ENCODER: GraphSpec(
             IMAGE_ENCODER,
-            inputs=(TensorSpec("image", f32, ("B", 3, "H", "W")),),
+            inputs=(
+                # a padded batch of photos (after the shortest-edge resize) and, per photo, where each
+                # canvas row and column reads it: the 768 resize of runtime.image.canvas_positions
+                TensorSpec("image", f32, ("B", 3, "H", "W")),
+                TensorSpec("canvas_rows", i64, ("B", 2, dims.image_size)),
+                TensorSpec("canvas_row_weights", f32, ("B", dims.image_size)),
+                TensorSpec("canvas_cols", i64, ("B", 2, dims.image_size)),
+                TensorSpec("canvas_col_weights", f32, ("B", dims.image_size)),
+            ),
             outputs=(
                 TensorSpec("clip_dense", f32, ("B", dims.embed_dim, s, s)),
                 # SFM's first-conv response to the encoder guidance of stage k (once per image)

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from runtime.image import source_positions
+
 # Candidates are kept down to this far below the cell's threshold, so float rounding in the
 # interpolation can never make a pruned class the winner.
 TOLERANCE = 1e-6
@@ -43,17 +45,6 @@ def label_dtype(num_classes: int) -> np.dtype:
         if num_classes <= np.iinfo(dt).max + 1:
             return np.dtype(dt)
     raise ValueError(f"{num_classes} classes do not fit a 32-bit label")
-
-
-def source_positions(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per output index: the low-resolution cell (i0, its upper corner min(i0 + 1, n - 1)) and
-    the weight of that upper corner, as torch's bilinear (align_corners=False) computes them."""
-    scale = np.float32(in_size / out_size)
-    src = np.maximum(scale * (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5), 0)
-    i0 = np.minimum(src.astype(np.int64), in_size - 1)
-    lam: np.ndarray = (src - i0.astype(np.float32)).astype(np.float32)
-    lam[i0 == in_size - 1] = 0  # the last cell has one corner row: all weight on it
-    return i0, lam
 
 
 def _kernel() -> Any:

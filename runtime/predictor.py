@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ import numpy as np
 
 from runtime.backends.base import Array, Backend
 from runtime.cer import keeps_all, topk_union
-from runtime.errors import ConfigError, StateError, VocabularyError
+from runtime.errors import ConfigError, InputError, StateError, VocabularyError
 from runtime.image import preprocess
 from runtime.io_spec import (
     CER_GRAPHS,
@@ -207,9 +207,9 @@ class Predictor:
         self.text_features = np.ascontiguousarray(features, dtype=np.float32)
         self._text = self.backend.ops.from_numpy(self.text_features)
 
-    def encode_image(self, x: Array) -> EncoderOutputs:
-        """Image encoder on a pre-processed (B, 3, H, W) batch."""
-        out = self.backend.run(IMAGE_ENCODER, {"image": x})
+    def encode_image(self, feeds: dict[str, Array]) -> EncoderOutputs:
+        """Image encoder on a pre-processed batch (runtime.image.preprocess's arrays, on the backend)."""
+        out = self.backend.run(IMAGE_ENCODER, feeds)
         return EncoderOutputs(
             clip_dense=out["clip_dense"],
             guidance_terms=(out["guidance_term1"], out["guidance_term2"], out["guidance_term3"]),
@@ -372,18 +372,37 @@ class Predictor:
 
     def predict(self, image: np.ndarray) -> Prediction:
         """Segment one RGB uint8 image (H, W, 3)."""
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Segment a batch of RGB uint8 images (H_b, W_b, 3) of any sizes in one pass.
+
+        The image encoder runs once for the batch (each photo resized to the canvas on its own)
+        and the decoder on all of them; CER keeps a class that is in some pixel's top-k of some
+        image (the union over the batch), so with CER a photo may keep more classes than alone.
+        Without CER every result equals the photo's own prediction.
+        """
         if self._text is None:
             raise StateError("no vocabulary: call set_classes() first")
+        batch = len(images)
+        limit = self.backend.limits.max_batch if self.backend.limits is not None else None
+        if batch < 1 or (limit is not None and batch > limit):
+            raise InputError(
+                f"a batch of {batch} images; the engines take 1 to {limit} (export with --max-batch for more)"
+            )
         ops = self.backend.ops
         timer = Timer(ops.synchronize if self.profile else None)
         start = time.perf_counter()
         num_classes = len(self.classes)
+        if batch > 1:
+            need = batch * vocabulary_bytes(num_classes, self.backend.dims, self.backend.specs)
+            check_memory(need, f"a batch of {batch} images with {num_classes} classes", error=InputError)
         kept = np.arange(num_classes)  # indices into the vocabulary of the classes still decoded
         survivors: list[int] = []
         with timer("preprocess_ms"):
-            x = ops.from_numpy(preprocess(image))
+            feeds = {k: ops.from_numpy(v) for k, v in preprocess(list(images), self.backend.dims.image_size).items()}
         with timer("image_encoder_ms"):
-            enc = self.encode_image(x)
+            enc = self.encode_image(feeds)
         with timer("decoder_stage0_ms"):
             out = self.decode_stage0(enc)
         for k in (1, 2, 3):
@@ -396,15 +415,24 @@ class Predictor:
             with timer(f"decoder_stage{k}_ms"):
                 out = self.decode_stage(k, out, enc, index)
         with timer("postprocess_ms"):  # labels where the probabilities are; only they come back
-            labels = self.labels(out.probs, kept, (image.shape[0], image.shape[1]), num_classes)
+            labels = [
+                self.labels(ops.narrow(out.probs, 0, b, b + 1), kept, (im.shape[0], im.shape[1]), num_classes)
+                for b, im in enumerate(images)
+            ]
         mask = np.zeros(num_classes, dtype=bool)
         mask[kept] = True
         timings = dict(timer.timings, total_ms=(time.perf_counter() - start) * 1e3)
         kept_probs, backend = out.probs, self.backend
 
-        def fetch() -> np.ndarray:
-            if not backend.active:  # a device backend has freed the maps with its memory
-                raise StateError("read Prediction.probs before the backend is deactivated")
-            return ops.scatter_classes(kept_probs, kept, num_classes)[0]
+        def fetcher(b: int) -> Callable[[], np.ndarray]:
+            def fetch() -> np.ndarray:
+                if not backend.active:  # a device backend has freed the maps with its memory
+                    raise StateError("read Prediction.probs before the backend is deactivated")
+                return ops.scatter_classes(ops.narrow(kept_probs, 0, b, b + 1), kept, num_classes)[0]
 
-        return Prediction(labels=labels, kept=mask, survivors=survivors, timings=timings, _fetch=fetch)
+            return fetch
+
+        return [
+            Prediction(labels=lab, kept=mask, survivors=survivors, timings=timings, _fetch=fetcher(b))
+            for b, lab in enumerate(labels)
+        ]

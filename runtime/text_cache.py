@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,13 +44,50 @@ class TextFeatureCache:
     read, or whose header, checksum, shape or values are wrong, is discarded with a
     warning and recomputed; a cache that cannot be written is a warning, never a failure.
     Writers use a temporary file and ``os.replace``, so concurrent runs are safe.
+
+    Both stores are bounded, for servers that meet a new vocabulary with every request: at
+    most ``memory_bytes`` of features in memory and ``disk_bytes`` on disk, the least
+    recently used evicted first (a disk entry's use refreshes its modification time). The
+    vocabulary in use is never evicted from memory, whatever its size.
     """
 
     FORMAT = 2
 
-    def __init__(self, directory: str | Path | None = None) -> None:
+    def __init__(
+        self, directory: str | Path | None = None, *, memory_bytes: int = 512 << 20, disk_bytes: int = 4 << 30
+    ) -> None:
         self.directory = Path(directory) if directory is not None else None
-        self._memory: dict[str, np.ndarray] = {}
+        self.memory_bytes = memory_bytes
+        self.disk_bytes = disk_bytes
+        self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of features held in memory."""
+        return sum(v.nbytes for v in self._memory.values())
+
+    def _remember(self, key: str, features: np.ndarray) -> None:
+        self._memory[key] = features
+        self._memory.move_to_end(key)
+        while len(self._memory) > 1 and self.nbytes > self.memory_bytes:
+            self._memory.popitem(last=False)
+
+    def _evict_disk(self) -> None:
+        """Delete the least recently used disk entries beyond ``disk_bytes``."""
+        if self.directory is None:
+            return
+        entries = []
+        for p in (self.directory / "text").glob("*.npz"):
+            with contextlib.suppress(OSError):
+                st = p.stat()
+                entries.append((st.st_mtime, st.st_size, p))
+        total = sum(size for _, size, _ in entries)
+        for _, size, p in sorted(entries):
+            if total <= self.disk_bytes:
+                break
+            with contextlib.suppress(OSError):
+                p.unlink()
+                total -= size
 
     @staticmethod
     def key(fingerprint: str, classes: list[str], templates: tuple[str, ...] = IMAGENET_TEMPLATES) -> str:
@@ -70,6 +108,7 @@ class TextFeatureCache:
     def get(self, key: str, *, shape: tuple[int, ...] | None = None) -> np.ndarray | None:
         """The cached features for ``key`` if present and intact (and of ``shape`` when given)."""
         if key in self._memory:
+            self._memory.move_to_end(key)
             return self._memory[key]
         path = self._path(key)
         if path is None or not path.is_file():
@@ -89,13 +128,15 @@ class TextFeatureCache:
             # an intact entry another model may use (the key covers the text tower): kept, not served
             log.warning("text-feature cache entry %s has shape %s, expected %s: not used", path, features.shape, shape)
             return None
-        self._memory[key] = features
+        with contextlib.suppress(OSError):
+            os.utime(path)  # used now: the last the disk eviction takes
+        self._remember(key, features)
         return features
 
     def put(self, key: str, features: np.ndarray, *, producer: str = "") -> None:
         """Store ``features`` in memory and, if possible, on disk (failure: a warning)."""
         features = np.ascontiguousarray(features, dtype=np.float32)
-        self._memory[key] = features
+        self._remember(key, features)
         path = self._path(key)
         if path is None:
             return
@@ -109,6 +150,7 @@ class TextFeatureCache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda tmp: _save_entry(tmp, header, features))
+            self._evict_disk()
         except OSError as exc:  # WriteError included: a full disk costs the cache entry, not the run
             log.warning("cannot write the text-feature cache at %s (%s); continuing without it", path.parent, exc)
 

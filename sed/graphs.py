@@ -82,8 +82,8 @@ def graph_outputs(
         return band_labels(*inputs[:8])
     dec = model.transformer
     if graph == IMAGE_ENCODER:
-        (image,) = inputs
-        enc = model.encode_image(image)
+        image, *positions = inputs
+        enc = model.encode_image(image, positions=positions)
         return (enc.clip_dense, *dec.guidance_terms(enc.guidance))
     if graph == TEXT_ENCODER:
         (tokens,) = inputs

@@ -6,6 +6,7 @@ State-dict keys are ``clip_model.*`` and ``transformer.*``: the official checkpo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -54,6 +55,36 @@ class TrainLogits:
         return (self.final, *self.aux)
 
 
+def resize_each(
+    x: torch.Tensor, rows: torch.Tensor, row_weights: torch.Tensor, cols: torch.Tensor, col_weights: torch.Tensor
+) -> torch.Tensor:
+    """Bilinear resize of each image of a padded batch, at per-image source positions.
+
+    ``F.interpolate``'s arithmetic (weights of the two neighbours, then rows of columns), with
+    gathers, so one graph resizes photos of different sizes; the positions come from the
+    host (runtime.image.canvas_positions: torch's, exactly).
+
+    Args:
+        x: (B, C, H, W) images, padded to the largest.
+        rows, cols: (B, 2, S) the upper and lower source row (column) of every output row (column).
+        row_weights, col_weights: (B, S) the weight of the lower (right) neighbour.
+
+    Returns:
+        (B, C, S, S).
+    """
+    b, c, _, w = x.shape
+    s = rows.shape[-1]
+    top = x.gather(2, rows[:, 0, None, :, None].expand(b, c, s, w))  # B C S W
+    bottom = x.gather(2, rows[:, 1, None, :, None].expand(b, c, s, w))
+    c0 = cols[:, 0, None, None, :].expand(b, c, s, s)  # B C S S
+    c1 = cols[:, 1, None, None, :].expand(b, c, s, s)
+    b1, a1 = col_weights[:, None, None, :], row_weights[:, None, :, None]  # B 1 1 S, B 1 S 1
+    b0, a0 = 1 - b1, 1 - a1
+    return a0 * (b0 * top.gather(3, c0) + b1 * top.gather(3, c1)) + a1 * (
+        b0 * bottom.gather(3, c0) + b1 * bottom.gather(3, c1)
+    )
+
+
 class SED(nn.Module):
     """A Simple Encoder-Decoder for open-vocabulary semantic segmentation."""
 
@@ -70,20 +101,29 @@ class SED(nn.Module):
         return ModelDims.from_config(self.cfg)
 
     # --- HECG encoder ---------------------------------------------------------------
-    def to_canvas(self, image: torch.Tensor) -> torch.Tensor:
-        """Raw RGB 0-255 (B, 3, H, W) -> normalised (B, 3, 768, 768); aspect ratio not kept (official)."""
+    def to_canvas(self, image: torch.Tensor, positions: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """Raw RGB 0-255 (B, 3, H, W) -> normalised (B, 3, 768, 768); aspect ratio not kept (official).
+
+        ``positions`` (rows, row weights, columns, column weights; see :func:`resize_each`): a
+        padded batch of photos of different sizes, each resized on its own as ``F.interpolate``.
+        """
         x = (image - self.pixel_mean) / self.pixel_std
         size = self.cfg.image_size
-        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        if positions is None:
+            return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        return resize_each(x, *positions)
 
     @property
     def visual(self) -> nn.Module:
         """The CLIP image tower (open_clip's ``visual``)."""
         return cast(nn.Module, self.clip_model.visual)
 
-    def encode_image(self, image: torch.Tensor, *, keep_features: bool = False) -> EncodedImage:
-        """Raw RGB image (B, 3, H, W), H and W dynamic -> dense CLIP embedding and decoder guidance."""
-        feats = encode_image_dense(self.visual, self.to_canvas(image))
+    def encode_image(
+        self, image: torch.Tensor, *, positions: Sequence[torch.Tensor] | None = None, keep_features: bool = False
+    ) -> EncodedImage:
+        """Raw RGB image (B, 3, H, W), H and W dynamic (``positions``: see :meth:`to_canvas`) ->
+        dense CLIP embedding and decoder guidance."""
+        feats = encode_image_dense(self.visual, self.to_canvas(image, positions))
         guidance = self.transformer.project_guidance(feats.res4, feats.res3, feats.res2)
         return EncodedImage(clip_dense=feats.clip_dense, guidance=guidance, features=feats if keep_features else None)
 

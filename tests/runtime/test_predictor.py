@@ -121,7 +121,9 @@ def test_chunked_decoding_matches_the_whole_vocabulary_forward(parity_model, par
         pred.set_classes(parity["classes"])
         runs[chunk] = pred.predict(parity_image)
     with torch.no_grad():
-        ref = parity_model(torch.from_numpy(preprocess(parity_image)), torch.from_numpy(pred.text_features), topk=topk)
+        ref = parity_model(
+            torch.from_numpy(preprocess([parity_image], 768)["image"]), torch.from_numpy(pred.text_features), topk=topk
+        )
     for chunk, r in runs.items():
         np.testing.assert_array_equal(r.kept, ref.kept.numpy(), err_msg=f"chunk {chunk}")
         np.testing.assert_allclose(r.probs, ref.probs[0].numpy(), atol=1e-5, err_msg=f"chunk {chunk}")

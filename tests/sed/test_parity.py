@@ -19,7 +19,7 @@ pytestmark = pytest.mark.parity
 @pytest.fixture(scope="module")
 def run(parity_model, parity, parity_image):
     m = parity_model
-    x = torch.from_numpy(preprocess(parity_image))
+    x = torch.from_numpy(preprocess([parity_image], 768)["image"])
     with torch.no_grad():
         text = encode_vocabulary(
             lambda t: m.encode_text(torch.from_numpy(t)).numpy(), ClipTokenizer(), parity["classes"]
