@@ -1,51 +1,97 @@
-"""``sed-trt serve`` (a Triton server over any backend) and ``sed-trt client`` (one request to it)."""
+"""``sed-trt triton-repo`` (a Triton model repository), ``sed-trt serve`` (run one) and ``sed-trt client``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
+from pathlib import Path
 
+from runtime.errors import ConfigError
 from sed_trt.cli.args import (
     add_classes_arg,
     add_image_args,
     add_model_args,
     add_runtime_args,
     add_subcommand,
+    backend_options,
     make_backend,
-    make_cache,
     positive_int,
 )
 from sed_trt.cli.predict import add_output_args, read_request, summary, write_results, wrote_line
 
 
+def repository_settings(args: argparse.Namespace) -> tuple[object, object]:
+    """The repository's settings and instance configuration from the arguments."""
+    from runtime.backends import parse_label
+    from runtime.text_cache import default_cache_dir
+    from sed_trt.serve.repository import InstanceConfig, RepositorySettings
+
+    spec, _ = parse_label(args.backend)
+    if spec.loads == "engine_dir" and args.engine_dir is None:
+        raise ConfigError(f"--engine-dir is required with --backend {spec.name} (make one with 'sed-trt export')")
+    gpu = spec.placement == "gpu" or (spec.placement == "device" and str(args.device).startswith("cuda"))
+    gpus = tuple(int(g) for g in args.gpus.split(",")) if args.gpus else ()
+    settings = RepositorySettings(
+        backend=args.backend,
+        engine_dir=args.engine_dir,
+        backbone=_path_or_name(args.backbone) if spec.loads == "checkpoint" else None,
+        image_size=args.image_size,
+        weights=str(Path(args.weights).resolve()) if args.weights else None,
+        precision=args.precision,
+        threads=args.threads,
+        options=backend_options(args),
+        topk=args.topk,
+        class_chunk=args.class_chunk,
+        max_batch=args.max_batch,
+        cache_dir=None if args.no_cache else str(Path(args.cache_dir or default_cache_dir()).resolve()),
+        cache_memory_mb=args.vocab_cache_mb,
+    )
+    instances = InstanceConfig(
+        instances=args.instances, kind="KIND_GPU" if gpu else "KIND_CPU", gpus=gpus, queue_delay_us=args.queue_delay_us
+    )
+    return settings, instances
+
+
+def _path_or_name(backbone: str | None) -> str | None:
+    """A config file as an absolute path (the server runs elsewhere), a config name as it is."""
+    if backbone is not None and Path(backbone).is_file():
+        return str(Path(backbone).resolve())
+    return backbone
+
+
+def run_triton_repo(args: argparse.Namespace) -> int:
+    """Write a Triton model repository for stock tritonserver (NVIDIA's container, Kubernetes)."""
+    from sed_trt.serve.repository import write_repository
+
+    settings, instances = repository_settings(args)
+    written = write_repository(args.out, settings, instances, form=args.form, engine_path=args.engine_path)  # type: ignore[arg-type]
+    print(
+        f"wrote {len(written)} files in {args.out} (models: {sorted({p.relative_to(args.out).parts[0] for p in written})})"
+    )
+    return 0
+
+
 def run_serve(args: argparse.Namespace) -> int:
-    """Serve the model on NVIDIA Triton (PyTriton): HTTP/gRPC, dynamic batching, metrics; per-request vocabularies."""
-    from sed_trt.serve.service import SegmentationService
-    from sed_trt.serve.triton import ServerConfig, serve
+    """Serve SED on NVIDIA Triton: a repository (--repository), or one written from these options."""
+    from sed_trt.serve.repository import write_repository
+    from sed_trt.serve.server import ServerConfig, serve_repository
 
     logging.getLogger("sed_trt").setLevel(logging.INFO)  # a server logs what it does (new vocabularies, stops)
     config = ServerConfig(
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
-        max_batch=args.max_batch,
-        queue_delay_us=args.queue_delay_us,
-        instances=args.instances,
-        workspace=args.workspace,
+        exit_timeout_s=args.exit_timeout,
     )
+    if args.repository:
+        return serve_repository(args.repository, config)
+    settings, instances = repository_settings(args)
     make_backend(args)  # refuse a bad engine directory or option before anything starts
-
-    def make_service() -> SegmentationService:
-        return SegmentationService(
-            make_backend(args),
-            topk=args.topk,
-            cache=make_cache(args),
-            vocab_cache_bytes=args.vocab_cache_mb * 2**20,
-            class_chunk=args.class_chunk,
-        )
-
-    serve(make_service, config)
-    return 0
+    with tempfile.TemporaryDirectory(prefix="sed-trt-repo-") as tmp:
+        repo = Path(tmp) / "repository"
+        write_repository(repo, settings, instances)  # type: ignore[arg-type]
+        return serve_repository(repo, config)
 
 
 def run_client(args: argparse.Namespace) -> int:
@@ -61,22 +107,41 @@ def run_client(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = add_subcommand(sub, "serve", run_serve)
+def add_repository_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     add_runtime_args(p)
-    p.add_argument("--http-port", type=positive_int, default=8000, help="HTTP (KServe v2) port")
-    p.add_argument("--grpc-port", type=positive_int, default=8001, help="gRPC port")
-    p.add_argument("--metrics-port", type=positive_int, default=8002, help="Prometheus metrics port (/metrics)")
-    p.add_argument("--max-batch", type=positive_int, default=4, help="largest dynamic batch of requests")
+    p.add_argument("--max-batch", type=positive_int, default=4, help="images per batch (Triton's max_batch_size)")
     p.add_argument("--queue-delay-us", type=int, default=2000, help="how long Triton waits to grow a batch")
     p.add_argument(
         "--instances", type=positive_int, default=1, help="model instances (each its own backend: memory x N)"
     )
+    p.add_argument("--gpus", default=None, help="GPUs of GPU instances, e.g. 0,1 (default: every GPU)")
     p.add_argument(
-        "--vocab-cache-mb", type=positive_int, default=512, help="in-memory text features of recent vocabularies"
+        "--vocab-cache-mb", type=positive_int, default=512, help="text features of recent vocabularies kept in memory"
     )
-    p.add_argument("--workspace", default=None, help="PyTriton workspace (must not exist; default: a temporary one)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_subcommand(sub, "triton-repo", run_triton_repo)
+    add_repository_args(p)
+    p.add_argument("--out", required=True, help="the repository to write (a new or empty directory)")
+    p.add_argument(
+        "--form",
+        choices=["python", "bls"],
+        default="python",
+        help="python: one model runs the pipeline; bls: each TensorRT plan its own model, orchestrated by BLS",
+    )
+    p.add_argument(
+        "--engine-path", default=None, help="the engine directory's path where the server runs (a container volume)"
+    )
+
+    p = add_subcommand(sub, "serve", run_serve)
+    add_repository_args(p)
+    p.add_argument("--repository", default=None, help="serve this model repository (from 'sed-trt triton-repo')")
+    p.add_argument("--http-port", type=positive_int, default=8000, help="HTTP (KServe v2) port")
+    p.add_argument("--grpc-port", type=positive_int, default=8001, help="gRPC port")
+    p.add_argument("--metrics-port", type=positive_int, default=8002, help="Prometheus metrics port (/metrics)")
+    p.add_argument("--exit-timeout", type=positive_int, default=60, help="seconds a stop waits for requests in flight")
 
     p = add_subcommand(sub, "client", run_client)
     p.add_argument("--url", default="localhost:8000", help="server address (host:port; grpc://host:port for gRPC)")

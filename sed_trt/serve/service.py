@@ -1,13 +1,16 @@
-"""The inference callable behind ``sed-trt serve``: requests in, labels and kept classes out.
+"""The inference behind ``sed-trt serve``: requests in, labels and kept classes out.
 
 One :class:`SegmentationService` per model instance owns one activated backend and one
-predictor. Each request carries its own image and vocabulary; a dynamic batch is run
-request by request, grouped by vocabulary so text features switch as rarely as possible.
-Text features come from an in-memory LRU (bounded in bytes) in front of the disk cache, so
-a repeated vocabulary costs nothing and a new one is encoded once (its cost is logged).
-A bad request (empty or oversized vocabulary, a malformed image or top-k) gets a one-line
-``error`` output and placeholder results (PyTriton cannot send empty arrays: labels
-[[-1]]); the other requests of its batch are unaffected.
+predictor. Each request carries its own images (a batch of one or more rows) and
+vocabulary. A batch of requests (Triton's dynamic batcher) is split into rows, grouped by
+vocabulary and CER top-k, and each group runs through :meth:`Predictor.predict_batch` in
+batches of up to ``max_batch`` images: one image-encoder pass for photos of any sizes and
+one decoder pass for all of them (without CER every row equals its own prediction; with
+CER the kept set is the union over the group, the official rule for B > 1). Text
+features come from the bounded cache (runtime.text_cache), so a repeated vocabulary costs
+nothing and a new one is encoded once. Every check that can refuse a request (its tensors,
+its vocabulary) runs before the instance lock; a refused row gets a one-line ``error``
+output, never a traceback, and the other rows are unaffected.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +26,10 @@ import numpy as np
 
 from runtime.backends.base import Backend
 from runtime.errors import InputError, SedTrtError
-from runtime.predictor import Predictor
+from runtime.image import check_image
+from runtime.predictor import Prediction, Predictor
 from runtime.text_cache import TextFeatureCache
+from runtime.vocab import validate_vocabulary
 
 log = logging.getLogger("sed_trt")
 
@@ -33,62 +38,95 @@ MODEL_NAME = "sed"
 
 @dataclass(frozen=True)
 class TensorDef:
-    """One Triton input or output of the ``sed`` model (shape without the batch axis)."""
+    """One input or output of the ``sed`` model (shape without the batch axis; -1: any size)."""
 
     name: str
     dtype: Any
     shape: tuple[int, ...]
     optional: bool = False
+    triton_type: str = ""
 
 
 INPUTS = (
-    TensorDef("image", np.uint8, (-1, -1, 3)),  # RGB, any size
-    TensorDef("classes", bytes, (-1,)),  # UTF-8 class names ("wall, brick wall" for synonyms, as in the CLI)
-    TensorDef("topk", np.int32, (1,), optional=True),  # CER top-k; 0 or absent: the server's default
-    TensorDef("want_probs", np.bool_, (1,), optional=True),
+    TensorDef("image", np.uint8, (-1, -1, 3), triton_type="TYPE_UINT8"),  # RGB, any size
+    TensorDef("classes", bytes, (-1,), triton_type="TYPE_STRING"),  # UTF-8 names ("wall, brick wall": synonyms)
+    TensorDef("topk", np.int32, (1,), optional=True, triton_type="TYPE_INT32"),  # CER k; 0 or absent: the default
+    TensorDef("want_probs", np.bool_, (1,), optional=True, triton_type="TYPE_BOOL"),
 )
 OUTPUTS = (
-    TensorDef("labels", np.int32, (-1, -1)),  # (H, W) class index per pixel
-    TensorDef("kept", np.bool_, (-1,)),  # (T,) classes CER kept
-    TensorDef("probs", np.float32, (-1, -1, -1)),  # (T, h, w) when want_probs, else a (1, 1, 1) placeholder
-    TensorDef("error", bytes, (1,)),  # "" or the one-line reason this request failed
+    TensorDef("labels", np.int32, (-1, -1), triton_type="TYPE_INT32"),  # (H, W) class index per pixel
+    TensorDef("kept", np.bool_, (-1,), triton_type="TYPE_BOOL"),  # (T,) classes CER kept
+    TensorDef("probs", np.float32, (-1, -1, -1), triton_type="TYPE_FP32"),  # (T, h, w) if asked, else (1, 1, 1)
+    TensorDef("error", bytes, (1,), triton_type="TYPE_STRING"),  # "" or the one-line reason this row failed
 )
 
 
-class VocabularyLRU:
-    """Text features by vocabulary, least recently used evicted beyond ``max_bytes``."""
+@dataclass
+class Row:
+    """One image of a request, parsed and checked (or the reason it cannot be served)."""
 
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple[str, ...], np.ndarray] = OrderedDict()
-        self.hits = self.misses = 0
-
-    @property
-    def nbytes(self) -> int:
-        return sum(v.nbytes for v in self._items.values())
-
-    def get(self, key: tuple[str, ...]) -> np.ndarray | None:
-        if key in self._items:
-            self._items.move_to_end(key)
-            self.hits += 1
-            return self._items[key]
-        self.misses += 1
-        return None
-
-    def put(self, key: tuple[str, ...], value: np.ndarray) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > 1 and self.nbytes > self.max_bytes:
-            self._items.popitem(last=False)
+    image: np.ndarray | None = None
+    classes: tuple[str, ...] = ()
+    topk: int | None = None
+    want_probs: bool = False
+    error: str = ""
+    result: Prediction | None = None
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
 
+def _column(request: Mapping[str, Any], name: str, rows: int) -> list[Any]:
+    """Input ``name`` per row: (rows, ...) as sent, or a batch of 1 broadcast to every row."""
+    value = np.asarray(request[name])
+    if value.ndim == 0 or value.shape[0] not in (1, rows):
+        raise InputError(f"input {name!r} has shape {value.shape}; expected ({rows}, ...) like 'image'")
+    return [value[0 if value.shape[0] == 1 else r] for r in range(rows)]
+
+
+def parse(request: Mapping[str, Any]) -> list[Row]:
+    """The rows of one request (its images along the batch axis), each checked; never raises."""
+    try:
+        images = np.asarray(request["image"])
+        if images.ndim == 3:
+            images = images[None]  # one image sent without the batch axis
+        if images.ndim != 4 or images.shape[0] < 1:
+            raise InputError(f"image must be uint8 (B, H, W, 3), got shape {tuple(images.shape)}")
+        rows = images.shape[0]
+        classes = _column(request, "classes", rows)
+        topks = _column(request, "topk", rows) if request.get("topk") is not None else [None] * rows
+        wants = _column(request, "want_probs", rows) if request.get("want_probs") is not None else [False] * rows
+    except SedTrtError as exc:
+        return [Row(error=one_line(exc))]
+    except Exception as exc:  # a malformed request of any kind: one line, never a traceback
+        return [Row(error=f"malformed request: {one_line(exc)}")]
+    out = []
+    for r in range(rows):
+        row = Row()
+        try:
+            row.image = check_image(np.ascontiguousarray(images[r]))
+            names = [c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in np.asarray(classes[r]).reshape(-1)]
+            row.classes = tuple(validate_vocabulary(names))
+            if topks[r] is not None:
+                k = int(np.asarray(topks[r]).reshape(-1)[0])
+                if k < 0:
+                    raise InputError(f"topk must be >= 1 (or 0 for the server's default), got {k}")
+                row.topk = k or None
+            row.want_probs = bool(np.asarray(wants[r]).reshape(-1)[0])
+        except SedTrtError as exc:
+            row.error = one_line(exc)
+        except UnicodeDecodeError:
+            row.error = "classes must be UTF-8 strings"
+        except Exception as exc:
+            row.error = f"malformed request: {one_line(exc)}"
+        out.append(row)
+    return out
+
+
 class SegmentationService:
-    """The callable PyTriton runs: ``service(requests) -> responses`` (one dict per request)."""
+    """The callable a model instance runs: ``service(requests) -> responses`` (one dict each)."""
 
     def __init__(
         self,
@@ -96,106 +134,88 @@ class SegmentationService:
         *,
         topk: int | None = None,
         cache: TextFeatureCache | None = None,
-        vocab_cache_bytes: int = 512 * 2**20,
         class_chunk: int | None = None,
+        max_batch: int = 1,
     ) -> None:
         if not backend.active:
             backend.activate()
         self.backend = backend
         self.topk = topk
-        self.predictor = Predictor(backend, topk=topk, cache=cache, class_chunk=class_chunk)
-        self.vocabularies = VocabularyLRU(vocab_cache_bytes)
-        self._current: tuple[str, ...] | None = None
-        self._lock = threading.Lock()  # one request at a time through this instance's backend
+        limit = backend.limits.max_batch if backend.limits is not None else max_batch
+        self.max_batch = max(1, min(max_batch, limit))
+        self.predictor = Predictor(backend, topk=topk, cache=cache or TextFeatureCache(None), class_chunk=class_chunk)
+        self._lock = threading.Lock()  # one batch at a time through this instance's backend
         self.requests = self.errors = 0
 
     def warm_up(self) -> None:
         """One prediction on a small image, so the first request does not pay start-up costs."""
-        self.predict(np.full((64, 64, 3), 127, np.uint8), ["thing", "stuff"], None)
+        self.predict([np.full((64, 64, 3), 127, np.uint8)], ("thing", "stuff"), None)
 
-    def _use_vocabulary(self, classes: tuple[str, ...]) -> None:
-        if classes == self._current:
-            return
-        features = self.vocabularies.get(classes)
-        if features is None:
-            start = time.perf_counter()
-            self.predictor.set_classes(list(classes))
-            features = self.predictor.text_features
-            assert features is not None
-            self.vocabularies.put(classes, features)
-            log.info(
-                "new vocabulary of %d classes: text features in %.0f ms",
-                len(classes),
-                1e3 * (time.perf_counter() - start),
-            )
-        else:
-            self.predictor.set_text_features(list(classes), features)
-        self._current = classes
-
-    def predict(self, image: np.ndarray, classes: list[str], topk: int | None) -> Any:
-        """Segment one image (H, W, 3) uint8 into ``classes``; ``topk`` None: the server's default."""
+    def predict(self, images: Sequence[np.ndarray], classes: tuple[str, ...], topk: int | None) -> list[Prediction]:
+        """Segment images that share a vocabulary and a CER k (None: the server's default)."""
         with self._lock:
-            self._use_vocabulary(tuple(classes))
+            if list(classes) != self.predictor.classes:
+                start = time.perf_counter()
+                self.predictor.set_classes(list(classes))
+                log.info("vocabulary of %d classes ready in %.0f ms", len(classes), 1e3 * (time.perf_counter() - start))
             self.predictor.topk = topk if topk is not None else self.topk
-            return self.predictor.predict(image)
+            return self.predictor.predict_batch(images)
 
-    @staticmethod
-    def parse(request: Any) -> tuple[np.ndarray, list[str], int | None, bool]:
-        """(image, classes, topk, want_probs) of one request, or an :class:`InputError`."""
-        image = np.asarray(request["image"])
-        if image.ndim == 4 and image.shape[0] == 1:
-            image = image[0]
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
-            raise InputError(f"image must be uint8 (H, W, 3), got {image.dtype} {tuple(image.shape)}")
-        raw = np.asarray(request["classes"]).reshape(-1)
-        try:
-            classes = [c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in raw]
-        except UnicodeDecodeError:
-            raise InputError("classes must be UTF-8 strings") from None
-        if not classes:
-            raise InputError("the vocabulary is empty: send at least one class name")
-        topk = None
-        if "topk" in request and request["topk"] is not None:
-            value = int(np.asarray(request["topk"]).reshape(-1)[0])
-            if value < 0:
-                raise InputError(f"topk must be >= 1 (or 0 for the server's default), got {value}")
-            topk = value or None
-        want_probs = bool(np.asarray(request["want_probs"]).reshape(-1)[0]) if "want_probs" in request else False
-        return image, classes, topk, want_probs
+    def _run_group(self, rows: list[Row]) -> None:
+        for start in range(0, len(rows), self.max_batch):
+            part = rows[start : start + self.max_batch]
+            try:
+                results = self.predict([r.image for r in part], part[0].classes, part[0].topk)  # type: ignore[misc]
+                for row, result in zip(part, results):
+                    row.result = result
+                    if row.want_probs:
+                        result.probs  # noqa: B018 (fetched while the backend holds them)
+            except SedTrtError as exc:
+                for row in part:
+                    row.error = one_line(exc)
+            except Exception as exc:  # a bug: one line to the client, the traceback in the server log
+                log.exception("request failed")
+                for row in part:
+                    row.error = f"internal error: {type(exc).__name__}: {one_line(exc)}"
 
-    def handle(self, request: Any) -> dict[str, np.ndarray]:
-        """One request -> its outputs (with the batch axis of 1); failures become ``error``."""
-        self.requests += 1
-        try:
-            image, classes, topk, want_probs = self.parse(request)
-            pred = self.predict(image, classes, topk)
-        except SedTrtError as exc:
-            self.errors += 1
-            log.warning("request refused: %s", _one_line(exc))
-            return _response(np.full((1, 1), -1, np.int32), np.zeros(1, bool), None, _one_line(exc))
-        return _response(pred.labels.astype(np.int32), pred.kept, pred.probs if want_probs else None, "")
-
-    def __call__(self, requests: list[Any]) -> list[dict[str, np.ndarray]]:
-        keys = [_vocabulary_key(r) for r in requests]
-        order = sorted(range(len(requests)), key=lambda i: keys[i])  # same vocabularies back to back
-        out: list[dict[str, np.ndarray]] = [{} for _ in requests]
-        for i in order:
-            out[i] = self.handle(requests[i])
+    def __call__(self, requests: Sequence[Mapping[str, Any]]) -> list[dict[str, np.ndarray]]:
+        parsed = [parse(r) for r in requests]
+        groups: dict[tuple, list[Row]] = {}
+        for rows in parsed:
+            for row in rows:
+                if not row.error:
+                    groups.setdefault((row.classes, row.topk), []).append(row)
+        for rows in groups.values():
+            self._run_group(rows)
+        out = []
+        for rows in parsed:
+            self.requests += len(rows)
+            self.errors += sum(1 for r in rows if r.error)
+            for r in rows:
+                if r.error:
+                    log.warning("request refused: %s", r.error)
+            out.append(response(rows))
         return out
 
 
-def _vocabulary_key(request: Any) -> bytes:
-    try:
-        return b"\x00".join(np.asarray(request["classes"]).reshape(-1).tolist())
-    except Exception:  # malformed: sorted anywhere, refused by handle()
-        return b""
+def response(rows: list[Row]) -> dict[str, np.ndarray]:
+    """Outputs of one request, one row per image (failed rows: labels [[-1]], the reason in ``error``).
 
-
-def _response(labels: np.ndarray, kept: np.ndarray, probs: np.ndarray | None, error: str) -> dict[str, np.ndarray]:
-    probs = np.zeros((1, 1, 1), np.float32) if probs is None else probs.astype(np.float32)
-    return {
-        "labels": labels[None],
-        "kept": kept[None],
-        "probs": probs[None],
-        "error": np.array([[error.encode("utf-8")]], dtype=object),
-    }
+    Rows of one request share the image size and vocabulary (they are one tensor), so their
+    outputs stack; a failed row is padded to the others' shapes.
+    """
+    done = [r.result for r in rows if r.result is not None]
+    h, w = done[0].labels.shape if done else (1, 1)
+    t = len(done[0].kept) if done else 1
+    probs_shape = done[0].probs.shape if done and rows[0].want_probs and not rows[0].error else (1, 1, 1)
+    labels = np.full((len(rows), h, w), -1, np.int32)
+    kept = np.zeros((len(rows), t), bool)
+    probs = np.zeros((len(rows), *probs_shape), np.float32)
+    for i, r in enumerate(rows):
+        if r.result is not None:
+            labels[i] = r.result.labels
+            kept[i] = r.result.kept
+            if r.want_probs and r.result.probs.shape == probs_shape:
+                probs[i] = r.result.probs
+    errors = np.array([[r.error.encode("utf-8")] for r in rows], dtype=object)
+    return {"labels": labels, "kept": kept, "probs": probs, "error": errors}

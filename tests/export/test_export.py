@@ -113,8 +113,15 @@ def test_fp16_graphs_keep_fp32_io_and_fp32_sums(parity_engine_dir):
     assert set(manifest.fp16_graphs) == set(manifest.graphs) - set(FP16_GRAPHS_SKIP)
     for name, rel in manifest.fp16_graphs.items():
         model = onnx.load(parity_engine_dir / rel)
-        io_types = {t.type.tensor_type.elem_type for t in (*model.graph.input, *model.graph.output)}
-        assert io_types == {onnx.TensorProto.FLOAT}, name
+        onnx_types = {
+            "float32": onnx.TensorProto.FLOAT,
+            "int32": onnx.TensorProto.INT32,
+            "int64": onnx.TensorProto.INT64,
+        }
+        spec = manifest.specs[name]
+        want = {t.name: onnx_types[t.dtype] for t in (*spec.inputs, *spec.outputs)}
+        got = {t.name: t.type.tensor_type.elem_type for t in (*model.graph.input, *model.graph.output)}
+        assert got == want, name  # the I/O of the spec: fp32 where it is float
         types = {i.data_type for i in model.graph.initializer if len(i.dims) > 1}
         assert onnx.TensorProto.FLOAT16 in types, name  # weights really fp16
         if name.endswith("_summaries"):

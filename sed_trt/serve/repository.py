@@ -1,0 +1,183 @@
+"""Triton model repositories for stock ``tritonserver`` (NVIDIA's container, Kubernetes).
+
+Two forms, both served by the same ``sed`` model interface (inputs ``image``, ``classes``,
+``topk``, ``want_probs``; outputs ``labels``, ``kept``, ``probs``, ``error``):
+
+- ``python`` (default): one Python-backend model ``sed`` that runs the whole pipeline with
+  any backend (TensorRT on ``KIND_GPU`` instances, ONNX Runtime or OpenVINO on ``KIND_CPU``)
+  through :mod:`sed_trt.serve.triton_model`; dynamic batching of requests.
+- ``bls``: every TensorRT plan of the engine directory is its own ``tensorrt_plan`` model
+  (``sed_<graph>``, its config from the I/O spec), and ``sed`` orchestrates them with BLS
+  calls (:mod:`sed_trt.serve.bls`: CER and the label map are plan models too). Triton then
+  schedules each graph itself (instance counts per graph, its own metrics). It needs
+  Triton's TensorRT backend, so a GPU machine.
+
+Each ``sed`` model reads ``settings.json`` beside its config: what to open and how.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import ConfigError
+from runtime.fsutil import check_writable_dir
+from runtime.io_spec import GRAPH_NAMES, GraphSpec, TensorSpec
+from sed_trt.serve.service import INPUTS, MODEL_NAME, OUTPUTS, TensorDef
+
+BLS_PREFIX = "sed_"
+TRITON_TYPES = {"float32": "TYPE_FP32", "int32": "TYPE_INT32", "int64": "TYPE_INT64"}
+MODEL_PY = '''"""The sed model: sed_trt's Triton Python-backend model (see sed_trt/serve/triton_model.py)."""
+
+from sed_trt.serve.triton_model import TritonPythonModel  # noqa: F401
+'''
+
+
+@dataclass(frozen=True)
+class RepositorySettings:
+    """What the ``sed`` model opens and how it serves (``settings.json``)."""
+
+    backend: str = "onnxruntime"  # a backend label (``openvino-bf16``...), or ``triton-bls``
+    engine_dir: str | None = None
+    backbone: str | None = None
+    image_size: int | None = None  # the torch backend's network input (default: the config's)
+    weights: str | None = None
+    precision: str = "fp32"
+    threads: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    topk: int | None = None
+    class_chunk: int | None = None
+    max_batch: int = 4  # images per predictor batch (and Triton's max_batch_size)
+    cache_dir: str | None = None
+    cache_memory_mb: int = 512
+    cache_disk_mb: int = 4096
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    """Triton's side: instances, where they run, batching and versions."""
+
+    instances: int = 1
+    kind: str = "KIND_CPU"  # KIND_GPU for TensorRT and torch on a GPU
+    gpus: tuple[int, ...] = ()
+    queue_delay_us: int = 2000  # how long the dynamic batcher waits to grow a batch
+
+
+def _dims(shape: tuple[Any, ...]) -> str:
+    return "[ " + ", ".join(str(d if isinstance(d, int) else -1) for d in shape) + " ]"
+
+
+def _tensor_block(t: TensorDef, *, is_input: bool) -> str:
+    extra = ""
+    if is_input and t.optional:
+        extra = " optional: true"
+    elif is_input:
+        extra = " allow_ragged_batch: true"  # photos of different sizes, vocabularies of different lengths
+    return f'  {{ name: "{t.name}" data_type: {t.triton_type} dims: {_dims(t.shape)}{extra} }}'
+
+
+def sed_config(settings: RepositorySettings, instances: InstanceConfig) -> str:
+    """``config.pbtxt`` of the ``sed`` model."""
+    gpus = f" gpus: [ {', '.join(map(str, instances.gpus))} ]" if instances.gpus else ""
+    return "\n".join(
+        [
+            f'name: "{MODEL_NAME}"',
+            'backend: "python"',
+            f"max_batch_size: {settings.max_batch}",
+            "input [",
+            ",\n".join(_tensor_block(t, is_input=True) for t in INPUTS),
+            "]",
+            "output [",
+            ",\n".join(_tensor_block(t, is_input=False) for t in OUTPUTS),
+            "]",
+            f"dynamic_batching {{ max_queue_delay_microseconds: {instances.queue_delay_us} }}",
+            f"instance_group [ {{ kind: {instances.kind} count: {instances.instances}{gpus} }} ]",
+            "version_policy: { latest: { num_versions: 1 } }",
+            'parameters: { key: "settings" value: { string_value: "settings.json" } }',
+            "",
+        ]
+    )
+
+
+def _spec_block(t: TensorSpec) -> str:
+    return f'  {{ name: "{t.name}" data_type: {TRITON_TYPES[t.dtype]} dims: {_dims(t.shape)} }}'
+
+
+def plan_config(name: str, spec: GraphSpec, instances: InstanceConfig) -> str:
+    """``config.pbtxt`` of one graph as a ``tensorrt_plan`` model (shapes from the I/O spec)."""
+    gpus = f" gpus: [ {', '.join(map(str, instances.gpus))} ]" if instances.gpus else ""
+    return "\n".join(
+        [
+            f'name: "{name}"',
+            'platform: "tensorrt_plan"',
+            "max_batch_size: 0",  # the batch axis is the spec's own B (explicit in every shape)
+            "input [",
+            ",\n".join(_spec_block(t) for t in spec.inputs),
+            "]",
+            "output [",
+            ",\n".join(_spec_block(t) for t in spec.outputs),
+            "]",
+            f"instance_group [ {{ kind: KIND_GPU count: 1{gpus} }} ]",
+            "version_policy: { latest: { num_versions: 1 } }",
+            "",
+        ]
+    )
+
+
+def write_repository(
+    out: str | Path,
+    settings: RepositorySettings,
+    instances: InstanceConfig = InstanceConfig(),
+    *,
+    form: str = "python",
+    engine_path: str | None = None,
+) -> list[Path]:
+    """Write a model repository into ``out`` (new or empty); returns the files written.
+
+    ``engine_path``: where the engine directory is on the serving machine (a container's
+    volume), if not where ``settings.engine_dir`` says.
+    """
+    from runtime.manifest import Manifest
+
+    out = Path(out)
+    check_writable_dir(out, "--out")
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"--out {str(out)!r} is not empty: a repository goes into a new or empty directory")
+    if form not in ("python", "bls"):
+        raise ConfigError(f"--form {form!r}: python or bls")
+    written: list[Path] = []
+
+    def write(rel: str, text: str) -> None:
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+
+    if form == "bls":
+        if settings.engine_dir is None:
+            raise ConfigError("--form bls needs --engine-dir (a directory with TensorRT engines)")
+        manifest = Manifest.load(settings.engine_dir)
+        missing = [g for g in GRAPH_NAMES if g not in manifest.engines]
+        if missing:
+            raise ConfigError(
+                f"--form bls needs TensorRT engines for every graph; {settings.engine_dir!r} has none for {missing}"
+            )
+        gpu = InstanceConfig(kind="KIND_GPU", gpus=instances.gpus)
+        for graph, spec in manifest.specs.items():
+            write(f"{BLS_PREFIX}{graph}/config.pbtxt", plan_config(f"{BLS_PREFIX}{graph}", spec, gpu))
+            plan = out / f"{BLS_PREFIX}{graph}" / "1" / "model.plan"
+            plan.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(settings.engine_dir) / manifest.engines[graph].file, plan)
+            written.append(plan)
+        settings = RepositorySettings(**{**asdict(settings), "backend": "triton-bls"})
+    engine_dir = engine_path or (str(Path(settings.engine_dir).resolve()) if settings.engine_dir else None)
+    stored = RepositorySettings(**{**asdict(settings), "engine_dir": engine_dir})
+    write(f"{MODEL_NAME}/config.pbtxt", sed_config(stored, instances))
+    write(f"{MODEL_NAME}/settings.json", json.dumps(asdict(stored), indent=2) + "\n")
+    write(f"{MODEL_NAME}/1/model.py", MODEL_PY)
+    os.chmod(out, 0o755)
+    return written
