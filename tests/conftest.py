@@ -96,7 +96,7 @@ def small_engine_dir(tmp_path_factory: pytest.TempPathFactory, small_model) -> P
         out,
         backbone="sed_tiny_linear",
         weights=None,
-        limits=ExportLimits(max_classes=1000),
+        limits=ExportLimits(max_classes=1000, max_batch=4),  # batches: the serving tests use it too
         validate=False,
         progress=False,
     )

@@ -1,14 +1,16 @@
 """Load and fault test of ``sed-trt serve`` on loopback: throughput, latency percentiles, errors, server RSS.
 
-Starts a real server (a subprocess) on free ports, sends each vocabulary once (the
-server encodes its text features: timed apart), then for ``--duration`` seconds runs
-``--clients`` concurrent clients, each sending images of mixed sizes with one of several
-vocabularies, while the RSS of the server's whole process tree (sed-trt, tritonserver, the
-Python backend stub) is sampled. Then the faults: clients that hang up mid-request, a
-malformed request, and a server restart while clients retry. Writes ``load_test.json`` and
-prints a markdown summary. Bounded: the clients stop at the deadline, every call has a timeout.
+Starts a real server (a subprocess) on free ports, sends each vocabulary once (the server
+encodes its text features: timed apart), then, for each of ``--clients`` (1,2,4,8), runs that
+many concurrent clients for ``--duration`` seconds, each sending images of mixed sizes with
+one of several vocabularies, while the RSS of the server's whole process tree (sed-trt,
+tritonserver, the Python backend stub) is sampled. Then ``--distinct`` requests each with a
+vocabulary never seen before (the caches must stay bounded: RSS after all of them against
+after the first 50), and the faults: clients that hang up mid-request, a malformed request,
+and a server restart while clients retry. Writes ``load_test.json`` and prints a markdown
+table. Bounded: the clients stop at their deadline, every call has a timeout.
 
-    python -m sed_trt.serve.load_test --engine-dir engines/convnext_b --clients 4 --duration 60
+    python -m sed_trt.serve.load_test --engine-dir engines/convnext_b --clients 1,2,4,8 --duration 60
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class Server:
             args.engine_dir,
         ]
         self.cmd += ["--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])]
-        self.cmd += ["--max-batch", str(args.max_batch), "--instances", str(args.instances), "--no-cache"]
+        self.cmd += ["--max-batch", str(args.max_batch), "--instances", str(args.instances), "--no-cache", "--quiet"]
         self.url = f"localhost:{ports[0]}"
         self.log = log
         self.proc: subprocess.Popen | None = None
@@ -166,6 +168,23 @@ def first_requests(url: str, image: np.ndarray, vocabs: list) -> dict[int, float
     return out
 
 
+def distinct_vocabularies(url: str, image: np.ndarray, n: int, pid: int) -> dict[str, Any]:
+    """``n`` requests, each with a vocabulary never sent before; the server tree's RSS after 50 and after all."""
+    from sed_trt.serve.client import SedClient
+
+    rss: dict[str, float] = {}
+    errors = 0
+    with SedClient(url, timeout_s=600) as client:
+        for i in range(n):
+            try:
+                client.segment(image, [f"thing {i} one", f"stuff {i} two", f"item {i} three"])
+            except Exception:
+                errors += 1
+            if i + 1 in (50, n):
+                rss[f"after_{i + 1}"] = round(tree_rss_mb(pid), 1)
+    return {"requests": n, "errors": errors, "server_rss_mb": rss}
+
+
 def hang_up_mid_request(url: str) -> None:
     """A client that sends half a request, and one that sends a whole one and leaves before the answer."""
     host, port = url.split(":")
@@ -226,12 +245,13 @@ def restart_with_retrying_clients(server: Server, images: list, vocabs: list, n:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--engine-dir", required=True)
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "tensorrt"])
-    p.add_argument("--clients", type=int, default=4)
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    p.add_argument("--backend", default="onnxruntime", help="a backend label (onnxruntime, openvino, tensorrt, ...)")
+    p.add_argument("--clients", default="1,2,4,8", help="comma list of concurrent client counts")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of load per client count")
     p.add_argument("--max-batch", type=int, default=4)
     p.add_argument("--instances", type=int, default=1)
     p.add_argument("--topk", type=int, default=None)
+    p.add_argument("--distinct", type=int, default=500, help="requests with new vocabularies (memory bound check)")
     p.add_argument("--out-dir", default="results/load_test")
     args = p.parse_args(argv)
 
@@ -258,40 +278,50 @@ def main(argv: list[str] | None = None) -> int:
     sampler.start()
     new_vocab_ms = first_requests(server.url, images[1], vocabs)  # each vocabulary's text features, once
     print(f"first request per vocabulary (text encoding included): {new_vocab_ms} ms", flush=True)
-    tally = Tally()
-    start = time.perf_counter()
-    run_clients(server.url, args.clients, args.duration, images, vocabs, tally, args.topk)
-    elapsed = time.perf_counter() - start
+    rows: list[dict[str, Any]] = []
+    for clients in (int(c) for c in args.clients.split(",")):
+        tally = Tally()
+        start = time.perf_counter()
+        run_clients(server.url, clients, args.duration, images, vocabs, tally, args.topk)
+        elapsed = time.perf_counter() - start
+        lat = np.array(tally.latencies_ms) if tally.latencies_ms else np.zeros(1)
+        rows.append(
+            {
+                "clients": clients,
+                "requests": len(tally.latencies_ms),
+                "errors": len(tally.errors),
+                "error_samples": tally.errors[:3],
+                "throughput_rps": round(len(tally.latencies_ms) / elapsed, 3),
+                "latency_ms": {q: round(float(np.percentile(lat, int(q[1:]))), 1) for q in ("p50", "p95", "p99")},
+                "server_rss_mb": round(tree_rss_mb(server.proc.pid), 1),
+            }
+        )
+        print(
+            f"{clients} clients: {rows[-1]['throughput_rps']} req/s, p50 {rows[-1]['latency_ms']['p50']} ms", flush=True
+        )
     stop.set()
     sampler.join()
+    distinct = distinct_vocabularies(server.url, images[0], args.distinct, server.proc.pid) if args.distinct else {}
     hang_up_mid_request(server.url)
     bad = malformed(server.url)
     after_faults = Tally()
     run_clients(server.url, 1, 0.1, images[:1], vocabs[:1], after_faults, args.topk)
     restart = restart_with_retrying_clients(server, images, vocabs)
-    server.stop()
+    stop_s = server.stop()
 
-    lat = np.array(tally.latencies_ms) if tally.latencies_ms else np.zeros(1)
     report = {
         "backbone": manifest.backbone,
         "backend": args.backend,
-        "clients": args.clients,
-        "duration_s": round(elapsed, 1),
-        "requests": len(tally.latencies_ms),
-        "errors": len(tally.errors),
-        "error_samples": tally.errors[:3],
-        "throughput_rps": round(len(tally.latencies_ms) / elapsed, 3),
-        "latency_ms": {q: round(float(np.percentile(lat, int(q[1:]))), 1) for q in ("p50", "p95", "p99")},
+        "max_batch": args.max_batch,
+        "duration_s_per_row": args.duration,
+        "rows": rows,
         "image_sizes": [list(s) for s in SIZES],
         "vocabulary_sizes": [len(v) for v in vocabs],
         "server_startup_s": round(startup_s, 1),
+        "server_stop_s": round(stop_s, 1),
         "first_request_per_vocabulary_ms": new_vocab_ms,
-        "server_rss_mb": {
-            "first": rss[0][1] if rss else None,
-            "peak": max(r for _, r in rss) if rss else None,
-            "last": rss[-1][1] if rss else None,
-        },
         "rss_over_time": rss,
+        "distinct_vocabularies": distinct,
         "faults": {
             "hang_ups_then_served": len(after_faults.latencies_ms) > 0 and not after_faults.errors,
             "malformed_request": bad,
@@ -300,17 +330,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     path = out / "load_test.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
-    r = report
     print(
-        f"| backbone | backend | clients | requests | errors | req/s | p50 ms | p95 ms | p99 ms | server RSS MB (first / peak / last) |\n"
-        f"|---|---|---|---|---|---|---|---|---|---|\n"
-        f"| {r['backbone']} | {r['backend']} | {r['clients']} | {r['requests']} | {r['errors']} | {r['throughput_rps']} | "
-        f"{r['latency_ms']['p50']} | {r['latency_ms']['p95']} | {r['latency_ms']['p99']} | "
-        f"{r['server_rss_mb']['first']} / {r['server_rss_mb']['peak']} / {r['server_rss_mb']['last']} |"
+        "| clients | requests | errors | req/s | p50 ms | p95 ms | p99 ms | server RSS MB |\n|---|---|---|---|---|---|---|---|"
     )
-    print(f"faults: {json.dumps(r['faults'])}")
+    for r in rows:
+        lat = r["latency_ms"]
+        print(
+            f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['throughput_rps']} | {lat['p50']} | {lat['p95']} | {lat['p99']} | {r['server_rss_mb']} |"
+        )
+    print(f"distinct vocabularies: {json.dumps(distinct)}")
+    print(f"faults: {json.dumps(report['faults'])}")
     print(f"wrote {path}")
-    return 0 if not tally.errors and all(c["recovered"] for c in restart["clients"]) else 1
+    ok = not any(r["errors"] for r in rows) and all(c["recovered"] for c in restart["clients"])
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

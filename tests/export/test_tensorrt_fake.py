@@ -22,6 +22,7 @@ from export.trt_build import build_engine, build_engines, profile_shapes, timing
 from runtime.backends import create_backend
 from runtime.backends.cuda_ops import CudaOps, DeviceArray
 from runtime.errors import EngineError, ExportError, InputError
+from runtime.image import canvas_positions
 from runtime.io_spec import GRAPH_NAMES
 from runtime.manifest import Manifest
 from runtime.predictor import Predictor
@@ -170,8 +171,12 @@ def test_backend_refuses_mismatches(trt, trt_dir, parity, tmp_path):
     feeds = {"clip_dense": np.zeros((2, 48, 24, 24), np.float32), "text_features": np.zeros((1, 80, 48), np.float32)}
     with pytest.raises(InputError, match="got B=2 | the engines accept at most 1"):
         backend.run("decoder_stage0", feeds)
+    small = {
+        "image": np.zeros((1, 3, 16, 64), np.float32),
+        **{k: v[None] for k, v in canvas_positions(16, 64, 768).items()},
+    }
     with pytest.raises(EngineError, match="outside the engine profile"):  # below the profile: TensorRT refuses
-        backend.run("image_encoder", {"image": np.zeros((1, 3, 16, 64), np.float32)})
+        backend.run("image_encoder", small)
 
 
 def test_fp16_io_and_failed_contexts_are_refused(trt, trt_dir, tmp_path, monkeypatch):
