@@ -62,7 +62,7 @@ def example_inputs(
             from runtime.image import canvas_positions
 
             table = canvas_positions(max(1, sizes["H"] - 3), max(1, sizes["W"] - 5), int(t.shape[-1]))[t.name]
-            arr = np.ascontiguousarray(np.broadcast_to(table, shape))
+            arr = np.broadcast_to(table, shape).copy()
         elif t.name == "rank":  # k - 1 of CER's top-k
             arr = np.array([min(1, sizes["T"] - 1)], dtype=np.int64)
         elif t.name in ("rows", "cols"):
