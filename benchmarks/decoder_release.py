@@ -89,7 +89,7 @@ def _current(
 
 
 def _split(timings: dict[str, float]) -> dict[str, float]:
-    dec = sum(v for k, v in timings.items() if k.startswith(("decoder", "cer", "scatter")))
+    dec = sum(v for k, v in timings.items() if k.startswith(("decoder", "cer")))
     return {
         "encoder_ms": timings["image_encoder_ms"] + timings["preprocess_ms"],
         "decoder_ms": dec,

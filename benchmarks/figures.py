@@ -20,7 +20,7 @@ PART_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("decoder stage 2", ("decoder_stage2_ms",)),
     ("decoder stage 3", ("decoder_stage3_ms",)),
     ("CER", ("cer1_ms", "cer2_ms", "cer3_ms")),
-    ("post-processing", ("scatter_ms", "postprocess_ms")),
+    ("post-processing", ("postprocess_ms",)),
 )
 BACKEND_COLORS = {
     "torch": "#d62728",

@@ -1,14 +1,13 @@
 """Mixed-precision (fp16) graphs for TensorRT's strongly typed networks.
 
 TensorRT 11 has no fp16 builder flag: an fp16 engine needs fp16 types inside the ONNX. Each
-exported graph but those of :data:`FP16_GRAPHS_SKIP` is converted with onnxconverter-common: fp16 weights and activations, fp32 inputs and outputs
-(the runtime binds fp32), and in fp32 the ops that normalise or accumulate: LayerNorm,
-GroupNorm (InstanceNormalization in the graphs), the cost map's L2 normalisation, reductions,
-softmax, the running class-attention sum that carries over up to ``max_classes / chunk``
-chunks, and the output and auxiliary heads (whose logits decide CER and the labels). Chosen by measurement on the parity model (ONNX Runtime, CPU): converting
-everything gave max |dprob| 9.4e-4, keeping also the divisions, sigmoid, ELU and GELU in
-fp32 9.7e-4, this list 7.4e-4; CER kept sets were identical in all three. The numbers for
-the shipped list are what ``sed-trt compare --backends onnxruntime-fp16`` reports.
+exported graph but those of :data:`FP16_GRAPHS_SKIP` is converted with onnxconverter-common:
+fp16 weights and activations, fp32 inputs and outputs (the runtime binds fp32), and in fp32 the
+ops that normalise or accumulate (LayerNorm, GroupNorm as InstanceNormalization, the cost map's L2
+normalisation, reductions, softmax), the running class-attention sum that carries over up to
+``max_classes / chunk`` chunks, and the output and auxiliary heads (whose logits decide CER and
+the labels). The list was chosen by measuring the parity model's error under variants of it;
+``sed-trt compare --backends onnxruntime-fp16`` reports the shipped list's (docs/benchmarks.md).
 """
 
 from __future__ import annotations

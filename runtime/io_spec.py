@@ -54,6 +54,25 @@ MIN_NETWORK_SIZE, MAX_NETWORK_SIZE = 64, 2048
 Dim = int | str
 
 
+@dataclass
+class StageOutput:
+    """What leaves a decoder stage, per class (axis T): ``features`` (B, T, C, H, W) and the cost-map
+    guidance ``corr_guidance`` (B, T, Gc, 2H, 2W) for the next stage, the head's ``aux_logits``
+    (B, T, H, W; the CER auxiliary head, or the final head after stage 3), and, from the runtime's
+    last stage, ``probs`` (their sigmoid). Arrays of any kind: torch tensors in the model, a
+    backend's arrays in the predictor."""
+
+    features: Any = None
+    corr_guidance: Any = None
+    aux_logits: Any = None
+    probs: Any = None
+
+    @classmethod
+    def from_graph(cls, out: Mapping[str, Any]) -> StageOutput:
+        """The outputs of decoder graph 0, 1 or 2 (named in this module's specs)."""
+        return cls(features=out["next_features"], corr_guidance=out["next_corr_guidance"], aux_logits=out["aux_logits"])
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """Name, dtype and shape template of one graph input or output."""

@@ -110,8 +110,6 @@ class Manifest:
                 continue
             path = directory / rel
             if not digest:
-                if label == "tokenizer" and not path.is_file():
-                    continue  # older exports: the tokenizer installed with open_clip is used
                 raise EngineError(
                     f"{str(directory / MANIFEST_NAME)!r} records no sha256 for {label} ({rel!r}); re-export the engines"
                 )
@@ -168,8 +166,8 @@ class Manifest:
                 text_fingerprint=d["text_fingerprint"],
                 graphs=dict(d["graphs"]),
                 graph_sha256=dict(d.get("graph_sha256", {})),
-                tokenizer_file=d.get("tokenizer_file", BPE_FILENAME),
-                tokenizer_sha256=d.get("tokenizer_sha256", ""),
+                tokenizer_file=d["tokenizer_file"],
+                tokenizer_sha256=d["tokenizer_sha256"],
                 versions=dict(d.get("versions", {})),
                 engines=engines,
                 fp16_graphs=dict(d.get("fp16_graphs", {})),

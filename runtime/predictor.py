@@ -40,6 +40,7 @@ from runtime.io_spec import (
     RUNNING_SUMS,
     SUMMARY_GRAPHS,
     TEXT_ENCODER,
+    StageOutput,
 )
 from runtime.postprocess import label_dtype, labels_from_probs, source_positions
 from runtime.resources import check_memory, vocabulary_bytes
@@ -54,22 +55,6 @@ class EncoderOutputs:
 
     clip_dense: Array
     guidance_terms: tuple[Array, Array, Array]
-
-
-@dataclass
-class StageOutputs:
-    """What leaves a decoder stage, per class (T'): features and cost-map guidance for the next
-    stage and the CER auxiliary logits (B, T', h, w); after stage 3 only ``probs``."""
-
-    features: Array = None
-    corr_guidance: Array = None
-    aux_logits: Array = None
-    probs: Array = None
-
-    @classmethod
-    def from_graph(cls, out: dict[str, Array]) -> StageOutputs:
-        """The outputs of decoder graph 0, 1 or 2 (named in runtime.io_spec)."""
-        return cls(features=out["next_features"], corr_guidance=out["next_corr_guidance"], aux_logits=out["aux_logits"])
 
 
 # Device memory one labels-graph run may use per intermediate (N, R, X) array, where the
@@ -279,12 +264,12 @@ class Predictor:
                 out[name] = ops.narrow(out[name], axes[name], 0, total)
         return out
 
-    def decode_stage0(self, enc: EncoderOutputs) -> StageOutputs:
+    def decode_stage0(self, enc: EncoderOutputs) -> StageOutput:
         """Cost map + embedding for the whole vocabulary."""
         out = self.run_chunked(DECODER_STAGE0, {"text_features": self._text}, {"clip_dense": enc.clip_dense})
-        return StageOutputs.from_graph(out)
+        return StageOutput.from_graph(out)
 
-    def decode_stage(self, k: int, prev: StageOutputs, enc: EncoderOutputs, select: Any = None) -> StageOutputs:
+    def decode_stage(self, k: int, prev: StageOutput, enc: EncoderOutputs, select: Any = None) -> StageOutput:
         """Decoder stage k (1..3) on the classes ``select`` of ``prev`` (None: all); stage 3 gives probabilities."""
         spatial = self.run_chunked(
             SUMMARY_GRAPHS[k - 1],
@@ -299,7 +284,7 @@ class Predictor:
             {"class_kv": spatial["class_kv"], f"guidance_term{k}": enc.guidance_terms[k - 1]},
             select=None if select is None else {"corr_guidance": select},
         )
-        return StageOutputs(probs=out["probs"]) if k == 3 else StageOutputs.from_graph(out)
+        return StageOutput(probs=out["probs"]) if k == 3 else StageOutput.from_graph(out)
 
     def reject(self, k: int, aux_logits: Array) -> np.ndarray | None:
         """CER before decoder stage k: the sorted indices of the classes kept, None for all."""

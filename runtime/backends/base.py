@@ -310,8 +310,7 @@ class EngineDirBackend(Backend):
 
     @property
     def tokenizer_path(self) -> str | None:
-        path = self.engine_dir / self.manifest.tokenizer_file
-        return str(path) if path.is_file() else None
+        return str(self.engine_dir / self.manifest.tokenizer_file)  # checked against its sha256 at activation
 
 
 def _dtype_name(x: Array) -> str:

@@ -23,24 +23,11 @@ from typing import cast
 import torch
 from torch import nn
 
+from runtime.io_spec import StageOutput
 from sed.config import DecoderConfig
 from sed.modeling.fam import ClassFusion, SpatialFusion
 from sed.modeling.precision import fp32_island
 from sed.modeling.sfm import DoubleConv, skip_fuse
-
-
-@dataclass
-class StageOutput:
-    """Per-class tensors leaving a decoder stage (all with a dynamic class axis T).
-
-    features: (B, T, C, H, W); corr_guidance: cost-map guidance for the next stage
-    (B, T, Gc, 2H, 2W), None after the last stage; aux_logits: (B, T, H, W) logits of the
-    stage's head (the CER auxiliary head, or the final head after stage 3).
-    """
-
-    features: torch.Tensor
-    corr_guidance: torch.Tensor | None
-    aux_logits: torch.Tensor
 
 
 @dataclass

@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from runtime.image import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD
-from runtime.io_spec import ModelDims
+from runtime.io_spec import ModelDims, StageOutput
 from sed.config import SEDConfig
 from sed.modeling.cer import select_categories
 from sed.modeling.clip_encoder import ImageFeatures, encode_image_dense, encode_text_tokens
 from sed.modeling.cost_map import cost_map
-from sed.modeling.decoder import GradualFusionDecoder, StageOutput
+from sed.modeling.decoder import GradualFusionDecoder
 
 
 @dataclass

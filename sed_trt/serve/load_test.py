@@ -252,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--instances", type=int, default=1)
     p.add_argument("--topk", type=int, default=None)
     p.add_argument("--distinct", type=int, default=500, help="requests with new vocabularies (memory bound check)")
+    p.add_argument("--same-request", action="store_true", help="every client sends one image with one vocabulary")
+    p.add_argument("--no-faults", action="store_true", help="skip the hang-ups, malformed request and restart")
     p.add_argument("--out-dir", default="results/load_test")
     args = p.parse_args(argv)
 
@@ -279,10 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     new_vocab_ms = first_requests(server.url, images[1], vocabs)  # each vocabulary's text features, once
     print(f"first request per vocabulary (text encoding included): {new_vocab_ms} ms", flush=True)
     rows: list[dict[str, Any]] = []
+    load_images, load_vocabs = (images[1:2], vocabs[1:2]) if args.same_request else (images, vocabs)
     for clients in (int(c) for c in args.clients.split(",")):
         tally = Tally()
         start = time.perf_counter()
-        run_clients(server.url, clients, args.duration, images, vocabs, tally, args.topk)
+        run_clients(server.url, clients, args.duration, load_images, load_vocabs, tally, args.topk)
         elapsed = time.perf_counter() - start
         lat = np.array(tally.latencies_ms) if tally.latencies_ms else np.zeros(1)
         rows.append(
@@ -302,11 +305,14 @@ def main(argv: list[str] | None = None) -> int:
     stop.set()
     sampler.join()
     distinct = distinct_vocabularies(server.url, images[0], args.distinct, server.proc.pid) if args.distinct else {}
-    hang_up_mid_request(server.url)
-    bad = malformed(server.url)
-    after_faults = Tally()
-    run_clients(server.url, 1, 0.1, images[:1], vocabs[:1], after_faults, args.topk)
-    restart = restart_with_retrying_clients(server, images, vocabs)
+    faults: dict[str, Any] = {}
+    if not args.no_faults:
+        hang_up_mid_request(server.url)
+        faults["malformed_request"] = malformed(server.url)
+        after_faults = Tally()
+        run_clients(server.url, 1, 0.1, images[:1], vocabs[:1], after_faults, args.topk)
+        faults["hang_ups_then_served"] = len(after_faults.latencies_ms) > 0 and not after_faults.errors
+        faults["restart"] = restart_with_retrying_clients(server, images, vocabs)
     stop_s = server.stop()
 
     report = {
@@ -322,11 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         "first_request_per_vocabulary_ms": new_vocab_ms,
         "rss_over_time": rss,
         "distinct_vocabularies": distinct,
-        "faults": {
-            "hang_ups_then_served": len(after_faults.latencies_ms) > 0 and not after_faults.errors,
-            "malformed_request": bad,
-            "restart": restart,
-        },
+        "same_request": args.same_request,
+        "faults": faults,
     }
     path = out / "load_test.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
@@ -341,7 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"distinct vocabularies: {json.dumps(distinct)}")
     print(f"faults: {json.dumps(report['faults'])}")
     print(f"wrote {path}")
-    ok = not any(r["errors"] for r in rows) and all(c["recovered"] for c in restart["clients"])
+    ok = not any(r["errors"] for r in rows) and all(
+        c["recovered"] for c in faults.get("restart", {}).get("clients", [])
+    )
     return 0 if ok else 1
 
 
