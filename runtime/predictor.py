@@ -168,7 +168,8 @@ class Predictor:
             raise VocabularyError(
                 f"the vocabulary has {len(classes)} classes but the engines were exported for at most {limit}; re-export with --max-classes {len(classes)}"
             )
-        need = vocabulary_bytes(len(classes), self.backend.dims, self.backend.specs)
+        on_host = not self.backend.device_resident  # a device backend's decoder state is in device memory
+        need = vocabulary_bytes(len(classes), self.backend.dims, self.backend.specs, decoder=on_host)
         check_memory(need, f"a vocabulary of {len(classes)} classes", error=VocabularyError)
         classes = validate_vocabulary(classes)
         feats = cached_text_features(
@@ -379,7 +380,7 @@ class Predictor:
         timer = Timer(ops.synchronize if self.profile else None)
         start = time.perf_counter()
         num_classes = len(self.classes)
-        if batch > 1:
+        if batch > 1 and not self.backend.device_resident:
             need = batch * vocabulary_bytes(num_classes, self.backend.dims, self.backend.specs)
             check_memory(need, f"a batch of {batch} images with {num_classes} classes", error=InputError)
         kept = np.arange(num_classes)  # indices into the vocabulary of the classes still decoded

@@ -45,9 +45,10 @@ def per_class_decoder_bytes(specs: Mapping[str, GraphSpec]) -> int:
     return max(a + b for a, b in zip(sizes, sizes[1:]))
 
 
-def vocabulary_bytes(num_classes: int, dims: ModelDims, specs: Mapping[str, GraphSpec]) -> int:
-    """Host memory a vocabulary costs: its text features (T, P, E) and the decoder's per-class state."""
-    return num_classes * (4 * dims.num_templates * dims.embed_dim + per_class_decoder_bytes(specs))
+def vocabulary_bytes(num_classes: int, dims: ModelDims, specs: Mapping[str, GraphSpec], *, decoder: bool = True) -> int:
+    """Host memory a vocabulary costs: its text features (T, P, E) and, unless the decoder's
+    arrays live on a device (``decoder=False``), the decoder's per-class state."""
+    return num_classes * (4 * dims.num_templates * dims.embed_dim + (per_class_decoder_bytes(specs) if decoder else 0))
 
 
 def check_memory(need: int, what: str, *, error: type[Exception]) -> None:

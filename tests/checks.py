@@ -38,3 +38,8 @@ def check_device_copies(ops: Any) -> None:
     np.testing.assert_array_equal(ops.to_numpy(out), expected)
     tokens = np.arange(12, dtype=np.int64).reshape(3, 4)
     np.testing.assert_array_equal(ops.to_numpy(ops.from_numpy(tokens)), tokens)
+
+
+def onnxruntime_predict(engine: Any, image: Any) -> list[str]:
+    """The start of a ``sed-trt predict`` command line: ONNX Runtime on ``engine``, one image."""
+    return ["predict", "--backend", "onnxruntime", "--engine-dir", str(engine), "--image", str(image)]

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from sed_trt.cli import main
+from tests.checks import onnxruntime_predict
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.parity
@@ -61,13 +62,7 @@ def _ort_args(
 ) -> list[str]:
     cache_args = ["--cache-dir", str(cache)] if cache else ["--no-cache"]
     return [
-        "predict",
-        "--backend",
-        "onnxruntime",
-        "--engine-dir",
-        str(engine),
-        "--image",
-        str(parity_dir / "image.png"),
+        *onnxruntime_predict(engine, parity_dir / "image.png"),
         "--classes",
         classes,
         "--topk",

@@ -21,6 +21,7 @@ from PIL import Image
 
 from runtime.errors import VocabularyError
 from sed_trt.cli import main
+from tests.checks import onnxruntime_predict
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.parity
@@ -200,15 +201,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(parity_dir, parity_engine_di
         assert "internal error" not in line
     assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
     # the text-feature cache on the full disk: one warning, the run succeeds
-    args = [
-        "predict",
-        "--backend",
-        "onnxruntime",
-        "--engine-dir",
-        str(parity_engine_dir),
-        "--image",
-        str(parity_dir / "image.png"),
-    ]
+    args = onnxruntime_predict(parity_engine_dir, parity_dir / "image.png")
     assert (
         main(
             [
@@ -318,16 +311,7 @@ except KeyboardInterrupt:
 
 def test_sigterm_during_predict_and_export_leaves_nothing(parity_dir, parity_engine_dir, tmp_path):
     base = [sys.executable, "-m", "sed_trt"]
-    predict = [
-        *base,
-        "predict",
-        "--backend",
-        "onnxruntime",
-        "--engine-dir",
-        str(parity_engine_dir),
-        "--image",
-        str(parity_dir / "image.png"),
-    ]
+    predict = [*base, *onnxruntime_predict(parity_engine_dir, parity_dir / "image.png")]
     predict += ["--classes", "pc59", "--no-cache", "--out", str(tmp_path / "seg.png"), "--quiet"]
     export = [
         *base,
