@@ -9,8 +9,12 @@ from pathlib import Path
 from benchmarks.bench import BenchConfig, run_bench
 
 
-def test_bench_tiny_writes_table_and_plot(tmp_path, toy_backend):
-    """Also a plug-in's rows: the toy backend (tests/toy_backend.py) is measured like the others."""
+def test_bench_tiny_writes_table_and_plot(tmp_path, toy_backend, small_engine_dir):
+    """Also a plug-in's rows: the toy backend (tests/toy_backend.py) is measured like the others.
+
+    The session's export of the same backbone, size and (random) weights is reused as the bench
+    reuses its own earlier exports (the export itself is tested in tests/export)."""
+    shutil.copytree(small_engine_dir, tmp_path / "engines" / "sed_tiny_linear_64")
     cfg = BenchConfig(
         backbone="sed_tiny_linear",
         image_sizes=(64,),

@@ -264,6 +264,7 @@ def _train_then_eval(
                         "3",
                         "--engines",
                         "skip",
+                        "--no-validate",  # torch and ONNX Runtime are compared below
                         "--quiet",
                     ]
                 )
