@@ -41,34 +41,36 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = require_regular_file(path, "image", ImageError)  # a FIFO would block, a device never end
+    caught: list[warnings.WarningMessage] = []
     try:
-        with _PIL_LIMIT_LOCK:  # our limit replaces Pillow's global one for this open only
-            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                im = Image.open(path)
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
-        with im:
-            w, h = im.size
-            if max_pixels is not None and w * h > max_pixels:
-                raise ImageError(
-                    f"image {str(path)!r} is {w}x{h} ({_pixels(w * h)}), above the limit of {_pixels(max_pixels)}; "
-                    "raise it with --max-pixels if the machine has the memory"
-                )
-            with warnings.catch_warnings(record=True) as caught:  # Pillow's (EXIF...): one line each, ours
-                warnings.simplefilter("always")
+        # Pillow's warnings (EXIF... from the open on): one line each, ours
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with _PIL_LIMIT_LOCK:  # our limit replaces Pillow's global one for this open only
+                saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+                try:
+                    im = Image.open(path)
+                finally:
+                    Image.MAX_IMAGE_PIXELS = saved
+            with im:
+                w, h = im.size
+                if max_pixels is not None and w * h > max_pixels:
+                    raise ImageError(
+                        f"image {str(path)!r} is {w}x{h} ({_pixels(w * h)}), above the limit of {_pixels(max_pixels)}; "
+                        "raise it with --max-pixels if the machine has the memory"
+                    )
                 upright: Image.Image = ImageOps.exif_transpose(im)
                 upright.load()
-            for message in {str(c.message).strip().splitlines()[0] for c in caught if str(c.message).strip()}:
-                log.warning("image %s: %s", path, message)
-            if convert and upright.mode != "RGB":
-                upright = upright.convert("RGB")
-            mode = upright.mode
-            if mode != "RGB":
-                raise ImageError(
-                    f"image {str(path)!r} has mode {mode!r}; expected an RGB image (convert it first, e.g. Image.convert('RGB'))"
-                )
-            return np.asarray(upright, dtype=np.uint8).copy()
+        for message in dict.fromkeys(str(c.message).strip().splitlines()[0] for c in caught if str(c.message).strip()):
+            log.warning("image %s: %s", path, message)
+        if convert and upright.mode != "RGB":
+            upright = upright.convert("RGB")
+        mode = upright.mode
+        if mode != "RGB":
+            raise ImageError(
+                f"image {str(path)!r} has mode {mode!r}; expected an RGB image (convert it first, e.g. Image.convert('RGB'))"
+            )
+        return np.asarray(upright, dtype=np.uint8).copy()
     except MemoryError:
         raise ImageError(f"image {str(path)!r} does not fit in memory; lower --max-pixels or resize it") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:

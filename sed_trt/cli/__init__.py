@@ -63,8 +63,12 @@ def configure_logging() -> None:
     logger.setLevel(logging.WARNING)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where SIGINT would be: the same cleanup (temporary files, staging directories)."""
+
+
 def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM as SIGINT: the same cleanup (temporary files, staging directories)
+    raise Terminated
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     except SedTrtError as exc:
         print(f"sed-trt: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("sed-trt: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM  # 143, as a shell reports a process SIGTERM ended
     except KeyboardInterrupt:
         print("sed-trt: interrupted", file=sys.stderr)
         return 130

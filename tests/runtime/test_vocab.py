@@ -14,6 +14,7 @@ from runtime.vocab import (
     IMAGENET_TEMPLATES,
     build_prompts,
     builtin_vocabulary_text,
+    class_key,
     load_vocabulary,
     pool_text_embeddings,
 )
@@ -94,3 +95,13 @@ def test_tokenizer_matches_open_clip():
     np.testing.assert_array_equal(ours, theirs)
     trimmed = trim_tokens(ours[:50])
     assert trimmed.shape[1] < 77 and (trimmed.argmax(1) == ours[:50].argmax(1)).all()
+
+
+def test_class_key_shortcut_equals_clip_cleaning():
+    """The ASCII shortcut of class_key gives the key ftfy and html-unescaping give."""
+    rng = np.random.default_rng(0)
+    printable = [chr(c) for c in range(32, 127)]
+    names = load_vocabulary("ade847") + ["".join(rng.choice(printable, size=rng.integers(1, 40))) for _ in range(3000)]
+    names += ["  Wide   space  ", "a\tb", "AT&amp;T", "x\x07y", "caf\u00e9"]  # the last three take the long way
+    for name in names:
+        assert class_key(name) == ClipTokenizer.clean(name).casefold(), name
