@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -38,7 +39,20 @@ SIZES = ((240, 320), (480, 640), (768, 1024))
 class Tally:
     latencies_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    answers: dict[tuple[int, int], set[str]] = field(default_factory=dict)  # (image, vocabulary) -> label digests
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def mismatches(self, alone: dict[int, str]) -> int:
+        """Requests whose labels differ from another answer to the same request, or from the answer
+        to it served alone (``alone``: vocabulary index -> digest, image 1)."""
+        return sum(
+            len(digests | ({alone[v]} if i == 1 and v in alone else set())) - 1
+            for (i, v), digests in self.answers.items()
+        )
+
+
+def digest(labels: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()
 
 
 def free_ports(n: int) -> list[int]:
@@ -129,8 +143,21 @@ def make_vocabularies(max_classes: int) -> list[list[str]]:
     return [ade[i : i + n] for i, n in enumerate(sizes)]
 
 
-def run_clients(url: str, n: int, duration: float, images: list, vocabs: list, tally: Tally, topk: int | None) -> None:
+def run_clients(
+    url: str,
+    n: int,
+    duration: float,
+    images: list,
+    vocabs: list,
+    tally: Tally,
+    topk: int | None,
+    ids: tuple[list[int], list[int]] | None = None,
+) -> None:
+    """``n`` clients sending random (image, vocabulary) pairs until ``duration`` s; ``ids``: the
+    pairs' indices in the full lists (for :meth:`Tally.mismatches`)."""
     from sed_trt.serve.client import SedClient
+
+    image_ids, vocab_ids = ids or (list(range(len(images))), list(range(len(vocabs))))
 
     deadline = time.perf_counter() + duration
 
@@ -138,12 +165,14 @@ def run_clients(url: str, n: int, duration: float, images: list, vocabs: list, t
         rng = np.random.default_rng(i)
         with SedClient(url, timeout_s=600) as client:
             while time.perf_counter() < deadline:
-                image, vocab = images[rng.integers(len(images))], vocabs[rng.integers(len(vocabs))]
+                i_image, i_vocab = int(rng.integers(len(images))), int(rng.integers(len(vocabs)))
                 start = time.perf_counter()
                 try:
-                    client.segment(image, vocab, topk=topk)
+                    result = client.segment(images[i_image], vocabs[i_vocab], topk=topk)
+                    key = (image_ids[i_image], vocab_ids[i_vocab])
                     with tally.lock:
                         tally.latencies_ms.append(1e3 * (time.perf_counter() - start))
+                        tally.answers.setdefault(key, set()).add(digest(result.labels))
                 except Exception as exc:
                     with tally.lock:
                         tally.errors.append(str(exc)[:200])
@@ -155,17 +184,21 @@ def run_clients(url: str, n: int, duration: float, images: list, vocabs: list, t
         t.join()
 
 
-def first_requests(url: str, image: np.ndarray, vocabs: list) -> dict[int, float]:
-    """The first request with each vocabulary, one at a time: the server encodes its text features."""
+def first_requests(
+    url: str, image: np.ndarray, vocabs: list, topk: int | None = None
+) -> tuple[dict[int, float], dict[int, str]]:
+    """The first request with each vocabulary, one at a time: the server encodes its text features.
+    Returns the times by vocabulary size and the labels' digests by vocabulary index (served alone)."""
     from sed_trt.serve.client import SedClient
 
-    out = {}
+    times, alone = {}, {}
     with SedClient(url, timeout_s=600) as client:
-        for vocab in vocabs:
+        for i, vocab in enumerate(vocabs):
             start = time.perf_counter()
-            client.segment(image, vocab)
-            out[len(vocab)] = round(1e3 * (time.perf_counter() - start), 1)
-    return out
+            result = client.segment(image, vocab, topk=topk)
+            times[len(vocab)] = round(1e3 * (time.perf_counter() - start), 1)
+            alone[i] = digest(result.labels)
+    return times, alone
 
 
 def distinct_vocabularies(url: str, image: np.ndarray, n: int, pid: int) -> dict[str, Any]:
@@ -278,14 +311,17 @@ def main(argv: list[str] | None = None) -> int:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    new_vocab_ms = first_requests(server.url, images[1], vocabs)  # each vocabulary's text features, once
+    new_vocab_ms, alone = first_requests(
+        server.url, images[1], vocabs, args.topk
+    )  # each vocabulary's text features, once
     print(f"first request per vocabulary (text encoding included): {new_vocab_ms} ms", flush=True)
     rows: list[dict[str, Any]] = []
     load_images, load_vocabs = (images[1:2], vocabs[1:2]) if args.same_request else (images, vocabs)
+    ids = ([1], [1]) if args.same_request else None
     for clients in (int(c) for c in args.clients.split(",")):
         tally = Tally()
         start = time.perf_counter()
-        run_clients(server.url, clients, args.duration, load_images, load_vocabs, tally, args.topk)
+        run_clients(server.url, clients, args.duration, load_images, load_vocabs, tally, args.topk, ids)
         elapsed = time.perf_counter() - start
         lat = np.array(tally.latencies_ms) if tally.latencies_ms else np.zeros(1)
         rows.append(
@@ -294,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                 "requests": len(tally.latencies_ms),
                 "errors": len(tally.errors),
                 "error_samples": tally.errors[:3],
+                "label_mismatches": tally.mismatches(alone),
                 "throughput_rps": round(len(tally.latencies_ms) / elapsed, 3),
                 "latency_ms": {q: round(float(np.percentile(lat, int(q[1:]))), 1) for q in ("p50", "p95", "p99")},
                 "server_rss_mb": round(tree_rss_mb(server.proc.pid), 1),
@@ -334,12 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     path = out / "load_test.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(
-        "| clients | requests | errors | req/s | p50 ms | p95 ms | p99 ms | server RSS MB |\n|---|---|---|---|---|---|---|---|"
+        "| clients | requests | errors | labels differing | req/s | p50 ms | p95 ms | p99 ms | server RSS MB |\n|---|---|---|---|---|---|---|---|---|"
     )
     for r in rows:
         lat = r["latency_ms"]
         print(
-            f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['throughput_rps']} | {lat['p50']} | {lat['p95']} | {lat['p99']} | {r['server_rss_mb']} |"
+            f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['label_mismatches']} | {r['throughput_rps']} | {lat['p50']} | {lat['p95']} | {lat['p99']} | {r['server_rss_mb']} |"
         )
     print(f"distinct vocabularies: {json.dumps(distinct)}")
     print(f"faults: {json.dumps(report['faults'])}")

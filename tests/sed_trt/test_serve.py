@@ -415,3 +415,14 @@ def test_repository_configs_parse_as_triton_model_configs(engine_dir, tmp_path):
             [d if isinstance(d, int) else -1 for d in t.shape] for t in spec.inputs
         ]
     assert json.loads((tmp_path / "bls" / "sed" / "settings.json").read_text())["backend"] == "triton-bls"
+
+
+def test_load_test_counts_answers_that_differ():
+    """The load test's label check: answers to one request must agree, and agree with it served alone."""
+    from sed_trt.serve.load_test import Tally, digest
+
+    a, b = digest(np.zeros((2, 2), np.int32)), digest(np.ones((2, 2), np.int32))
+    assert a != b and a == digest(np.zeros((2, 2), np.uint8))  # the label values, not their dtype
+    tally = Tally(answers={(1, 0): {a}, (1, 2): {a}, (0, 0): {a, b}})
+    assert tally.mismatches({0: a, 2: a}) == 1  # (0, 0) answered two ways
+    assert tally.mismatches({0: b, 2: a}) == 2  # and (1, 0) differs from the answer served alone
