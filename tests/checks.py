@@ -40,6 +40,16 @@ def check_device_copies(ops: Any) -> None:
     np.testing.assert_array_equal(ops.to_numpy(ops.from_numpy(tokens)), tokens)
 
 
+def onnxruntime_engine(engine: Any) -> list[str]:
+    """The start of a ``sed-trt predict`` command line: ONNX Runtime on ``engine``."""
+    return ["predict", "--backend", "onnxruntime", "--engine-dir", str(engine)]
+
+
 def onnxruntime_predict(engine: Any, image: Any) -> list[str]:
-    """The start of a ``sed-trt predict`` command line: ONNX Runtime on ``engine``, one image."""
-    return ["predict", "--backend", "onnxruntime", "--engine-dir", str(engine), "--image", str(image)]
+    """:func:`onnxruntime_engine` and one image."""
+    return [*onnxruntime_engine(engine), "--image", str(image)]
+
+
+def tiny_export(out: Any, *extra: str) -> list[str]:
+    """A ``sed-trt export`` command line: the tiny model (random weights) at 64 px into ``out``."""
+    return ["export", "--backbone", "sed_tiny_linear", "--image-size", "64", "--out-dir", str(out), *extra]

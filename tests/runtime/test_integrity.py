@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from sed_trt.cli import main
-from tests.checks import onnxruntime_predict
+from tests.checks import onnxruntime_predict, tiny_export
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.parity
@@ -126,13 +126,7 @@ def test_killed_export_leaves_the_old_engines_intact(parity_dir, parity_engine_d
         sys.executable,
         "-m",
         "sed_trt",
-        "export",
-        "--backbone",
-        "sed_tiny_linear",
-        "--image-size",
-        "64",
-        "--out-dir",
-        str(target),
+        *tiny_export(target),
         "--max-classes",
         "8",
         "--class-chunk",

@@ -13,6 +13,7 @@ from runtime.errors import ConfigError
 from runtime.io_spec import GRAPH_NAMES
 from runtime.predictor import Predictor
 from sed_trt.cli import main
+from tests.checks import onnxruntime_engine
 from tests.parity import trim
 
 pytest.importorskip("openvino", reason="the openvino extra is not installed")
@@ -72,21 +73,7 @@ def test_cli_precision_and_compare(parity_dir, parity_engine_dir, tmp_path, caps
         "--no-cache",
         "--quiet",
     ]
-    assert (
-        main(
-            [
-                "predict",
-                "--backend",
-                "onnxruntime",
-                "--engine-dir",
-                str(parity_engine_dir),
-                "--precision",
-                "bf16",
-                *base,
-            ]
-        )
-        == 2
-    )
+    assert main([*onnxruntime_engine(parity_engine_dir), "--precision", "bf16", *base]) == 2
     assert "--precision bf16 does not apply to --backend onnxruntime (it runs fp32, fp16)" in capsys.readouterr().err
     assert (
         main(

@@ -22,7 +22,7 @@ from PIL import Image
 
 from runtime.errors import VocabularyError
 from sed_trt.cli import main
-from tests.checks import onnxruntime_predict
+from tests.checks import onnxruntime_predict, tiny_export
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.parity
@@ -220,22 +220,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(parity_dir, parity_engine_di
     err = capsys.readouterr().err
     assert err.count("WARNING") == 1 and "cannot write the text-feature cache" in err and "Traceback" not in err
     # an export into the full disk: one line, no staging directory left
-    assert (
-        main(
-            [
-                "export",
-                "--backbone",
-                "sed_tiny_linear",
-                "--image-size",
-                "64",
-                "--out-dir",
-                str(full_disk / "e"),
-                "--no-validate",
-                "--quiet",
-            ]
-        )
-        == 2
-    )
+    assert main(tiny_export(full_disk / "e", "--no-validate", "--quiet")) == 2
     _error(capsys, "No space left on device")
     assert not [p for p in full_disk.iterdir() if p.name.startswith(".e.")]
 
@@ -314,17 +299,7 @@ def test_sigterm_during_predict_and_export_leaves_nothing(parity_dir, parity_eng
     base = [sys.executable, "-m", "sed_trt"]
     predict = [*base, *onnxruntime_predict(parity_engine_dir, parity_dir / "image.png")]
     predict += ["--classes", "pc59", "--no-cache", "--out", str(tmp_path / "seg.png"), "--quiet"]
-    export = [
-        *base,
-        "export",
-        "--backbone",
-        "sed_tiny_linear",
-        "--image-size",
-        "64",
-        "--out-dir",
-        str(tmp_path / "engine"),
-        "--quiet",
-    ]
+    export = [*base, *tiny_export(tmp_path / "engine", "--quiet")]
     for cmd in (predict, export):
         proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
         time.sleep(3)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from sed_trt.cli import main
+from tests.checks import onnxruntime_engine
 
 pytestmark = pytest.mark.parity
 
@@ -40,19 +41,5 @@ def test_predict_compare_and_doctor_find_the_toy_backend(toy_backend, parity_dir
     )
 
     # its option is its own: another backend refuses it in one line
-    assert (
-        main(
-            [
-                "predict",
-                "--backend",
-                "onnxruntime",
-                "--engine-dir",
-                str(parity_engine_dir),
-                "--toy-level",
-                "1",
-                *_request(parity_dir),
-            ]
-        )
-        == 2
-    )
+    assert main([*onnxruntime_engine(parity_engine_dir), "--toy-level", "1", *_request(parity_dir)]) == 2
     assert "--toy-level applies to --backend toy only" in capsys.readouterr().err
