@@ -16,6 +16,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -259,7 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--engine-dir", default=None, help="exported graphs for the ONNX Runtime CUDA row")
     p.add_argument("--out-dir", default="results/gpu")
-    run(p.parse_args(argv))
+    args = p.parse_args(argv)
+    from runtime.errors import SedTrtError
+
+    try:
+        run(args)
+    except SedTrtError as exc:  # no GPU, a bad checkpoint...: one line, as the CLI says it
+        print(f"gpu_bench: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

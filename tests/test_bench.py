@@ -6,6 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from benchmarks.bench import BenchConfig, run_bench
 
 
@@ -114,3 +116,15 @@ def test_gpu_bench_writes_its_tables(tmp_path):
     assert result["onnxruntime_cuda"]["available"] is False
     md = (tmp_path / "gpu_bench.md").read_text()
     assert "| bf16 | off | voc20 | 2 |" in md and "ONNX Runtime CUDA provider: absent" in md
+
+
+def test_gpu_bench_without_the_device_is_one_line(tmp_path, capsys):
+    import torch
+
+    from benchmarks.gpu_bench import main as gpu_bench
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is here: the bench would run")
+    assert gpu_bench(["--backbone", "sed_tiny_linear", "--image-size", "64", "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gpu_bench: error: --device cuda: no CUDA GPU is available here"), err
