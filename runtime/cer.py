@@ -10,8 +10,6 @@ backend). Device backends run the same rule as a graph (``sed.graphs.cer_keep``)
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 
@@ -24,12 +22,3 @@ def topk_union(logits: np.ndarray, k: int) -> np.ndarray:
     """Sorted indices of the classes in some pixel's top-k of (B, T, H, W) logits (numpy)."""
     kth = -np.partition(-logits, k - 1, axis=1)[:, k - 1 : k]  # B 1 H W, the k-th largest
     return np.flatnonzero((logits >= kth).any(axis=(0, 2, 3)))
-
-
-def select_classes(ops: Any, logits: Any, topk: int | None) -> np.ndarray:
-    """The surviving class indices (host int64) of auxiliary logits (B, T, H, W) held by ``ops``."""
-    t = int(logits.shape[1])
-    if keeps_all(topk, t):
-        return np.arange(t)
-    assert topk is not None
-    return ops.topk_union(logits, topk)

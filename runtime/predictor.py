@@ -29,7 +29,7 @@ import numpy as np
 from runtime.backends.base import Array, Backend
 from runtime.cer import keeps_all, topk_union
 from runtime.errors import ConfigError, InputError, StateError, VocabularyError
-from runtime.image import preprocess
+from runtime.image import preprocess, source_positions
 from runtime.io_spec import (
     CER_GRAPHS,
     CLASS_AXIS,
@@ -42,7 +42,7 @@ from runtime.io_spec import (
     TEXT_ENCODER,
     StageOutput,
 )
-from runtime.postprocess import label_dtype, labels_from_probs, source_positions
+from runtime.postprocess import label_dtype, labels_from_probs
 from runtime.resources import check_memory, vocabulary_bytes
 from runtime.text_cache import TextFeatureCache, cached_text_features
 from runtime.tokenizer import ClipTokenizer
@@ -309,9 +309,9 @@ class Predictor:
             return labels_from_probs(
                 self.backend.ops.to_numpy(probs)[0], out_hw, kept, dtype=dtype, threads=self.backend.threads
             )
-        return self._device_labels(probs, kept, out_hw).astype(dtype)
+        return self._device_labels(probs, kept, out_hw, dtype)
 
-    def _device_labels(self, probs: Array, kept: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    def _device_labels(self, probs: Array, kept: np.ndarray, out_hw: tuple[int, int], dtype: np.dtype) -> np.ndarray:
         """The labels graph over bands of rows, tiles of columns and chunks of classes; one
         download per tile. A chunk carries the best value and label into the next."""
         ops = self.backend.ops
@@ -323,7 +323,7 @@ class Predictor:
         iy, ly = source_positions(h0, side)
         ix, lx = source_positions(w0, side)
         ids = ops.from_numpy(np.asarray(kept, dtype=np.int32))
-        out = np.empty((h0, w0), dtype=np.int32)
+        out = np.empty((h0, w0), dtype=dtype)  # each tile's int32 labels cast as they are copied in
         for x0 in range(0, w0, cols_max):
             x1 = min(x0 + cols_max, w0)
             rows_max = max(1, LABEL_BLOCK_BYTES // (4 * chunk * (x1 - x0)))

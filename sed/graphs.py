@@ -41,7 +41,7 @@ def band_labels(
         probs: (1, N, h, w) probabilities of N classes.
         class_ids: (N,) int32 label of each class (its id in the vocabulary).
         rows, row_weights: (R,) per output row its upper source row and that row's lower
-            neighbour's weight (runtime.postprocess.source_positions); cols, col_weights: (X,).
+            neighbour's weight (runtime.image.source_positions); cols, col_weights: (X,).
         best_in, labels_in: (R, X) the best value and label over the classes before this chunk
             (-1 and anything for the first chunk).
 

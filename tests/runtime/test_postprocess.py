@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from runtime.backends.base import Backend
+from runtime.image import source_positions
 from runtime.io_spec import ExportLimits, ModelDims
-from runtime.postprocess import label_dtype, labels_from_probs, source_positions
+from runtime.postprocess import label_dtype, labels_from_probs
 from runtime.predictor import Predictor
 from sed.backend import TorchOps
 from sed.graphs import graph_outputs
