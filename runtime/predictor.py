@@ -62,6 +62,11 @@ class EncoderOutputs:
 LABEL_BLOCK_BYTES = 256 << 20
 
 
+def _check_topk(topk: int | None) -> None:
+    if topk is not None and topk < 1:
+        raise ConfigError(f"topk must be >= 1 (or omitted for no rejection), got {topk}")
+
+
 class Timer:
     """Wall time of named steps in ms. With ``synchronize`` each step waits for the device
     (queued work counts: per-part timings); without, only the total is recorded and no step
@@ -129,8 +134,7 @@ class Predictor:
             class_chunk: classes per decoder-graph run (default: the engines' largest).
             profile: time every part (each waits for the device); default: the total only.
         """
-        if topk is not None and topk < 1:
-            raise ConfigError(f"topk must be >= 1 (or omitted for no rejection), got {topk}")
+        _check_topk(topk)
         limit = backend.class_chunk if backend.limits is not None else None
         if class_chunk is not None and (class_chunk < 1 or (limit is not None and class_chunk > limit)):
             raise ConfigError(
@@ -287,19 +291,19 @@ class Predictor:
         )
         return StageOutput(probs=out["probs"]) if k == 3 else StageOutput.from_graph(out)
 
-    def reject(self, k: int, aux_logits: Array) -> np.ndarray | None:
-        """CER before decoder stage k: the sorted indices of the classes kept, None for all."""
+    def reject(self, k: int, aux_logits: Array, topk: int | None) -> np.ndarray | None:
+        """CER (top-``topk``) before decoder stage k: the sorted indices of the classes kept, None for all."""
         t = int(aux_logits.shape[1])
-        if keeps_all(self.topk, t):
+        if keeps_all(topk, t):
             return None
-        assert self.topk is not None
+        assert topk is not None
         ops = self.backend.ops
         if self.backend.device_resident:  # the rule as a graph; a (T,) mask crosses to the host
-            rank = ops.from_numpy(np.array([self.topk - 1], dtype=np.int64))
+            rank = ops.from_numpy(np.array([topk - 1], dtype=np.int64))
             keep = ops.to_numpy(self.backend.run(CER_GRAPHS[k - 1], {"aux_logits": aux_logits, "rank": rank})["keep"])
             sel = np.flatnonzero(keep > 0)
         else:
-            sel = topk_union(ops.to_numpy(aux_logits), self.topk)
+            sel = topk_union(ops.to_numpy(aux_logits), topk)
         return None if len(sel) == t else sel
 
     def labels(self, probs: Array, kept: np.ndarray, out_hw: tuple[int, int], num_classes: int) -> np.ndarray:
@@ -356,11 +360,11 @@ class Predictor:
             out[:, x0:x1] = ops.to_numpy(tile)
         return out
 
-    def predict(self, image: np.ndarray) -> Prediction:
-        """Segment one RGB uint8 image (H, W, 3)."""
-        return self.predict_batch([image])[0]
+    def predict(self, image: np.ndarray, *, topk: int | None = None) -> Prediction:
+        """Segment one RGB uint8 image (H, W, 3); ``topk``: CER's k for this call (None: the predictor's)."""
+        return self.predict_batch([image], topk=topk)[0]
 
-    def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+    def predict_batch(self, images: Sequence[np.ndarray], *, topk: int | None = None) -> list[Prediction]:
         """Segment a batch of RGB uint8 images (H_b, W_b, 3) of any sizes in one pass.
 
         The image encoder runs once for the batch (each photo resized to the canvas on its own)
@@ -370,6 +374,8 @@ class Predictor:
         """
         if self._text is None:
             raise StateError("no vocabulary: call set_classes() first")
+        _check_topk(topk)
+        topk = self.topk if topk is None else topk
         batch = len(images)
         limit = self.backend.limits.max_batch if self.backend.limits is not None else None
         if batch < 1 or (limit is not None and batch > limit):
@@ -393,7 +399,7 @@ class Predictor:
             out = self.decode_stage0(enc)
         for k in (1, 2, 3):
             with timer(f"cer{k}_ms"):  # keep the classes in some pixel's top-k; their indices uploaded once
-                sel = self.reject(k, out.aux_logits)
+                sel = self.reject(k, out.aux_logits, topk)
                 if sel is not None:
                     kept = kept[sel]
                 survivors.append(len(kept))

@@ -192,14 +192,7 @@ class Segmenter:
             self.set_vocabulary(classes)
         if not self.predictor.classes:
             raise StateError("no vocabulary: pass classes= or call set_vocabulary() first")
-        rgb = read_image(image)
-        saved = self.predictor.topk
-        if topk is not None:
-            self.predictor.topk = topk
-        try:
-            pred: Prediction = self.predictor.predict(rgb)
-        finally:
-            self.predictor.topk = saved
+        pred: Prediction = self.predictor.predict(read_image(image), topk=topk)
         return Segmentation(
             labels=pred.labels,
             classes=self.classes,

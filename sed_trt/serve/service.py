@@ -140,7 +140,6 @@ class SegmentationService:
         if not backend.active:
             backend.activate()
         self.backend = backend
-        self.topk = topk
         limit = backend.limits.max_batch if backend.limits is not None else max_batch
         self.max_batch = max(1, min(max_batch, limit))
         self.predictor = Predictor(backend, topk=topk, cache=cache or TextFeatureCache(None), class_chunk=class_chunk)
@@ -158,8 +157,7 @@ class SegmentationService:
                 start = time.perf_counter()
                 self.predictor.set_classes(list(classes))
                 log.info("vocabulary of %d classes ready in %.0f ms", len(classes), 1e3 * (time.perf_counter() - start))
-            self.predictor.topk = topk if topk is not None else self.topk
-            return self.predictor.predict_batch(images)
+            return self.predictor.predict_batch(images, topk=topk)
 
     def _run_group(self, rows: list[Row]) -> None:
         for start in range(0, len(rows), self.max_batch):
