@@ -24,17 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.bench import _image  # the photo every benchmark uses
 from runtime.progress import step
 
 PARTS = ("preprocess_ms", "image_encoder_ms", "decoder_ms", "cer_ms", "postprocess_ms")
-
-
-def _image(seed: int = 0) -> np.ndarray:
-    """A 640x480 photo-like image (smooth gradients and noise), as benchmarks.bench uses."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:480, 0:640]
-    base = np.stack([xx / 640 * 255, yy / 480 * 255, (xx + yy) % 256], axis=-1)
-    return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
 
 
 def _parts(timings: dict[str, float]) -> dict[str, float]:
