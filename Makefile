@@ -46,7 +46,7 @@ bench: install ## PyTorch vs ONNX Runtime (vs TensorRT) ms/image, with and witho
 	$(PY) -m sed_trt bench --backbone $(BACKBONE) $(if $(WEIGHTS),--weights $(WEIGHTS)) --out-dir results $(BENCH_ARGS)
 
 gpu-bench: ## on a GPU machine: torch fp32/bf16, CUDA graphs on/off, ADE-150/847, CER off/top-8 (WEIGHTS=ckpt); writes results/gpu/
-	$(PY) -m benchmarks.gpu_bench --backbone $(BACKBONE) $(if $(WEIGHTS),--weights $(WEIGHTS)) --out-dir results/gpu
+	$(PY) -m sed_trt.benchmarks.gpu_bench --backbone $(BACKBONE) $(if $(WEIGHTS),--weights $(WEIGHTS)) --out-dir results/gpu
 
 gpu-check: install-dev ## on a GPU machine (pip install -e ".[trt]"): what can run, then the CUDA-layer and real-TensorRT tests
 	$(PY) -m sed_trt doctor --gpu $(if $(wildcard $(ENGINE_DIR)/manifest.json),--engine-dir $(ENGINE_DIR))

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.figures import matplotlib_missing, write_figures
-from runtime.errors import SedTrtError
-from runtime.progress import Progress, step
+from sed_trt.benchmarks.figures import matplotlib_missing, write_figures
+from sed_trt.runtime.errors import SedTrtError
+from sed_trt.runtime.progress import Progress, step
 
 
 @dataclasses.dataclass
@@ -145,10 +145,10 @@ def graph_flops(model: Any, image_hw: tuple[int, int], pooling: int = 1) -> dict
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from export.onnx_export import example_inputs
-    from runtime.image import preprocess
-    from runtime.io_spec import DECODER_GRAPHS, IMAGE_ENCODER, graph_specs
-    from sed.graphs import graph_outputs
+    from sed_trt.export.onnx_export import example_inputs
+    from sed_trt.runtime.image import preprocess
+    from sed_trt.runtime.io_spec import DECODER_GRAPHS, IMAGE_ENCODER, graph_specs
+    from sed_trt.sed.graphs import graph_outputs
 
     specs = graph_specs(model.io_dims(), pooling)
 
@@ -191,7 +191,7 @@ def efficiency(
     parts_ms: dict[str, float], survivors: list[int], vocab: int, flops: dict[str, tuple[float, float]], peak: float
 ) -> dict[str, dict[str, float]]:
     """Achieved GFLOP/s and share of the GEMM rate per part of one prediction (CER survivors counted)."""
-    from runtime.io_spec import DECODER_STAGE0, FUSE_GRAPHS, IMAGE_ENCODER, SUMMARY_GRAPHS
+    from sed_trt.runtime.io_spec import DECODER_STAGE0, FUSE_GRAPHS, IMAGE_ENCODER, SUMMARY_GRAPHS
 
     def total(graphs: tuple[str, ...], classes: int) -> float:
         return sum(flops[g][0] + flops[g][1] * classes for g in graphs)
@@ -214,11 +214,11 @@ def efficiency(
 
 
 def _engine_dir(cfg: BenchConfig, image_size: int, model: Any) -> Path:
-    from export.onnx_export import run_export
-    from runtime.errors import EngineError
-    from runtime.fsutil import file_sha256
-    from runtime.io_spec import ExportLimits
-    from runtime.manifest import Manifest
+    from sed_trt.export.onnx_export import run_export
+    from sed_trt.runtime.errors import EngineError
+    from sed_trt.runtime.fsutil import file_sha256
+    from sed_trt.runtime.io_spec import ExportLimits
+    from sed_trt.runtime.manifest import Manifest
 
     out = Path(cfg.out_dir) / "engines" / f"{Path(cfg.backbone).stem}_{image_size}"
     try:
@@ -250,7 +250,8 @@ def _engine_dir(cfg: BenchConfig, image_size: int, model: Any) -> Path:
 def _backends(cfg: BenchConfig, model: Any, engine_dir: Callable[[], Path]) -> list[Any]:
     """The backends to measure (labels, opened like any tool opens them), created but not active:
     each is activated for its own rows only, so a row's peak RSS holds one backend's models."""
-    from runtime.backends.registry import BackendRequest, open_backend, parse_label
+    from sed_trt.runtime.backends.registry import parse_label
+    from sed_trt.runtime.deployment import Deployment
 
     out = []
     for label in cfg.backends:
@@ -258,15 +259,17 @@ def _backends(cfg: BenchConfig, model: Any, engine_dir: Callable[[], Path]) -> l
             spec, _ = parse_label(label)
             if spec.loads == "checkpoint":
                 own = {o.keyword for o in spec.options}
-                request = BackendRequest(
-                    model=model.to(cfg.device),
+                deployment = Deployment(
+                    backend=label,
                     device=cfg.device,
                     threads=cfg.threads,
                     options={k: v for k, v in cfg.options.items() if k in own},
                 )
+                out.append(deployment.open_backend(model=model.to(cfg.device)))
+                continue
             else:
                 if spec.name == "tensorrt":  # engines are built from the exported graphs, once
-                    from export.trt_build import build_engines, tensorrt_unavailable_reason
+                    from sed_trt.export.trt_build import build_engines, tensorrt_unavailable_reason
 
                     reason = tensorrt_unavailable_reason()
                     if reason:
@@ -275,20 +278,21 @@ def _backends(cfg: BenchConfig, model: Any, engine_dir: Callable[[], Path]) -> l
                     if not _has_engines(engine_dir()):
                         build_engines(engine_dir())
                 own = {o.keyword for o in spec.options}
-                request = BackendRequest(
-                    engine_dir=engine_dir(),
+                deployment = Deployment(
+                    backend=label,
+                    engine_dir=str(engine_dir()),
                     device="cuda" if spec.placement == "gpu" else "cpu",
                     threads=None if spec.placement == "gpu" else cfg.threads,
                     options={k: v for k, v in cfg.options.items() if k in own},
                 )
-            out.append(open_backend(label, request))
+            out.append(deployment.open_backend())
         except SedTrtError as exc:
             step(f"{label} rows skipped: {exc}")
     return out
 
 
 def _has_engines(engine_dir: Path) -> bool:
-    from runtime.manifest import Manifest
+    from sed_trt.runtime.manifest import Manifest
 
     return bool(Manifest.load(engine_dir).engines)
 
@@ -315,8 +319,8 @@ def _time_fixed_survivors(
     backend: Any, text: np.ndarray, image: np.ndarray, survivors: int, repeats: int
 ) -> dict[str, float]:
     """Decoder stages 1-3 on exactly ``survivors`` classes (the controlled CER setting)."""
-    from runtime.image import preprocess
-    from runtime.predictor import Predictor
+    from sed_trt.runtime.image import preprocess
+    from sed_trt.runtime.predictor import Predictor
 
     ops = backend.ops
     pred = Predictor(backend)
@@ -344,9 +348,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
     import torch
 
-    from runtime.predictor import Predictor
-    from sed.build import load_sed
-    from sed.config import load_config
+    from sed_trt.runtime.predictor import Predictor
+    from sed_trt.sed.build import load_sed
+    from sed_trt.sed.config import load_config
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

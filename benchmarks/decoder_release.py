@@ -3,13 +3,13 @@
 Release 0.1 exported one graph per decoder stage over the whole vocabulary (manifest
 format 1: ``decoder_stage1..3`` with inputs ``features``, ``corr_guidance``, ``guidance``).
 This script drives such a directory with a minimal loop (the 0.1 orchestration without CER)
-and the current directory with :class:`runtime.predictor.Predictor`, both in ONNX Runtime
+and the current directory with :class:`sed_trt.runtime.predictor.Predictor`, both in ONNX Runtime
 with the same session options, on the same image and text features, repeats interleaved.
 It reports median milliseconds per part, peak RSS of each side (measured in a child
 process per side and vocabulary size, so the two do not share an allocator), and the
 agreement of their labels.
 
-    python -m benchmarks.decoder_release --old OLD_DIR --new NEW_DIR [--classes 150] [--repeats 3] [--arena] [--floor]
+    python -m sed_trt.benchmarks.decoder_release --old OLD_DIR --new NEW_DIR [--classes 150] [--repeats 3] [--arena] [--floor]
 
 Make OLD_DIR with ``sed-trt export`` from a checkout of release 0.1 (``git worktree add``).
 """
@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench import MemoryMonitor, _image, _text
-from runtime.image import preprocess
-from runtime.postprocess import labels_from_probs
+from sed_trt.benchmarks.bench import MemoryMonitor, _image, _text
+from sed_trt.runtime.image import preprocess
+from sed_trt.runtime.postprocess import labels_from_probs
 
 
 class Release01:
@@ -79,8 +79,8 @@ class Release01:
 def _current(
     engine_dir: Path, text: np.ndarray, threads: int | None, class_chunk: int | None, arena: bool = False
 ) -> Any:
-    from runtime.backends import create_backend
-    from runtime.predictor import Predictor
+    from sed_trt.runtime.backends import create_backend
+    from sed_trt.runtime.predictor import Predictor
 
     backend = create_backend("onnxruntime", engine_dir=engine_dir, threads=threads, mem_arena=arena).activate()
     pred = Predictor(backend, class_chunk=class_chunk, profile=True)
@@ -107,7 +107,7 @@ def _memory_child(side: str, engine_dir: str, classes: int, threads: int | None,
             text = _text(classes, argparse.Namespace(**dims))
             old.predict(image, text)
         else:
-            from runtime.manifest import Manifest
+            from sed_trt.runtime.manifest import Manifest
 
             text = _text(classes, Manifest.load(engine_dir).dims)
             _current(Path(engine_dir), text, threads, chunk).predict(image)
@@ -133,7 +133,7 @@ def compare(
     class_chunk: int | None,
     arena: bool = False,
 ) -> dict[str, Any]:
-    from runtime.manifest import Manifest
+    from sed_trt.runtime.manifest import Manifest
 
     image = _image()
     text = _text(classes, Manifest.load(new_dir).dims)
@@ -160,17 +160,17 @@ def floor(timing: dict[str, Any], new_dir: Path, threads: int | None) -> dict[st
     """What issue 11's targets ask of this machine, from one :func:`compare` result.
 
     The decoder's FLOPs per class (matmuls and convolutions, counted on the graph table by
-    :func:`benchmarks.bench.graph_flops`), this machine's fp32 GEMM rate, and for each target
+    :func:`sed_trt.benchmarks.bench.graph_flops`), this machine's fp32 GEMM rate, and for each target
     the decoder time it allows and the rate the decoder would need to meet it: a share of the
     GEMM rate near or above 100 % cannot be met by computing the same function in fp32.
     """
     import dataclasses as dc
 
-    from benchmarks.bench import gemm_gflops, graph_flops
-    from runtime.io_spec import DECODER_GRAPHS
-    from runtime.manifest import Manifest
-    from sed.build import load_sed
-    from sed.config import load_config
+    from sed_trt.benchmarks.bench import gemm_gflops, graph_flops
+    from sed_trt.runtime.io_spec import DECODER_GRAPHS
+    from sed_trt.runtime.manifest import Manifest
+    from sed_trt.sed.build import load_sed
+    from sed_trt.sed.config import load_config
 
     manifest = Manifest.load(new_dir)
     side = manifest.dims.image_size

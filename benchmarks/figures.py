@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sed_trt.runtime.errors import install_hint
+
 # Parts of a prediction as the predictor times them, grouped for the stacked bars.
 PART_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("pre-processing", ("preprocess_ms",)),
@@ -211,7 +213,7 @@ def load_bench_json(path: str | Path) -> dict[str, Any]:
     """A bench.json written by ``sed-trt bench``, or a one-line :class:`ConfigError`."""
     import json
 
-    from runtime.errors import ConfigError
+    from sed_trt.runtime.errors import ConfigError
 
     reason = matplotlib_missing()
     if reason:
@@ -234,5 +236,5 @@ def matplotlib_missing() -> str | None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        return "matplotlib is not installed (pip install 'sed-trt[bench]')"
+        return f"matplotlib is not installed ({install_hint('bench')})"
     return None

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench import _image  # the photo every benchmark uses
-from runtime.progress import step
+from sed_trt.benchmarks.bench import _image  # the photo every benchmark uses
+from sed_trt.runtime.progress import step
 
 PARTS = ("preprocess_ms", "image_encoder_ms", "decoder_ms", "cer_ms", "postprocess_ms")
 
@@ -52,7 +52,7 @@ def measure(
     """One configuration: end-to-end and per-part medians, peak memory, the last prediction."""
     import torch
 
-    from runtime.predictor import Predictor
+    from sed_trt.runtime.predictor import Predictor
 
     fast = Predictor(backend, topk=topk, cache=cache)
     fast.set_classes(classes)
@@ -101,8 +101,8 @@ def onnxruntime_cuda(engine_dir: str | None, classes: list[str], image: np.ndarr
     if not info["available"] or engine_dir is None:
         info["run"] = False if engine_dir is None else "no CUDA provider"
         return info
-    from runtime.backends import create_backend
-    from runtime.predictor import Predictor
+    from sed_trt.runtime.backends import create_backend
+    from sed_trt.runtime.predictor import Predictor
 
     backend = create_backend(
         "onnxruntime", engine_dir=engine_dir, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -123,9 +123,9 @@ def onnxruntime_cuda(engine_dir: str | None, classes: list[str], image: np.ndarr
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from runtime.text_cache import TextFeatureCache
-    from runtime.vocab import load_vocabulary
-    from sed.backend import TorchBackend
+    from sed_trt.runtime.text_cache import TextFeatureCache
+    from sed_trt.runtime.vocab import load_vocabulary
+    from sed_trt.sed.backend import TorchBackend
 
     device = args.device
     cuda = device.startswith("cuda")
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.image_size is not None:  # a smaller network input (the CPU smoke test)
         import dataclasses
 
-        from sed.config import load_config
+        from sed_trt.sed.config import load_config
 
         backbone = dataclasses.replace(load_config(args.backbone), image_size=args.image_size)
     image = _image()
@@ -241,7 +241,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m sed_trt.benchmarks.gpu_bench", description=__doc__.splitlines()[0])
     p.add_argument("--backbone", default="convnext_b")
     p.add_argument("--weights", default=None, help="SED checkpoint (default: random weights)")
     p.add_argument("--device", default="cuda")
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine-dir", default=None, help="exported graphs for the ONNX Runtime CUDA row")
     p.add_argument("--out-dir", default="results/gpu")
     args = p.parse_args(argv)
-    from runtime.errors import SedTrtError
+    from sed_trt.runtime.errors import SedTrtError
 
     try:
         run(args)

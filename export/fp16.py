@@ -18,8 +18,8 @@ from typing import Any
 
 import onnx
 
-from runtime.errors import BackendUnavailableError, ExportError
-from runtime.io_spec import CER_GRAPHS, LABELS, RUNNING_SUMS, TEXT_ENCODER
+from sed_trt.runtime.errors import BackendUnavailableError, ExportError, install_hint
+from sed_trt.runtime.io_spec import CER_GRAPHS, LABELS, RUNNING_SUMS, TEXT_ENCODER
 
 FP32_OPS = ("LayerNormalization", "InstanceNormalization", "ReduceL2", "ReduceMean", "ReduceSum", "Softmax")
 # fp32 even in fp16 engine sets: the text encoder (run once per vocabulary, its features
@@ -31,7 +31,7 @@ def _converter() -> Any:
     try:
         from onnxconverter_common import float16
     except ImportError:
-        raise BackendUnavailableError("fp16 graphs need onnxconverter-common: pip install 'sed-trt[trt]'") from None
+        raise BackendUnavailableError(f"fp16 graphs need onnxconverter-common: {install_hint('trt')}") from None
     return float16
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import shutil
 import tempfile
@@ -21,12 +20,12 @@ import numpy as np
 import onnxscript.optimizer
 import torch
 
-from export.check import check_trt_compatible
-from export.trt_build import TIMING_CACHE_GLOB
-from export.wrappers import wrapper_for
-from runtime.errors import EngineError, ExportError
-from runtime.fsutil import check_writable_dir, current_umask, file_sha256
-from runtime.io_spec import (
+from sed_trt.export.check import check_trt_compatible
+from sed_trt.export.trt_build import TIMING_CACHE_GLOB
+from sed_trt.export.wrappers import wrapper_for
+from sed_trt.runtime.errors import ConfigError, EngineError, ExportError
+from sed_trt.runtime.fsutil import check_writable_dir, current_umask, file_sha256
+from sed_trt.runtime.io_spec import (
     CER_GRAPHS,
     GRAPH_NAMES,
     IMAGE_ENCODER,
@@ -37,11 +36,12 @@ from runtime.io_spec import (
     ModelDims,
     graph_specs,
 )
-from runtime.manifest import MANIFEST_NAME, Manifest
-from runtime.progress import step
-from runtime.tokenizer import BPE_FILENAME, default_bpe_path
-from sed.checkpoint import text_tower_fingerprint
-from sed.modeling.sed import SED
+from sed_trt.runtime.jsonutil import read_json
+from sed_trt.runtime.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest
+from sed_trt.runtime.progress import step
+from sed_trt.runtime.tokenizer import BPE_FILENAME, default_bpe_path
+from sed_trt.sed.checkpoint import text_tower_fingerprint
+from sed_trt.sed.modeling.sed import SED
 
 DEFAULT_OPSET = 20
 # Example sizes used for tracing: >= 2 on every dynamic axis so none is specialised.
@@ -59,7 +59,7 @@ def example_inputs(
         shape = t.concrete(sizes)
         arr: np.ndarray
         if t.name.startswith("canvas_"):  # where the canvas reads each photo: a smaller photo than the padding
-            from runtime.image import canvas_positions
+            from sed_trt.runtime.image import canvas_positions
 
             table = canvas_positions(max(1, sizes["H"] - 3), max(1, sizes["W"] - 5), int(t.shape[-1]))[t.name]
             arr = np.broadcast_to(table, shape).copy()
@@ -221,8 +221,8 @@ def _versions() -> dict[str, str]:
 def _recognised_manifest(directory: Path) -> dict | None:
     """The manifest of an engine directory that sed-trt export made (format and fields), else None."""
     try:
-        d = json.loads((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        d = read_json(directory / MANIFEST_NAME, max_bytes=MAX_MANIFEST_BYTES)
+    except ConfigError:
         return None
     if not isinstance(d, dict) or not isinstance(d.get("format"), int) or not isinstance(d.get("graphs"), dict):
         return None
@@ -410,7 +410,7 @@ def _export_into(
         files[name] = path.name
     fp16_files: dict[str, str] = {}
     if fp16:
-        from export.fp16 import FP16_GRAPHS_SKIP, convert_graph
+        from sed_trt.export.fp16 import FP16_GRAPHS_SKIP, convert_graph
 
         for name in (g for g in graphs if g not in FP16_GRAPHS_SKIP):
             step(f"      {name}: mixed-precision (fp16) graph -> {shown / f'{name}.fp16.onnx'}", enabled=progress)

@@ -25,12 +25,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from runtime.backends.tensorrt_backend import device_index, import_tensorrt
-from runtime.errors import BackendUnavailableError, ExportError, SedTrtError
-from runtime.fsutil import atomic_write
-from runtime.io_spec import ExportLimits, GraphSpec
-from runtime.manifest import EngineEntry, Manifest
-from runtime.progress import step
+from sed_trt.runtime.backends.tensorrt_backend import device_index, import_tensorrt
+from sed_trt.runtime.errors import BackendUnavailableError, ExportError, SedTrtError, install_hint
+from sed_trt.runtime.fsutil import atomic_write
+from sed_trt.runtime.io_spec import ExportLimits, GraphSpec
+from sed_trt.runtime.manifest import EngineEntry, Manifest
+from sed_trt.runtime.progress import step
 
 log = logging.getLogger("sed_trt")
 
@@ -45,7 +45,7 @@ def timing_cache_name(trt_version: str, capability: str) -> str:
 
 def gpu_info(device: str | int = 0) -> tuple[str, str]:
     """(GPU name, compute capability 'major.minor') of a CUDA device, through cuda-python."""
-    from runtime.backends.cuda_ops import CudaMemory
+    from sed_trt.runtime.backends.cuda_ops import CudaMemory
 
     memory = CudaMemory(device_index(device))
     try:
@@ -70,7 +70,7 @@ def import_polygraphy() -> Any:
     try:
         from polygraphy.backend import trt as poly_trt
     except ImportError:
-        raise BackendUnavailableError("building engines needs Polygraphy: pip install 'sed-trt[trt]'") from None
+        raise BackendUnavailableError(f"building engines needs Polygraphy: {install_hint('trt')}") from None
     return poly_trt
 
 

@@ -1,4 +1,4 @@
-"""Traceable modules, one per exported graph, over :func:`sed.graphs.graph_outputs`.
+"""Traceable modules, one per exported graph, over :func:`sed_trt.sed.graphs.graph_outputs`.
 
 torch.export needs a forward with named arguments; these classes only give the graph table
 of ``sed.graphs`` the input names of :mod:`runtime.io_spec`. CER's data-dependent parts
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from runtime.io_spec import (
+from sed_trt.runtime.io_spec import (
     CER_GRAPHS,
     DECODER_STAGE0,
     FUSE_GRAPHS,
@@ -20,8 +20,8 @@ from runtime.io_spec import (
     SUMMARY_GRAPHS,
     TEXT_ENCODER,
 )
-from sed.graphs import graph_outputs
-from sed.modeling.sed import SED
+from sed_trt.sed.graphs import graph_outputs
+from sed_trt.sed.modeling.sed import SED
 
 
 class _GraphModule(nn.Module):

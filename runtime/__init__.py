@@ -5,7 +5,7 @@ them (``import sed`` registers the torch backend here). Importing it needs only 
 backends import their libraries lazily.
 """
 
-from runtime.errors import (
+from sed_trt.runtime.errors import (
     BackendUnavailableError,
     CheckpointError,
     ConfigError,

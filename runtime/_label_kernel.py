@@ -1,18 +1,32 @@
-"""The compiled kernel of :mod:`runtime.postprocess` (imported on first use: numba loads in ~0.3 s).
+"""The compiled kernel of :mod:`sed_trt.runtime.postprocess` (imported on first use: numba loads in ~0.3 s).
 
-Module-level functions, so numba caches their machine code on disk (``cache=True``).
+The functions here are plain Python; :func:`compile_kernel` compiles them with numba, caching
+the machine code under sed-trt's cache directory (``numba/``) rather than beside this file,
+so a read-only install and an unwritable HOME work: where no cache can be written the kernel
+is compiled uncached (one warning line), and a damaged cache is one warning and rebuilt.
+A ``NUMBA_CACHE_DIR`` the user set is respected.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import threading
 from typing import Any
 
 import numpy as np
-from numba import njit
+
+from sed_trt.runtime.fsutil import warn_cache_unwritable, writable_cache_dir
+
+log = logging.getLogger("sed_trt")
+
+# Bound by compile_kernel to the compiled winner: cell_rows calls it through this global name,
+# which numba resolves when it compiles cell_rows.
+winner: Any = None
 
 
-@njit(cache=True, nogil=True)
-def winner(slab: np.ndarray, c: int, c1: int, cand: np.ndarray, n: int, a: Any, b: Any, buf: np.ndarray) -> int:
+def _winner(slab: np.ndarray, c: int, c1: int, cand: np.ndarray, n: int, a: Any, b: Any, buf: np.ndarray) -> int:
     """The lowest class of the largest value among ``cand[:n]`` at row weight a, column weight b."""
     one = np.float32(1)
     a0, b0 = one - a, one - b
@@ -38,8 +52,7 @@ def winner(slab: np.ndarray, c: int, c1: int, cand: np.ndarray, n: int, a: Any, 
     return won
 
 
-@njit(cache=True, nogil=True)
-def cell_rows(
+def _cell_rows(
     probs: np.ndarray,
     rows: np.ndarray,
     ys: np.ndarray,
@@ -110,3 +123,60 @@ def cell_rows(
                     stack[sp], stack[sp + 1], stack[sp + 2], stack[sp + 3] = lo, mid, wlo, wm
                     stack[sp + 4], stack[sp + 5], stack[sp + 6], stack[sp + 7] = mid, hi, wm, whi
                     sp += 8
+
+
+def _guard_cache(dispatcher: Any, cache_dir: str) -> None:
+    """Make a damaged cache entry a cache miss: one warning, the index emptied, the kernel rebuilt
+    and saved again. numba loads entries with pickle and lets its errors escape (``Dispatcher._cache``
+    is numba's cache object; where a numba release lacks it the guard is skipped)."""
+    cache: Any = getattr(dispatcher, "_cache", None)
+    load = getattr(cache, "load_overload", None)
+    if load is None:
+        return
+
+    def guarded(sig: Any, target_context: Any) -> Any:
+        try:
+            return load(sig, target_context)
+        except Exception as exc:
+            log.warning("the compiled-kernel cache in %s is damaged (%s); rebuilding it", cache_dir, type(exc).__name__)
+            # An empty index: the rebuilt kernel is saved over the damaged entry (where even the
+            # index cannot be rewritten, the kernel is compiled uncached this time).
+            with contextlib.suppress(Exception):
+                cache.flush()
+            return None
+
+    cache.load_overload = guarded
+
+
+_DAMAGE_WARNED = threading.Event()
+_COMPILED: Any = None
+_LOCK = threading.Lock()
+
+
+def compile_kernel() -> Any:
+    """The compiled ``cell_rows`` (compiled once per process; machine code cached on disk where possible)."""
+    global _COMPILED, winner
+    with _LOCK:
+        if _COMPILED is not None:
+            return _COMPILED
+        from numba import njit
+        from numba.core import config as numba_config
+
+        config: Any = numba_config
+        user_dir = os.environ.get("NUMBA_CACHE_DIR")
+        cache_dir = user_dir or (str(d) if (d := writable_cache_dir("numba")) is not None else None)
+        saved = config.CACHE_DIR
+        try:
+            config.CACHE_DIR = cache_dir or ""  # numba's locator for a user-given cache directory
+            try:
+                compiled = [njit(cache=cache_dir is not None, nogil=True)(f) for f in (_winner, _cell_rows)]
+            except RuntimeError as exc:  # numba: "cannot cache function ...: no locator available"
+                warn_cache_unwritable(cache_dir or "numba's cache", exc)
+                compiled, cache_dir = [njit(nogil=True)(f) for f in (_winner, _cell_rows)], None
+        finally:
+            config.CACHE_DIR = saved
+        if cache_dir is not None:
+            for dispatcher in compiled:
+                _guard_cache(dispatcher, cache_dir)
+        winner, _COMPILED = compiled
+        return _COMPILED

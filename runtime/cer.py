@@ -5,7 +5,7 @@ in the per-pixel top-k of some pixel of some image (union over pixels and the ba
 no k, or k >= T, keep them all. A class is in a pixel's top-k when its logit reaches that
 pixel's k-th largest: classes tied with the k-th are all kept (the official argsort leaves
 the choice among ties unspecified; this makes it deterministic and the same on every
-backend). Device backends run the same rule as a graph (``sed.graphs.cer_keep``).
+backend). Device backends run the same rule as a graph (``sed_trt.sed.graphs.cer_keep``).
 """
 
 from __future__ import annotations

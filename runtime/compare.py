@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from runtime.backends.base import Backend
-from runtime.predictor import Prediction, Predictor
-from runtime.text_cache import TextFeatureCache
+from sed_trt.runtime.backends.base import Backend
+from sed_trt.runtime.predictor import Prediction, Predictor
+from sed_trt.runtime.text_cache import TextFeatureCache
 
 
 @dataclass(frozen=True)

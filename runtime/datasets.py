@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import DatasetError, ImageError
-from runtime.image import load_image
+from sed_trt.runtime.errors import DatasetError, ImageError
+from sed_trt.runtime.image import load_image
 
 IGNORE = -1
 
@@ -196,7 +196,7 @@ def open_dataset(
     For a custom dataset ``classes`` (a vocabulary spec) is required; any argument given
     overrides the built-in spec's value (e.g. a fine-tuning set with its own class names).
     """
-    from runtime.vocab import load_vocabulary
+    from sed_trt.runtime.vocab import load_vocabulary
 
     if name is not None and name not in BUILTIN_DATASETS:
         raise DatasetError(

@@ -65,3 +65,15 @@ class DatasetError(SedTrtError, ValueError):
 
 class TrainingError(SedTrtError, RuntimeError):
     """Training diverged (a non-finite loss) or cannot continue."""
+
+
+def install_hint(extra: str) -> str:
+    """How to add an optional part, said the same way everywhere: sed-trt installs from its source
+    tree (it is not on a package index), and each optional part is an extra of it."""
+    return f"make install EXTRAS={extra} (in a sed-trt checkout; pip: pip install '.[{extra}]')"
+
+
+OFFICIAL_WEIGHTS_HINT = (
+    "the official SED weights (SED-B, SED-L) are published on Google Drive, linked from the README of "
+    "github.com/xb534/SED; download the file and pass its local path"
+)

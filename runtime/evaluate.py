@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime.datasets import IGNORE, SegDataset
-from runtime.predictor import Predictor
-from runtime.progress import Progress
+from sed_trt.runtime.datasets import IGNORE, SegDataset
+from sed_trt.runtime.predictor import Predictor
+from sed_trt.runtime.progress import Progress
 
 
 class ConfusionMatrix:
@@ -94,7 +94,7 @@ def evaluate(
     progress: bool = True,
     shard: tuple[int, int] = (0, 1),
 ) -> tuple[SegMetrics | None, ConfusionMatrix]:
-    """Predict every image of ``dataset`` with a :class:`runtime.predictor.Predictor` whose
+    """Predict every image of ``dataset`` with a :class:`sed_trt.runtime.predictor.Predictor` whose
     vocabulary is the dataset's classes, and score the label maps.
 
     ``shard=(rank, world)`` evaluates images rank, rank + world, ... only; the caller sums the
@@ -117,7 +117,7 @@ def evaluate(
 
 def format_table(metrics: SegMetrics, classes: list[str], *, title: str = "") -> str:
     """Per-class IoU/accuracy table (classes present in the ground truth) and the summary."""
-    from runtime.vocab import display_name
+    from sed_trt.runtime.vocab import display_name
 
     lines = [title] if title else []
     lines += ["| class | IoU | ACC | pixels |", "|---|---|---|---|"]

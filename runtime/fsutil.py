@@ -9,18 +9,68 @@ never overwrites its own input or fails after half its files were written.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import stat
 import tempfile
+import threading
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import ConfigError, WriteError
+from sed_trt.runtime.errors import ConfigError, WriteError
 
 TEMP_NAME_EXTRA = 14  # atomic_write's temporary name: "." + name + ".XXXXXXXX.tmp"
+
+log = logging.getLogger("sed_trt")
+_UNWRITABLE_WARNED = threading.Event()
+
+
+def default_cache_dir() -> Path:
+    """sed-trt's one cache directory: ``$SED_TRT_CACHE``, else ``$XDG_CACHE_HOME/sed-trt``, else
+    ``~/.cache/sed-trt``. Text features (``text/``), compiled label kernels (``numba/``) and
+    OpenVINO blobs (``openvino/``) live under it; an empty variable counts as unset."""
+    env = os.environ.get("SED_TRT_CACHE")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "sed-trt"
+
+
+def warn_cache_unwritable(path: str | Path, exc: BaseException) -> None:
+    """One warning per process for a cache that cannot be written (the run goes on uncached):
+    a read-only install or an unwritable HOME is one line, not one per cache or per entry."""
+    if _UNWRITABLE_WARNED.is_set():
+        return
+    _UNWRITABLE_WARNED.set()
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    log.warning(
+        "cannot write the cache at %s (%s); continuing without it (set SED_TRT_CACHE to a writable directory)",
+        path,
+        reason,
+    )
+
+
+def reset_cache_warnings() -> None:
+    """Warn again (a new command-line run in the same process)."""
+    _UNWRITABLE_WARNED.clear()
+
+
+def writable_cache_dir(sub: str) -> Path | None:
+    """``default_cache_dir() / sub``, created and checked writable; ``None`` (one warning per
+    process) where it cannot be: a service account without a home, a read-only file system."""
+    path = default_cache_dir() / sub
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        warn_cache_unwritable(path, exc)
+        return None
+    return path
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import ImageError
-from runtime.fsutil import require_regular_file
+from sed_trt.runtime.errors import ImageError
+from sed_trt.runtime.fsutil import require_regular_file
 
 log = logging.getLogger("sed_trt")
 

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from types import MappingProxyType
 from typing import Any
 
-from runtime.errors import ConfigError, InputError
+from sed_trt.runtime.errors import ConfigError, InputError
 
 IMAGE_ENCODER = "image_encoder"
 TEXT_ENCODER = "text_encoder"
@@ -140,7 +140,7 @@ class ModelDims:
 
     @classmethod
     def from_config(cls, cfg: Any) -> ModelDims:
-        """Dims of a ``sed.config.SEDConfig`` (duck-typed: runtime does not import sed)."""
+        """Dims of a ``sed_trt.sed.config.SEDConfig`` (duck-typed: runtime does not import sed)."""
         dec = cfg.decoder
         return cls(
             embed_dim=cfg.clip.embed_dim,

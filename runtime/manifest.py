@@ -11,12 +11,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import ConfigError, EngineError
-from runtime.fsutil import atomic_write, file_sha256, is_within
-from runtime.io_spec import GRAPH_NAMES, ExportLimits, GraphSpec, ModelDims, TensorSpec, graph_specs
-from runtime.tokenizer import BPE_FILENAME
+from sed_trt.runtime.errors import ConfigError, EngineError
+from sed_trt.runtime.fsutil import atomic_write, file_sha256, is_within
+from sed_trt.runtime.io_spec import GRAPH_NAMES, ExportLimits, GraphSpec, ModelDims, TensorSpec, graph_specs
+from sed_trt.runtime.jsonutil import read_json
+from sed_trt.runtime.tokenizer import BPE_FILENAME
 
 MANIFEST_NAME = "manifest.json"
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few kB; a larger file is refused before it is read
 MANIFEST_FORMAT = 4  # 4: the CER and labels graphs of device backends
 
 log = logging.getLogger("sed_trt")
@@ -136,12 +138,7 @@ class Manifest:
             raise EngineError(
                 f"{str(path)!r} is missing: {str(directory)!r} is not an engine directory made by 'sed-trt export'"
             )
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
-            raise EngineError(
-                f"cannot read {str(path)!r}: {type(exc).__name__}: {exc}; re-export the engines"
-            ) from None
+        d = read_json(path, what=f"manifest {str(path)!r}", max_bytes=MAX_MANIFEST_BYTES, error=EngineError)
         if not isinstance(d, dict):
             raise EngineError(
                 f"{str(path)!r} is not a manifest (a JSON {type(d).__name__}, not an object); re-export the engines"

@@ -23,20 +23,16 @@ candidate everywhere. Device backends use the ``labels`` graph instead (runtime.
 from __future__ import annotations
 
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from runtime.image import source_positions
+from sed_trt.runtime.image import source_positions
 
 # Candidates are kept down to this far below the cell's threshold, so float rounding in the
 # interpolation can never make a pruned class the winner.
 TOLERANCE = 1e-6
-
-_KERNEL: Any = None
-_KERNEL_LOCK = threading.Lock()
 
 
 def label_dtype(num_classes: int) -> np.dtype:
@@ -48,13 +44,9 @@ def label_dtype(num_classes: int) -> np.dtype:
 
 
 def _kernel() -> Any:
-    global _KERNEL
-    with _KERNEL_LOCK:  # numba compiles (or loads) a kernel once per process
-        if _KERNEL is None:
-            from runtime._label_kernel import cell_rows
+    from sed_trt.runtime._label_kernel import compile_kernel  # numba loads on first use
 
-            _KERNEL = cell_rows
-    return _KERNEL
+    return compile_kernel()
 
 
 def labels_from_probs(

@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import Array, Backend
-from runtime.cer import keeps_all, topk_union
-from runtime.errors import ConfigError, InputError, StateError, VocabularyError
-from runtime.image import preprocess, source_positions
-from runtime.io_spec import (
+from sed_trt.runtime.backends.base import Array, Backend
+from sed_trt.runtime.cer import keeps_all, topk_union
+from sed_trt.runtime.errors import ConfigError, InputError, StateError, VocabularyError
+from sed_trt.runtime.image import preprocess, source_positions
+from sed_trt.runtime.io_spec import (
     CER_GRAPHS,
     CLASS_AXIS,
     DECODER_STAGE0,
@@ -42,11 +42,11 @@ from runtime.io_spec import (
     TEXT_ENCODER,
     StageOutput,
 )
-from runtime.postprocess import label_dtype, labels_from_probs
-from runtime.resources import check_memory, vocabulary_bytes
-from runtime.text_cache import TextFeatureCache, cached_text_features
-from runtime.tokenizer import ClipTokenizer
-from runtime.vocab import validate_vocabulary
+from sed_trt.runtime.postprocess import label_dtype, labels_from_probs
+from sed_trt.runtime.resources import check_memory, vocabulary_bytes
+from sed_trt.runtime.text_cache import TextFeatureCache, cached_text_features
+from sed_trt.runtime.tokenizer import ClipTokenizer
+from sed_trt.runtime.vocab import validate_vocabulary
 
 
 @dataclass
@@ -227,7 +227,7 @@ class Predictor:
 
         Returns:
             Outputs with the class axis for the classes run, in order; running sums
-            (:data:`runtime.io_spec.RUNNING_SUMS`: zeros into the first chunk, each chunk's
+            (:data:`sed_trt.runtime.io_spec.RUNNING_SUMS`: zeros into the first chunk, each chunk's
             output into the next) as left by the last chunk.
         """
         spec = self.backend.specs[graph]

@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from runtime.io_spec import CLASS_AXIS, DECODER_STAGE0, FUSE_GRAPHS, GraphSpec, ModelDims
+from sed_trt.runtime.io_spec import CLASS_AXIS, DECODER_STAGE0, FUSE_GRAPHS, GraphSpec, ModelDims
 
 
 def available_memory() -> int | None:

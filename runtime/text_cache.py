@@ -19,21 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import EngineError, VocabularyError
-from runtime.fsutil import atomic_write, write_npz
-from runtime.progress import Progress
-from runtime.tokenizer import ClipTokenizer, trim_tokens
-from runtime.vocab import IMAGENET_TEMPLATES, build_prompts, pool_text_embeddings
+from sed_trt.runtime.errors import EngineError, VocabularyError
+from sed_trt.runtime.fsutil import atomic_write, warn_cache_unwritable, write_npz
+from sed_trt.runtime.progress import Progress
+from sed_trt.runtime.tokenizer import ClipTokenizer, trim_tokens
+from sed_trt.runtime.vocab import IMAGENET_TEMPLATES, build_prompts, pool_text_embeddings
 
 EncodeFn = Callable[[np.ndarray], np.ndarray]
 
 log = logging.getLogger("sed_trt")
-
-
-def default_cache_dir() -> Path:
-    """``$SED_TRT_CACHE`` or ``~/.cache/sed-trt``."""
-    env = os.environ.get("SED_TRT_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "sed-trt"
 
 
 class TextFeatureCache:
@@ -152,7 +146,7 @@ class TextFeatureCache:
             atomic_write(path, lambda tmp: _save_entry(tmp, header, features))
             self._evict_disk()
         except OSError as exc:  # WriteError included: a full disk costs the cache entry, not the run
-            log.warning("cannot write the text-feature cache at %s (%s); continuing without it", path.parent, exc)
+            warn_cache_unwritable(path.parent, exc)
 
 
 def _digest(features: np.ndarray) -> str:

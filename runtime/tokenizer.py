@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import ConfigError
+from sed_trt.runtime.errors import ConfigError
 
 BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 CONTEXT_LENGTH = 77

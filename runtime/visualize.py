@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.postprocess import label_areas
-from runtime.vocab import display_name
+from sed_trt.runtime.postprocess import label_areas
+from sed_trt.runtime.vocab import display_name
 
 
 def palette(n: int) -> np.ndarray:

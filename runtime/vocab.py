@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import VocabularyError
-from runtime.fsutil import require_regular_file
+from sed_trt.runtime.errors import VocabularyError
+from sed_trt.runtime.fsutil import require_regular_file
+from sed_trt.runtime.jsonutil import loads_bounded
 
 IMAGENET_TEMPLATES: tuple[str, ...] = (
     "a bad photo of a {}.",
@@ -128,7 +129,7 @@ def builtin_vocabulary_text(name: str) -> str:
     """The raw JSON text of a built-in vocabulary (the official file, unchanged)."""
     if name not in BUILTIN_VOCABULARIES:
         raise VocabularyError(f"unknown vocabulary {name!r}; available: {list_vocabularies()}")
-    ref = resources.files("runtime") / "vocabularies" / BUILTIN_VOCABULARIES[name]
+    ref = resources.files("sed_trt.runtime") / "vocabularies" / BUILTIN_VOCABULARIES[name]
     return ref.read_text(encoding="utf-8")
 
 
@@ -180,12 +181,7 @@ def _read_vocabulary_file(path: Path) -> list[str]:
         ) from None
     text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not part of the first class
     if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise VocabularyError(
-                f"vocabulary file {str(path)!r} is not valid JSON: {exc.msg} (line {exc.lineno})"
-            ) from None
+        data = loads_bounded(text, what=f"vocabulary file {str(path)!r}", error=VocabularyError)
         if not isinstance(data, list) or not all(isinstance(c, str) for c in data):
             raise VocabularyError(f"vocabulary file {str(path)!r} must hold a JSON list of strings")
         return data
@@ -196,7 +192,7 @@ def class_key(name: str) -> str:
     """What makes two class names the same: the text CLIP's tokenizer reads (ftfy-fixed, HTML
     entities unescaped, whitespace collapsed, so ``ｃａｔ``, ``cat`` and ``c\x07at`` are one),
     case folded."""
-    from runtime.tokenizer import ClipTokenizer
+    from sed_trt.runtime.tokenizer import ClipTokenizer
 
     if name.isascii() and name.isprintable() and "&" not in name:
         # what ftfy and html-unescaping leave unchanged (they change only non-ASCII text, control

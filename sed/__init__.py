@@ -11,32 +11,32 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from runtime.backends.registry import register_backend
+from sed_trt.runtime.backends.registry import register_backend
 
-register_backend("sed.backend")
+register_backend("sed_trt.sed.backend")
 
 _LAZY = {
-    "build_sed": "sed.build",
-    "load_sed": "sed.build",
-    "ClipConfig": "sed.config",
-    "DecoderConfig": "sed.config",
-    "SEDConfig": "sed.config",
-    "list_models": "sed.config",
-    "load_config": "sed.config",
-    "SED": "sed.modeling.sed",
-    "SEDOutput": "sed.modeling.sed",
+    "build_sed": "sed_trt.sed.build",
+    "load_sed": "sed_trt.sed.build",
+    "ClipConfig": "sed_trt.sed.config",
+    "DecoderConfig": "sed_trt.sed.config",
+    "SEDConfig": "sed_trt.sed.config",
+    "list_models": "sed_trt.sed.config",
+    "load_config": "sed_trt.sed.config",
+    "SED": "sed_trt.sed.modeling.sed",
+    "SEDOutput": "sed_trt.sed.modeling.sed",
 }
 
 if TYPE_CHECKING:
-    from sed.build import build_sed, load_sed
-    from sed.config import ClipConfig, DecoderConfig, SEDConfig, list_models, load_config
-    from sed.modeling.sed import SED, SEDOutput
+    from sed_trt.sed.build import build_sed, load_sed
+    from sed_trt.sed.config import ClipConfig, DecoderConfig, SEDConfig, list_models, load_config
+    from sed_trt.sed.modeling.sed import SED, SEDOutput
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'sed' has no attribute {name!r}")
+    raise AttributeError(f"module 'sed_trt.sed' has no attribute {name!r}")
 
 
 __all__ = [

@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from runtime.backends.base import ArrayOps, Backend
-from runtime.backends.registry import BackendSpec, Option
-from runtime.errors import ConfigError, StateError
-from runtime.io_spec import CER_GRAPHS, DECODER_GRAPHS, IMAGE_ENCODER, LABELS, TEXT_ENCODER
+from sed_trt.runtime.backends.base import ArrayOps, Backend
+from sed_trt.runtime.backends.registry import BackendSpec, Option
+from sed_trt.runtime.errors import BackendUnavailableError, ConfigError, StateError, install_hint
+from sed_trt.runtime.io_spec import CER_GRAPHS, DECODER_GRAPHS, IMAGE_ENCODER, LABELS, TEXT_ENCODER
 
 if TYPE_CHECKING:
     import torch
 
-    from sed.modeling.sed import SED
+    from sed_trt.sed.modeling.sed import SED
 
 SPEC = BackendSpec(
     name="torch",
@@ -36,9 +36,18 @@ SPEC = BackendSpec(
 )
 
 
+def import_torch() -> Any:
+    """torch, or one line saying how to install it (the base install has no torch)."""
+    try:
+        import torch
+    except ImportError:
+        raise BackendUnavailableError(f"the torch backend needs PyTorch: {install_hint('torch')}") from None
+    return torch
+
+
 def probe() -> str:
     """torch's version and the GPUs it sees."""
-    import torch
+    torch = import_torch()
 
     gpus = (
         [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
@@ -158,7 +167,7 @@ class TorchBackend(Backend):
     """Runs the PyTorch reference stage by stage (same I/O contract as the exported graphs).
 
     ``precision`` bf16 or fp16 runs the image encoder and the decoder graphs under
-    ``torch.autocast`` with fp32 islands (:mod:`sed.modeling.precision`: norms, the cost
+    ``torch.autocast`` with fp32 islands (:mod:`sed_trt.sed.modeling.precision`: norms, the cost
     map's normalisation, the running class-attention sums, the heads); every graph's
     inputs and outputs stay fp32. ``cuda_graphs`` replays captured CUDA graphs of the
     image encoder and decoder graphs (:class:`CudaGraphs`; opt-in until measured faster).
@@ -179,9 +188,9 @@ class TorchBackend(Backend):
         precision: str = "fp32",
         cuda_graphs: bool = False,
     ) -> None:
-        import torch
+        torch = import_torch()
 
-        from sed.build import resolve_device
+        from sed_trt.sed.build import resolve_device
 
         super().__init__()
         resolve_device(device)
@@ -224,12 +233,20 @@ class TorchBackend(Backend):
 
     @classmethod
     def from_request(cls, request: Any) -> TorchBackend:
+        backbone = request.backbone
+        if request.image_size is not None and request.model is None and backbone is not None:
+            import dataclasses
+
+            from sed_trt.sed.config import SEDConfig, load_config
+
+            config = backbone if isinstance(backbone, SEDConfig) else load_config(backbone)
+            backbone = dataclasses.replace(config, image_size=request.image_size)
         return cls(
             request.model,
-            backbone=request.backbone,
+            backbone=backbone,
             weights=request.weights,
             device=request.device,
-            pooling=request.pooling,
+            pooling=request.pooling or 1,
             threads=request.threads,
             precision=request.precision,
             cuda_graphs=bool(request.options.get("cuda_graphs", False)),
@@ -248,7 +265,7 @@ class TorchBackend(Backend):
 
     @property
     def text_fingerprint(self) -> str:
-        from sed.checkpoint import text_tower_fingerprint
+        from sed_trt.sed.checkpoint import text_tower_fingerprint
 
         if self._fingerprint is None:
             self._fingerprint = text_tower_fingerprint(self.model)
@@ -258,9 +275,9 @@ class TorchBackend(Backend):
         import torch
         from torch import nn
 
-        from sed.build import load_sed
-        from sed.modeling.fam import ChannelsLastLayerNorm
-        from sed.modeling.precision import fp32_norms
+        from sed_trt.sed.build import load_sed
+        from sed_trt.sed.modeling.fam import ChannelsLastLayerNorm
+        from sed_trt.sed.modeling.precision import fp32_norms
 
         if self.threads:
             torch.set_num_threads(self.threads)
@@ -302,7 +319,7 @@ class TorchBackend(Backend):
             return self._run_graph(graph, feeds)
 
     def _run_graph(self, graph: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        from sed.graphs import graph_outputs
+        from sed_trt.sed.graphs import graph_outputs
 
         spec = self.specs[graph]
         outs = graph_outputs(self.model, graph, [feeds[n] for n in spec.input_names], pooling=self.pooling)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 
-from runtime.errors import BackendUnavailableError, ConfigError
-from sed.checkpoint import load_clip_weights, load_sed_checkpoint
-from sed.config import SEDConfig, load_config
-from sed.modeling.clip_encoder import build_clip, trunk_widths
-from sed.modeling.decoder import GradualFusionDecoder
-from sed.modeling.sed import SED
+from sed_trt.runtime.errors import BackendUnavailableError, ConfigError
+from sed_trt.sed.checkpoint import load_clip_weights, load_sed_checkpoint
+from sed_trt.sed.config import SEDConfig, load_config
+from sed_trt.sed.modeling.clip_encoder import build_clip, trunk_widths
+from sed_trt.sed.modeling.decoder import GradualFusionDecoder
+from sed_trt.sed.modeling.sed import SED
 
 
 def build_sed(cfg: SEDConfig | str | Path) -> SED:

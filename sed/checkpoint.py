@@ -16,9 +16,8 @@ from typing import cast
 import torch
 from torch import nn
 
-from runtime.errors import CheckpointError
-from runtime.fsutil import require_regular_file
-from sed.config import OFFICIAL_WEIGHTS_HINT
+from sed_trt.runtime.errors import OFFICIAL_WEIGHTS_HINT, CheckpointError
+from sed_trt.runtime.fsutil import require_regular_file
 
 OFFICIAL_PREFIX = "sem_seg_head.predictor."
 

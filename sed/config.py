@@ -8,13 +8,13 @@ widths come from the trunk.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import ConfigError
+from sed_trt.runtime.errors import ConfigError
+from sed_trt.runtime.jsonutil import read_json
 
 # Backbone presets: our name -> (config file, open_clip model name, official CLIP_PRETRAINED tag).
 PRESETS: dict[str, tuple[str, str]] = {
@@ -22,10 +22,6 @@ PRESETS: dict[str, tuple[str, str]] = {
     "convnext_l": ("convnext_large_d_320", "laion2b_s29b_b131k_ft_soup"),
 }
 _TOP_LEVEL_KEYS = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "custom_text"}
-OFFICIAL_WEIGHTS_HINT = (
-    "the official SED weights (SED-B, SED-L) are published on Google Drive, linked from the README of "
-    "github.com/xb534/SED; download the file and pass its local path"
-)
 
 
 @dataclass(frozen=True)
@@ -71,7 +67,7 @@ class SEDConfig:
 
 
 def _configs_dir() -> Path:
-    return Path(str(resources.files("sed") / "configs"))
+    return Path(str(resources.files("sed_trt.sed") / "configs"))
 
 
 def list_models() -> list[str]:
@@ -124,10 +120,7 @@ def load_config(name_or_path: str | Path) -> SEDConfig:
         raise ConfigError(
             f"unknown model {text!r}; available: {list_models()} or a path to an open_clip model-config JSON"
         )
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read model config {str(path)!r}: {exc}") from None
+    d = read_json(path, what=f"model config {str(path)!r}")
     if not isinstance(d, dict):
         raise ConfigError(f"model config {str(path)!r} must be a JSON object")
     return SEDConfig(clip=clip_config_from_dict(name, d))

@@ -3,7 +3,7 @@
 The one home of the graph table: the export wrappers trace these functions and the torch
 backend runs them, so the exported graphs and the reference cannot drift apart (stage 3
 returns sigmoid probabilities in both). Inputs and outputs are in the spec's order. The
-decoder graphs are the split inference form of each stage (see :mod:`sed.modeling.decoder`).
+decoder graphs are the split inference form of each stage (see :mod:`sed_trt.sed.modeling.decoder`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from runtime.io_spec import (
+from sed_trt.runtime.io_spec import (
     CER_GRAPHS,
     DECODER_STAGE0,
     FUSE_GRAPHS,
@@ -21,8 +21,8 @@ from runtime.io_spec import (
     SUMMARY_GRAPHS,
     TEXT_ENCODER,
 )
-from sed.modeling.cer import cer_keep
-from sed.modeling.sed import SED
+from sed_trt.sed.modeling.cer import cer_keep
+from sed_trt.sed.modeling.sed import SED
 
 
 def band_labels(

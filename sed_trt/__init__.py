@@ -1,36 +1,79 @@
-"""sed-trt's top floor: the Python API (:mod:`sed_trt.api`) and the ``sed-trt`` command line.
+"""sed-trt: fast, faithful deployment of SED open-vocabulary semantic segmentation.
 
-Layers, bottom to top; each imports only from the layers below it:
+One import root. Layers, bottom to top; each imports only from the layers below it:
 
-- ``runtime``: the torch-free core (I/O spec, manifest, backends for ONNX Runtime, OpenVINO
-  and TensorRT, the shared CER predictor, tokenizer, vocabularies, pre/post-processing,
+- ``sed_trt.runtime``: the torch-free core (I/O spec, manifest, backends for ONNX Runtime,
+  OpenVINO and TensorRT, the shared CER predictor, tokenizer, vocabularies, pre/post-processing,
   datasets, evaluation, file integrity). Needs numpy, Pillow and one inference engine.
-- ``sed``: the PyTorch model, its checkpoints and training; registers the ``torch`` backend.
-- ``export``: model -> ONNX graphs -> TensorRT engines.
-- ``benchmarks``: the benchmark harness and its figures.
-- ``sed_trt``: this package, the Python API and the command line; each a few lines over the above.
+- ``sed_trt.sed``: the PyTorch model, its checkpoints and training; registers the ``torch``
+  backend (torch itself loads only when that backend is used; ``[torch]`` extra).
+- ``sed_trt.export``: model -> ONNX graphs -> TensorRT engines.
+- ``sed_trt.benchmarks``: the benchmark harness and its figures.
+- ``sed_trt`` itself: the Python API (:mod:`sed_trt.api`), the command line and serving; each a
+  few lines over the above.
+
+The API names below load on first use, so ``import sed_trt.runtime.manifest`` stays light.
 """
 
-from runtime.errors import (
+from __future__ import annotations
+
+import importlib
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+from sed_trt.runtime.errors import (
     BackendUnavailableError,
+    CheckpointError,
     ConfigError,
+    DatasetError,
+    DeviceError,
     EngineError,
+    ExportError,
     ImageError,
+    InputError,
     SedTrtError,
+    ServeError,
     StateError,
+    TrainingError,
     VocabularyError,
+    WriteError,
 )
-from sed_trt.api import Segmentation, Segmenter, segment
+
+try:
+    __version__ = metadata.version("sed-trt")
+except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
+
+_LAZY = {"Segmentation": "sed_trt.api", "Segmenter": "sed_trt.api", "segment": "sed_trt.api"}
+
+if TYPE_CHECKING:
+    from sed_trt.api import Segmentation, Segmenter, segment
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sed_trt' has no attribute {name!r}")
+
 
 __all__ = [
     "BackendUnavailableError",
+    "CheckpointError",
     "ConfigError",
+    "DatasetError",
+    "DeviceError",
     "EngineError",
+    "ExportError",
     "ImageError",
+    "InputError",
     "SedTrtError",
     "Segmentation",
     "Segmenter",
+    "ServeError",
     "StateError",
+    "TrainingError",
     "VocabularyError",
+    "WriteError",
+    "__version__",
     "segment",
 ]

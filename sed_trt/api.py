@@ -21,6 +21,7 @@ ImageError, VocabularyError, EngineError, ...). Layer: the top one, beside the c
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,14 +29,16 @@ from typing import Any
 
 import numpy as np
 
-import sed  # noqa: F401  (registers the torch backend; torch itself loads only when used)
-from runtime.backends import Backend, BackendRequest, open_backend
-from runtime.errors import ConfigError, ImageError, StateError, VocabularyError
-from runtime.image import DEFAULT_MAX_PIXELS, check_image, load_image
-from runtime.postprocess import label_areas
-from runtime.predictor import Prediction, Predictor
-from runtime.text_cache import TextFeatureCache, default_cache_dir
-from runtime.vocab import display_name, load_vocabulary
+import sed_trt.sed  # noqa: F401  (registers the torch backend; torch itself loads only when used)
+from sed_trt.runtime.backends import Backend
+from sed_trt.runtime.deployment import Deployment
+from sed_trt.runtime.errors import ConfigError, ImageError, StateError, VocabularyError
+from sed_trt.runtime.fsutil import default_cache_dir
+from sed_trt.runtime.image import DEFAULT_MAX_PIXELS, check_image, load_image
+from sed_trt.runtime.postprocess import label_areas
+from sed_trt.runtime.predictor import Prediction, Predictor
+from sed_trt.runtime.text_cache import TextFeatureCache
+from sed_trt.runtime.vocab import display_name, load_vocabulary
 
 ImageLike = str | Path | np.ndarray | Any  # a file path, an (H, W, 3) uint8 array or a PIL image
 
@@ -52,11 +55,21 @@ class Segmentation:
     probs: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
+    def index(self, name: str) -> int:
+        """The class id of ``name``: the class as given (``"road, street"``) or the display name
+        :meth:`areas` uses for it (``"road"``) where that names one class."""
+        if name in self.classes:
+            return self.classes.index(name)
+        matches = [i for i, c in enumerate(self.classes) if display_name(c) == name]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise VocabularyError(f"{name!r} names {len(matches)} classes here; use the class as given")
+        raise VocabularyError(f"{name!r} is not in this result's vocabulary of {len(self.classes)} classes")
+
     def mask(self, name: str) -> np.ndarray:
-        """(H, W) bool: the pixels of class ``name`` (as given, synonyms included)."""
-        if name not in self.classes:
-            raise VocabularyError(f"{name!r} is not in this result's vocabulary of {len(self.classes)} classes")
-        return self.labels == self.classes.index(name)
+        """(H, W) bool: the pixels of class ``name`` (as given, or as :meth:`areas` names it)."""
+        return self.labels == self.index(name)
 
     def areas(self) -> dict[str, float]:
         """The share of the image each present class covers, largest first (display names)."""
@@ -66,7 +79,7 @@ class Segmentation:
 
     def overlay(self, image: ImageLike, *, alpha: float = 0.5) -> np.ndarray:
         """The image with each class in its colour and a legend beside it: RGB uint8."""
-        from runtime.visualize import overlay
+        from sed_trt.runtime.visualize import overlay
 
         return overlay(read_image(image), self.labels, list(self.classes), alpha=alpha)
 
@@ -87,7 +100,12 @@ def read_image(image: ImageLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
 
 
 class Segmenter:
-    """A loaded model: set a vocabulary once, then segment images. A context manager."""
+    """A loaded model: set a vocabulary once, then segment images. A context manager.
+
+    Safe to share between threads: calls run one at a time (one model, one vocabulary at a
+    time), and every result carries the vocabulary it was computed with, so a thread's answer
+    never depends on what another thread asked.
+    """
 
     def __init__(
         self,
@@ -96,20 +114,41 @@ class Segmenter:
         topk: int | None = None,
         cache: TextFeatureCache | None = None,
         class_chunk: int | None = None,
+        deployment: Deployment | None = None,
     ) -> None:
         """
         Args:
-            backend: an opened (not necessarily active) backend; see :meth:`from_engine_dir`
-                and :meth:`from_checkpoint`.
+            backend: an opened (not necessarily active) backend; see :meth:`from_deployment`,
+                :meth:`from_engine_dir` and :meth:`from_checkpoint`.
             topk: CER's k (None: no rejection; 8 is the paper's fast setting).
             cache: text features by vocabulary (default: the on-disk cache of the CLI).
             class_chunk: classes per decoder-graph run (default: the engines' largest).
+            deployment: the deployment ``backend`` was opened from (kept for reference).
         """
         self.backend = backend
-        self._topk = topk
+        self.deployment = deployment
+        self._topk = _check_topk(topk)
         self._cache = cache if cache is not None else TextFeatureCache(default_cache_dir())
         self._class_chunk = class_chunk
         self._predictor: Predictor | None = None
+        self._lock = threading.RLock()
+
+    @classmethod
+    def from_deployment(cls, deployment: Deployment | str | dict[str, Any]) -> Segmenter:
+        """Open a :class:`~sed_trt.runtime.deployment.Deployment` (or its JSON / dict form)."""
+        if isinstance(deployment, str):
+            deployment = Deployment.from_json(deployment)
+        elif isinstance(deployment, dict):
+            deployment = Deployment.from_dict(deployment)
+        elif not isinstance(deployment, Deployment):
+            raise ConfigError(f"deployment | got {type(deployment).__name__} | expected a Deployment, its JSON or dict")
+        return cls(
+            deployment.open_backend(),
+            topk=deployment.topk,
+            cache=deployment.text_cache(),
+            class_chunk=deployment.class_chunk,
+            deployment=deployment,
+        )
 
     @classmethod
     def from_engine_dir(
@@ -123,13 +162,22 @@ class Segmenter:
         topk: int | None = None,
         options: dict[str, Any] | None = None,
         cache: TextFeatureCache | None = None,
+        **deployment: Any,
     ) -> Segmenter:
         """Exported graphs (``sed-trt export``) in ONNX Runtime, OpenVINO or TensorRT (``backend``,
-        a name or a label such as ``openvino-bf16``); ``options`` are the backend's own."""
-        request = BackendRequest(
-            engine_dir=engine_dir, device=device, threads=threads, precision=precision, options=options or {}
+        a name or a label such as ``openvino-bf16``); ``options`` are the backend's own; other
+        keywords are :class:`~sed_trt.runtime.deployment.Deployment` fields (``class_chunk``...)."""
+        dep = Deployment(
+            backend=backend,
+            engine_dir=str(engine_dir),
+            precision=precision,
+            device=device,
+            threads=threads,
+            topk=_check_topk(topk),
+            options=options or {},
+            **deployment,
         )
-        return cls(open_backend(backend, request), topk=topk, cache=cache)
+        return cls._open(dep, cache)
 
     @classmethod
     def from_checkpoint(
@@ -143,26 +191,41 @@ class Segmenter:
         topk: int | None = None,
         options: dict[str, Any] | None = None,
         cache: TextFeatureCache | None = None,
+        **deployment: Any,
     ) -> Segmenter:
-        """The PyTorch model of ``backbone`` with an official SED checkpoint (None: random weights)."""
-        request = BackendRequest(
-            backbone=backbone,
-            weights=weights,
+        """The PyTorch model of ``backbone`` with an official SED checkpoint (None: random weights).
+        A missing checkpoint is refused here, not at the first image."""
+        dep = Deployment(
+            backend="torch",
+            backbone=str(backbone),
+            weights=None if weights is None else str(weights),
             device=device,
-            threads=threads,
             precision=precision,
+            threads=threads,
+            topk=_check_topk(topk),
             options=options or {},
+            **deployment,
         )
-        return cls(open_backend("torch", request), topk=topk, cache=cache)
+        return cls._open(dep, cache)
+
+    @classmethod
+    def _open(cls, deployment: Deployment, cache: TextFeatureCache | None) -> Segmenter:
+        seg = cls.from_deployment(deployment)
+        if cache is not None:
+            seg._cache = cache
+        return seg
 
     @property
     def predictor(self) -> Predictor:
         """The predictor over the (activated on first use) backend."""
-        if self._predictor is None:
-            if not self.backend.active:
-                self.backend.activate()
-            self._predictor = Predictor(self.backend, topk=self._topk, cache=self._cache, class_chunk=self._class_chunk)
-        return self._predictor
+        with self._lock:
+            if self._predictor is None:
+                if not self.backend.active:
+                    self.backend.activate()
+                self._predictor = Predictor(
+                    self.backend, topk=self._topk, cache=self._cache, class_chunk=self._class_chunk
+                )
+            return self._predictor
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -172,8 +235,11 @@ class Segmenter:
         """The class names to segment into: a list, or what ``--classes`` takes (``ade150``, a
         .txt/.json file, ``"a, b; c"``). ``"wall, brick wall"`` is one class with a synonym."""
         names = load_vocabulary(classes) if isinstance(classes, str) else list(classes)
-        if names != self.predictor.classes:
-            self.predictor.set_classes(names)
+        if not names:
+            raise VocabularyError("the vocabulary is empty: give at least one class name")
+        with self._lock:
+            if names != self.predictor.classes:
+                self.predictor.set_classes(names)
 
     def segment(
         self,
@@ -188,24 +254,33 @@ class Segmenter:
         ``topk`` overrides CER's k for this image; ``probs`` also returns the (T, h, w)
         probabilities (a copy from the backend that labels alone do not need).
         """
-        if classes is not None:
-            self.set_vocabulary(classes)
-        if not self.predictor.classes:
-            raise StateError("no vocabulary: pass classes= or call set_vocabulary() first")
-        pred: Prediction = self.predictor.predict(read_image(image), topk=topk)
-        return Segmentation(
-            labels=pred.labels,
-            classes=self.classes,
-            kept=pred.kept,
-            probs=pred.probs if probs else None,
-            timings=pred.timings,
-        )
+        topk = _check_topk(topk)
+        array = read_image(image, max_pixels=self.max_pixels)  # decoded outside the lock
+        with self._lock:  # the vocabulary and the prediction of one call, never another thread's
+            if classes is not None:
+                self.set_vocabulary(classes)
+            if not self.predictor.classes:
+                raise StateError("no vocabulary: pass classes= or call set_vocabulary() first")
+            pred: Prediction = self.predictor.predict(array, topk=topk)
+            return Segmentation(
+                labels=pred.labels,
+                classes=self.classes,
+                kept=pred.kept,
+                probs=pred.probs if probs else None,
+                timings=pred.timings,
+            )
+
+    @property
+    def max_pixels(self) -> int:
+        """The largest image (width x height) accepted, files and arrays alike."""
+        return self.deployment.max_pixels if self.deployment is not None else DEFAULT_MAX_PIXELS
 
     def close(self) -> None:
         """Release the backend (device memory, sessions)."""
-        if self.backend.active:
-            self.backend.deactivate()
-        self._predictor = None
+        with self._lock:
+            if self.backend.active:
+                self.backend.deactivate()
+            self._predictor = None
 
     def __enter__(self) -> Segmenter:
         return self
@@ -238,3 +313,12 @@ def segment(
         seg = Segmenter.from_checkpoint(weights, backbone=backbone, device=device, precision=precision, topk=topk)
     with seg:
         return seg.segment(image, classes)
+
+
+def _check_topk(topk: Any) -> int | None:
+    """CER's k: None or a whole number >= 1 (a string or a float is refused, not coerced)."""
+    if topk is None:
+        return None
+    if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
+        raise ConfigError(f"topk | got {topk!r} | expected None or a whole number >= 1")
+    return int(topk)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,35 @@ ROOT = Path(__file__).resolve().parents[1]
 # The official outputs of the tiny model: the trimmed copy in the repository (tests/parity.py),
 # or a full vector directory such as ../shared/parity/sed_tiny_linear.
 PARITY = Path(os.environ.get("SED_PARITY_DIR", ROOT / "tests" / "data" / "parity" / "sed_tiny_linear"))
+
+
+# Where a test session may write besides its tmp_path: a fake HOME (OpenVINO's ~/intel, ONNX
+# Runtime's files, anything keyed on ~), sed-trt's cache (text features, numba kernels, OpenVINO
+# blobs) and a private temporary directory (servers' state folders), all under the session's
+# temporary root. Set for this process and inherited by every subprocess a test starts.
+HERMETIC_VARS = ("HOME", "XDG_CACHE_HOME", "SED_TRT_CACHE", "TMPDIR", "NUMBA_CACHE_DIR")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_environment(tmp_path_factory: pytest.TempPathFactory):
+    """No test touches the user's home, caches or the machine's shared /tmp (another sed-trt
+    server on the machine cannot disturb a test, nor a test it)."""
+    root = tmp_path_factory.mktemp("env")
+    paths = {"HOME": root / "home", "XDG_CACHE_HOME": root / "home" / ".cache", "SED_TRT_CACHE": root / "cache"}
+    paths["TMPDIR"] = root / "tmp"
+    saved = {name: os.environ.get(name) for name in HERMETIC_VARS}
+    for name, path in paths.items():
+        path.mkdir(parents=True, exist_ok=True)
+        os.environ[name] = str(path)
+    os.environ.pop("NUMBA_CACHE_DIR", None)  # numba's kernels go to SED_TRT_CACHE/numba
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+    yield paths
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    tempfile.tempdir = None
 
 
 @pytest.fixture(scope="session")
@@ -44,14 +74,14 @@ def parity(parity_dir: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def parity_model(parity_dir: Path):
-    from sed import load_sed
+    from sed_trt.sed import load_sed
 
     return load_sed(parity_dir / "cfg" / "sed_tiny_linear.json", parity_dir / "checkpoint.pth")
 
 
 @pytest.fixture(scope="session")
 def parity_image(parity_dir: Path) -> np.ndarray:
-    from runtime.image import load_image
+    from sed_trt.runtime.image import load_image
 
     return load_image(parity_dir / "image.png")
 
@@ -59,8 +89,8 @@ def parity_image(parity_dir: Path) -> np.ndarray:
 @pytest.fixture(scope="session")
 def parity_engine_dir(tmp_path_factory: pytest.TempPathFactory, parity_dir: Path, parity_model) -> Path:
     """The parity model exported to ONNX (768 input, like the real models)."""
-    from export.onnx_export import run_export
-    from runtime.io_spec import ExportLimits
+    from sed_trt.export.onnx_export import run_export
+    from sed_trt.runtime.io_spec import ExportLimits
 
     out = tmp_path_factory.mktemp("engine_parity")
     run_export(
@@ -78,7 +108,7 @@ def parity_engine_dir(tmp_path_factory: pytest.TempPathFactory, parity_dir: Path
 @pytest.fixture(scope="session")
 def small_model():
     """sed_tiny_linear at a 64x64 canvas: decoder stages at 2/4/8/16 px, so large T stays cheap."""
-    from sed import build_sed, load_config
+    from sed_trt.sed import build_sed, load_config
 
     torch.manual_seed(0)
     cfg = dataclasses.replace(load_config("sed_tiny_linear"), image_size=64)
@@ -87,8 +117,8 @@ def small_model():
 
 @pytest.fixture(scope="session")
 def small_engine_dir(tmp_path_factory: pytest.TempPathFactory, small_model) -> Path:
-    from export.onnx_export import run_export
-    from runtime.io_spec import ExportLimits
+    from sed_trt.export.onnx_export import run_export
+    from sed_trt.runtime.io_spec import ExportLimits
 
     out = tmp_path_factory.mktemp("engine_small")
     run_export(
@@ -106,7 +136,7 @@ def small_engine_dir(tmp_path_factory: pytest.TempPathFactory, small_model) -> P
 @pytest.fixture
 def toy_backend(monkeypatch):
     """The toy backend plug-in (tests/toy_backend.py) registered for one test, as a user would register theirs."""
-    from runtime.backends import registry
+    from sed_trt.runtime.backends import registry
     from tests import toy_backend
 
     monkeypatch.setattr(registry, "_MODULES", dict(registry._MODULES))

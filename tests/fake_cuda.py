@@ -12,7 +12,7 @@ import ctypes
 
 import numpy as np
 
-from runtime.backends.cuda_ops import ALIGNMENT, DeviceMemory
+from sed_trt.runtime.backends.cuda_ops import ALIGNMENT, DeviceMemory
 
 
 class HostMemory(DeviceMemory):

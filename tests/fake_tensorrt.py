@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from runtime.backends.cuda_ops import DeviceMemory
+from sed_trt.runtime.backends.cuda_ops import DeviceMemory
 
 ONNX_TO_DTYPE = {
     onnx.TensorProto.FLOAT: "FLOAT",

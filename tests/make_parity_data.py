@@ -20,8 +20,8 @@ OUT = ROOT / "tests" / "data" / "parity" / "sed_tiny_linear"
 
 def used_tokens(classes: list[str]) -> np.ndarray:
     """Every token id the parity prompts (official templates, synonyms included) contain."""
-    from runtime.tokenizer import ClipTokenizer
-    from runtime.vocab import IMAGENET_TEMPLATES, build_prompts
+    from sed_trt.runtime.tokenizer import ClipTokenizer
+    from sed_trt.runtime.vocab import IMAGENET_TEMPLATES, build_prompts
 
     prompts, _ = build_prompts(classes, IMAGENET_TEMPLATES)
     tokens, _ = ClipTokenizer().tokenize(prompts)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench import BenchConfig, run_bench
+from sed_trt.benchmarks.bench import BenchConfig, run_bench
 
 
 def test_bench_tiny_writes_table_and_plot(tmp_path, toy_backend, small_engine_dir):
@@ -49,7 +49,7 @@ def test_figures_from_a_fixed_bench_json(tmp_path):
     """Each figure is drawn from a small real bench.json, with the expected size, title and legend."""
     from PIL import Image
 
-    from benchmarks.figures import write_figures
+    from sed_trt.benchmarks.figures import write_figures
 
     result = json.loads((Path(__file__).parent / "data" / "bench_small.json").read_text())
     latency, parts, memory = write_figures(result, tmp_path)
@@ -81,10 +81,10 @@ def test_figures_command(tmp_path, capsys):
 
 def test_release_floor_states_the_rate_each_target_needs(parity_engine_dir, monkeypatch):
     """The target arithmetic of benchmarks.decoder_release, on the tiny model (SED-B's full decoder)."""
-    import benchmarks.bench
-    from benchmarks.decoder_release import floor
+    import sed_trt.benchmarks.bench
+    from sed_trt.benchmarks.decoder_release import floor
 
-    monkeypatch.setattr(benchmarks.bench, "gemm_gflops", lambda threads=None: 200.0)
+    monkeypatch.setattr(sed_trt.benchmarks.bench, "gemm_gflops", lambda threads=None: 200.0)
     ms = {"encoder_ms": 1000.0, "decoder_ms": 4000.0, "postprocess_ms": 500.0, "total_ms": 5500.0}
     timing = {"classes": 10, "median_ms": {"old": dict(ms, decoder_ms=5000.0, total_ms=7000.0), "new": ms}}
     f = floor(timing, parity_engine_dir, None)
@@ -98,7 +98,7 @@ def test_release_floor_states_the_rate_each_target_needs(parity_engine_dir, monk
 
 def test_gpu_bench_writes_its_tables(tmp_path):
     """The GPU bench's one prepared run, here on the CPU with a 64 px tiny model (no CUDA-graph rows)."""
-    from benchmarks.gpu_bench import main as gpu_bench
+    from sed_trt.benchmarks.gpu_bench import main as gpu_bench
 
     args = ["--backbone", "sed_tiny_linear", "--image-size", "64", "--device", "cpu", "--classes", "voc20"]
     assert (
@@ -121,7 +121,7 @@ def test_gpu_bench_writes_its_tables(tmp_path):
 def test_gpu_bench_without_the_device_is_one_line(tmp_path, capsys):
     import torch
 
-    from benchmarks.gpu_bench import main as gpu_bench
+    from sed_trt.benchmarks.gpu_bench import main as gpu_bench
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is here: the bench would run")

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from export.trt_build import tensorrt_unavailable_reason
+from sed_trt.export.trt_build import tensorrt_unavailable_reason
 from tests.checks import check_official
 
 REASON = tensorrt_unavailable_reason()
@@ -18,9 +18,9 @@ pytestmark = [
 
 
 def test_engines_reproduce_the_official_outputs(parity_engine_dir, parity, parity_image, tmp_path):
-    from export.trt_build import build_engines
-    from runtime.backends import create_backend
-    from runtime.predictor import Predictor
+    from sed_trt.export.trt_build import build_engines
+    from sed_trt.runtime.backends import create_backend
+    from sed_trt.runtime.predictor import Predictor
 
     work = tmp_path / "engines"
     shutil.copytree(parity_engine_dir, work)

@@ -1,5 +1,8 @@
 """The layering the README declares: runtime <- sed <- export <- benchmarks <- sed_trt, no cycles.
 
+Every layer installs under the one import root ``sed_trt`` (``sed_trt.runtime`` is the
+repository's ``runtime/``, and so on); the top floor is the rest of ``sed_trt`` (api, cli, serve).
+
 Read from the source with ``ast`` (every import statement, lazy ones inside functions too),
 so the test needs none of the optional packages.
 """
@@ -13,15 +16,44 @@ import pytest
 
 from tests.conftest import ROOT
 
-# Each package may import only itself and the packages listed after it.
-LAYERS = ("sed_trt", "benchmarks", "export", "sed", "runtime")
+# Each layer may import only itself and the layers listed after it.
+LAYERS = ("sed_trt", "sed_trt.benchmarks", "sed_trt.export", "sed_trt.sed", "sed_trt.runtime")
+# Where each layer's files lie in the repository (sed_trt/runtime etc. are links to these folders).
+FOLDERS = {
+    "sed_trt": "sed_trt",
+    "sed_trt.benchmarks": "benchmarks",
+    "sed_trt.export": "export",
+    "sed_trt.sed": "sed",
+    "sed_trt.runtime": "runtime",
+}
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+def _layer(module: str) -> str:
+    """The layer a module belongs to: the longest layer name that prefixes it."""
+    return max((name for name in LAYERS if module == name or module.startswith(name + ".")), key=len, default="")
+
+
+def _module_name(path: Path, layer: str) -> str:
+    parts = [*layer.split("."), *path.relative_to(ROOT / FOLDERS[layer]).with_suffix("").parts]
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
+
+
+def _files() -> dict[str, Path]:
+    """Every module of the project by its import name (the links under sed_trt/ are not walked twice)."""
+    modules = {}
+    for layer, folder in FOLDERS.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            if layer == "sed_trt" and path.relative_to(ROOT / folder).parts[0] in {
+                "runtime",
+                "sed",
+                "export",
+                "benchmarks",
+            }:
+                continue
+            modules[_module_name(path, layer)] = path
+    return modules
 
 
 def _imports(path: Path, module: str) -> set[str]:
@@ -39,12 +71,11 @@ def _imports(path: Path, module: str) -> set[str]:
                 base = ".".join([*anchor, base] if base else anchor)
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)
-    return {m for m in found if m.split(".")[0] in LAYERS}
+    return {m for m in found if _layer(m)}
 
 
 def _graph() -> dict[str, set[str]]:
-    files = [p for layer in LAYERS for p in (ROOT / layer).rglob("*.py")]
-    modules = {_module_name(p): p for p in files}
+    modules = _files()
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         deps = set()
@@ -61,8 +92,8 @@ def _graph() -> dict[str, set[str]]:
 def _upward(graph: dict[str, set[str]]) -> list[str]:
     bad = []
     for module, deps in graph.items():
-        allowed = LAYERS[LAYERS.index(module.split(".")[0]) :]
-        bad += [f"{module} -> {d}" for d in sorted(deps) if d.split(".")[0] not in allowed]
+        allowed = LAYERS[LAYERS.index(_layer(module)) :]
+        bad += [f"{module} -> {d}" for d in sorted(deps) if _layer(d) not in allowed]
     return bad
 
 
@@ -89,9 +120,9 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_the_checks_can_fail():
-    toy = {"runtime.a": {"sed.b"}, "sed.b": {"runtime.a"}, "export.c": set()}
-    assert _upward(toy) == ["runtime.a -> sed.b"]
-    assert _cycles(toy) == [["runtime.a", "sed.b", "runtime.a"]]
+    toy = {"sed_trt.runtime.a": {"sed_trt.sed.b"}, "sed_trt.sed.b": {"sed_trt.runtime.a"}, "sed_trt.export.c": set()}
+    assert _upward(toy) == ["sed_trt.runtime.a -> sed_trt.sed.b"]
+    assert _cycles(toy) == [["sed_trt.runtime.a", "sed_trt.sed.b", "sed_trt.runtime.a"]]
 
 
 def test_each_layer_imports_only_the_layers_below():
@@ -103,7 +134,7 @@ def test_runtime_is_torch_free():
     """The deployment core needs numpy, Pillow and an inference engine, never torch (the TensorRT
     backend included: cuda-python buffers); the torch backend and its array ops live in sed."""
     offenders = []
-    for path in (ROOT / "runtime").rglob("*.py"):
+    for path in (ROOT / FOLDERS["sed_trt.runtime"]).rglob("*.py"):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             names = (
@@ -125,5 +156,5 @@ def test_no_import_cycles():
 
 @pytest.mark.parametrize("package", LAYERS)
 def test_each_package_says_where_it_stands(package):
-    doc = ast.get_docstring(ast.parse((ROOT / package / "__init__.py").read_text(encoding="utf-8"))) or ""
+    doc = ast.get_docstring(ast.parse((ROOT / FOLDERS[package] / "__init__.py").read_text(encoding="utf-8"))) or ""
     assert "layer" in doc.lower() or "Layers" in doc, f"{package}/__init__.py does not state its layer"

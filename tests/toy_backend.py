@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-from runtime.backends.registry import BackendSpec, Option
+from sed_trt.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+from sed_trt.runtime.backends.registry import BackendSpec, Option
 
 SPEC = BackendSpec(
     name="toy",

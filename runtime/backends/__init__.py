@@ -1,6 +1,6 @@
 """Backends: each runs the graphs of :mod:`runtime.io_spec` and supplies array ops for the predictor.
 
-Every backend is a plug-in (:mod:`runtime.backends.registry`): one module with a ``SPEC``
+Every backend is a plug-in (:mod:`sed_trt.runtime.backends.registry`): one module with a ``SPEC``
 and a class. Tools open them with :func:`open_backend`; :func:`create_backend` builds one
 by name with its own constructor's arguments (library code and tests).
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.backends.base import ArrayOps, Backend, EngineDirBackend, NumpyOps
-from runtime.backends.registry import (
+from sed_trt.runtime.backends.base import ArrayOps, Backend, EngineDirBackend, NumpyOps
+from sed_trt.runtime.backends.registry import (
     BackendRequest,
     BackendSpec,
     Option,

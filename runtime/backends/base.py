@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import ConfigError, EngineError, InputError, SedTrtError, StateError
-from runtime.io_spec import CER_GRAPHS, LABELS, ExportLimits, GraphSpec, ModelDims, graph_specs
+from sed_trt.runtime.errors import ConfigError, EngineError, InputError, SedTrtError, StateError
+from sed_trt.runtime.io_spec import CER_GRAPHS, LABELS, ExportLimits, GraphSpec, ModelDims, graph_specs
 
 Array = Any  # np.ndarray for host backends, torch.Tensor for device backends
 
@@ -138,7 +138,7 @@ class Backend(abc.ABC):
 
     @classmethod
     def from_request(cls, request: Any) -> Backend:
-        """Build from a :class:`runtime.backends.registry.BackendRequest` (what ``open_backend`` calls)."""
+        """Build from a :class:`sed_trt.runtime.backends.registry.BackendRequest` (what ``open_backend`` calls)."""
         raise NotImplementedError(f"{cls.__name__} does not implement from_request")
 
     def placement(self) -> dict[str, Any]:
@@ -197,7 +197,7 @@ class EngineDirBackend(Backend):
 
     def __init__(self, engine_dir: str | Path, *, backbone: str | None = None) -> None:
         super().__init__()
-        from runtime.manifest import Manifest
+        from sed_trt.runtime.manifest import Manifest
 
         self.engine_dir = Path(engine_dir)
         self.manifest = Manifest.load(self.engine_dir)
@@ -280,7 +280,7 @@ class EngineDirBackend(Backend):
                 f"the engines were exported with --image-size {self.dims.image_size}; got --image-size {image_size}"
             )
         if weights is not None:
-            from runtime.fsutil import file_sha256
+            from sed_trt.runtime.fsutil import file_sha256
 
             if not Path(weights).is_file():
                 raise ConfigError(f"--weights {str(weights)!r} does not exist")

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import ArrayOps
-from runtime.errors import BackendUnavailableError, DeviceError
+from sed_trt.runtime.backends.base import ArrayOps
+from sed_trt.runtime.errors import BackendUnavailableError, DeviceError, install_hint
 
 log = logging.getLogger("sed_trt")
 
@@ -215,9 +215,7 @@ def import_cudart() -> Any:
         try:
             from cuda import cudart  # cuda-python < 12.6
         except ImportError:
-            raise BackendUnavailableError(
-                "the tensorrt backend needs cuda-python: pip install 'sed-trt[trt]'"
-            ) from None
+            raise BackendUnavailableError(f"the tensorrt backend needs cuda-python: {install_hint('trt')}") from None
     return cudart
 
 

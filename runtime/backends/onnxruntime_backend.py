@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import EngineDirBackend, NumpyOps
-from runtime.backends.registry import BackendSpec, Option
-from runtime.errors import BackendUnavailableError
+from sed_trt.runtime.backends.base import EngineDirBackend, NumpyOps
+from sed_trt.runtime.backends.registry import BackendSpec, Option
+from sed_trt.runtime.errors import BackendUnavailableError
 
 SPEC = BackendSpec(
     name="onnxruntime",

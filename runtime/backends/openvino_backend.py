@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import EngineDirBackend, NumpyOps
-from runtime.backends.registry import BackendSpec, Option
-from runtime.errors import BackendUnavailableError, ConfigError, EngineError
-from runtime.text_cache import default_cache_dir as sed_trt_cache_dir
+from sed_trt.runtime.backends.base import EngineDirBackend, NumpyOps
+from sed_trt.runtime.backends.registry import BackendSpec, Option
+from sed_trt.runtime.errors import BackendUnavailableError, ConfigError, EngineError, install_hint
+from sed_trt.runtime.fsutil import default_cache_dir as sed_trt_cache_dir
 
 SPEC = BackendSpec(
     name="openvino",
@@ -47,7 +47,7 @@ def import_openvino() -> Any:
     try:
         import openvino as ov
     except ImportError:
-        raise BackendUnavailableError("the openvino backend needs OpenVINO: pip install 'sed-trt[openvino]'") from None
+        raise BackendUnavailableError(f"the openvino backend needs OpenVINO: {install_hint('openvino')}") from None
     return ov
 
 

@@ -18,16 +18,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import ConfigError, SedTrtError
+from sed_trt.runtime.errors import ConfigError, SedTrtError
 
 ENTRY_POINT_GROUP = "sed_trt.backends"
 PRECISIONS = ("fp32", "bf16", "fp16")  # --precision's values; each backend runs a subset
 
 # name -> module holding SPEC; modules are imported only when specs are listed or a backend is opened.
 _MODULES: dict[str, str] = {
-    "onnxruntime": "runtime.backends.onnxruntime_backend",
-    "openvino": "runtime.backends.openvino_backend",
-    "tensorrt": "runtime.backends.tensorrt_backend",
+    "onnxruntime": "sed_trt.runtime.backends.onnxruntime_backend",
+    "openvino": "sed_trt.runtime.backends.openvino_backend",
+    "tensorrt": "sed_trt.runtime.backends.tensorrt_backend",
 }
 _SPECS: dict[str, BackendSpec] = {}
 
@@ -84,7 +84,7 @@ class BackendRequest:
     model: Any = None  # or a model already built (checkpoint backends; the benchmarks reuse one)
     weights: str | Path | None = None
     device: str = "cpu"
-    pooling: int = 1
+    pooling: int | None = None  # None: the engines' export pooling, or 1 (official evaluation) for a checkpoint
     image_size: int | None = None
     threads: int | None = None
     precision: str = "fp32"

@@ -20,11 +20,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from runtime.backends.base import EngineDirBackend
-from runtime.backends.cuda_ops import ALIGNMENT, CudaMemory, CudaOps, DeviceArray, DeviceMemory
-from runtime.backends.registry import BackendSpec
-from runtime.errors import BackendUnavailableError, ConfigError, EngineError
-from runtime.io_spec import DECODER_STAGE0, GRAPH_NAMES
+from sed_trt.runtime.backends.base import EngineDirBackend
+from sed_trt.runtime.backends.cuda_ops import ALIGNMENT, CudaMemory, CudaOps, DeviceArray, DeviceMemory
+from sed_trt.runtime.backends.registry import BackendSpec
+from sed_trt.runtime.errors import BackendUnavailableError, ConfigError, EngineError, install_hint
+from sed_trt.runtime.io_spec import DECODER_STAGE0, GRAPH_NAMES
 
 SPEC = BackendSpec(
     name="tensorrt",
@@ -45,7 +45,7 @@ def import_tensorrt() -> ModuleType:
         import tensorrt as trt
     except ImportError as exc:
         raise BackendUnavailableError(
-            f"TensorRT is not installed ({exc}); on a machine with an NVIDIA GPU: pip install 'sed-trt[trt]'"
+            f"TensorRT is not installed ({exc}); on a machine with an NVIDIA GPU: {install_hint('trt')}"
         ) from None
     return trt
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from runtime.cer import keeps_all
+from sed_trt.runtime.cer import keeps_all
 
 
 def cer_keep(aux_logits: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
-    """runtime.cer's rule: (T,) 1.0 for the classes whose logit reaches the per-pixel k-th
+    """sed_trt.runtime.cer's rule: (T,) 1.0 for the classes whose logit reaches the per-pixel k-th
     largest (``rank`` (1,) int64 = k - 1) at some pixel of some image of (B, T, s, s).
 
     A full sort over T (TopK with K = T, which TensorRT takes for T < 3840) and a gather at

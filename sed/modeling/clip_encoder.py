@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sed.config import ClipConfig
+from sed_trt.sed.config import ClipConfig
 
 
 @dataclass
@@ -32,7 +32,7 @@ def build_clip(cfg: ClipConfig) -> nn.Module:
     """Instantiate the open_clip CLIP described by ``cfg`` with random weights (no download)."""
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-    from runtime.errors import ConfigError
+    from sed_trt.runtime.errors import ConfigError
 
     try:
         vision = CLIPVisionCfg(**cfg.vision_cfg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sed.modeling.precision import fp32_island
+from sed_trt.sed.modeling.precision import fp32_island
 
 
 def cost_map(clip_dense: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:

@@ -23,11 +23,11 @@ from typing import cast
 import torch
 from torch import nn
 
-from runtime.io_spec import StageOutput
-from sed.config import DecoderConfig
-from sed.modeling.fam import ClassFusion, SpatialFusion
-from sed.modeling.precision import fp32_island
-from sed.modeling.sfm import DoubleConv, skip_fuse
+from sed_trt.runtime.io_spec import StageOutput
+from sed_trt.sed.config import DecoderConfig
+from sed_trt.sed.modeling.fam import ClassFusion, SpatialFusion
+from sed_trt.sed.modeling.precision import fp32_island
+from sed_trt.sed.modeling.sfm import DoubleConv, skip_fuse
 
 
 @dataclass
@@ -109,7 +109,7 @@ class DecoderStage(nn.Module):
 
 def _per_class_conv(conv: nn.Module, x: torch.Tensor, *, fp32: bool = False) -> torch.Tensor:
     """Apply a per-class module to (B, T, C, H, W) by folding T into the batch (``fp32``: an
-    fp32 island under reduced precision, see :mod:`sed.modeling.precision`)."""
+    fp32 island under reduced precision, see :mod:`sed_trt.sed.modeling.precision`)."""
     b, t = x.shape[:2]
     x = x.reshape(b * t, *x.shape[2:])  # B T C H W -> (B T) C H W
     if fp32:

@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime.image import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD
-from runtime.io_spec import ModelDims, StageOutput
-from sed.config import SEDConfig
-from sed.modeling.cer import select_categories
-from sed.modeling.clip_encoder import ImageFeatures, encode_image_dense, encode_text_tokens
-from sed.modeling.cost_map import cost_map
-from sed.modeling.decoder import GradualFusionDecoder
+from sed_trt.runtime.image import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD
+from sed_trt.runtime.io_spec import ModelDims, StageOutput
+from sed_trt.sed.config import SEDConfig
+from sed_trt.sed.modeling.cer import select_categories
+from sed_trt.sed.modeling.clip_encoder import ImageFeatures, encode_image_dense, encode_text_tokens
+from sed_trt.sed.modeling.cost_map import cost_map
+from sed_trt.sed.modeling.decoder import GradualFusionDecoder
 
 
 @dataclass

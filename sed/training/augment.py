@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.datasets import IGNORE
-from runtime.image import shortest_edge_size
+from sed_trt.runtime.datasets import IGNORE
+from sed_trt.runtime.image import shortest_edge_size
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,19 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from runtime.datasets import SegDataset
-from runtime.errors import CheckpointError, ConfigError, TrainingError
-from runtime.progress import Progress, step
-from sed.modeling.sed import SED
-from sed.training.augment import AugmentConfig, augment
-from sed.training.solver import SolverConfig, build_optimizer, clip_gradients, freeze_text_tower, sed_loss, set_lr
+from sed_trt.runtime.datasets import SegDataset
+from sed_trt.runtime.errors import CheckpointError, ConfigError, TrainingError
+from sed_trt.runtime.progress import Progress, step
+from sed_trt.sed.modeling.sed import SED
+from sed_trt.sed.training.augment import AugmentConfig, augment
+from sed_trt.sed.training.solver import (
+    SolverConfig,
+    build_optimizer,
+    clip_gradients,
+    freeze_text_tower,
+    sed_loss,
+    set_lr,
+)
 
 LAST_CHECKPOINT = "last_checkpoint"  # detectron2's pointer-file name
 
@@ -126,8 +133,8 @@ def _dist() -> tuple[int, int]:
 
 def text_features_for(model: torch.nn.Module, classes: list[str]) -> torch.Tensor:
     """(T, P, E) prompt-ensembled text features from the frozen text tower."""
-    from runtime.text_cache import encode_vocabulary
-    from runtime.tokenizer import ClipTokenizer, default_bpe_path
+    from sed_trt.runtime.text_cache import encode_vocabulary
+    from sed_trt.runtime.tokenizer import ClipTokenizer, default_bpe_path
 
     device = next(model.parameters()).device
 
@@ -156,7 +163,7 @@ def save_checkpoint(
     path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int, cfg: TrainConfig
 ) -> None:
     """Official layout under "model" (loadable by load_sed_checkpoint) + what resuming needs."""
-    from sed.checkpoint import to_official_state_dict
+    from sed_trt.sed.checkpoint import to_official_state_dict
 
     state = {
         "model": to_official_state_dict(model),
@@ -194,9 +201,9 @@ def evaluate_model(
 
     Under DDP every process scores a shard and the confusion matrices are summed.
     """
-    from runtime.evaluate import ConfusionMatrix, compute_metrics, evaluate
-    from runtime.predictor import Predictor
-    from sed.backend import TorchBackend
+    from sed_trt.runtime.evaluate import ConfusionMatrix, compute_metrics, evaluate
+    from sed_trt.runtime.predictor import Predictor
+    from sed_trt.sed.backend import TorchBackend
 
     rank, world = (
         (torch.distributed.get_rank(), torch.distributed.get_world_size())
@@ -264,7 +271,7 @@ def train(
     if resume and ckpt is None:
         step(f"no checkpoint in {str(out)!r} to resume from: starting at iteration 0", enabled=rank == 0)
     if ckpt is not None:
-        from sed.checkpoint import load_strict, read_checkpoint, remap_official_state_dict
+        from sed_trt.sed.checkpoint import load_strict, read_checkpoint, remap_official_state_dict
 
         state = read_checkpoint(ckpt, "training checkpoint")
         for key in ("model", "optimizer", "iteration"):

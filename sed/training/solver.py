@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime.datasets import IGNORE
+from sed_trt.runtime.datasets import IGNORE
 
 # detectron2's norm_module_types: these get weight_decay_norm (0). timm's LayerNorm2d is an
 # nn.LayerNorm; the decoder's channels-last LayerNorm is not, so it keeps weight decay.

@@ -5,11 +5,29 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from runtime.backends import Backend
-from runtime.errors import ConfigError
-from runtime.image import DEFAULT_MAX_PIXELS
-from runtime.io_spec import ENCODER_STRIDE, MAX_NETWORK_SIZE, MIN_NETWORK_SIZE
-from runtime.text_cache import TextFeatureCache, default_cache_dir
+from sed_trt.runtime.backends import Backend
+from sed_trt.runtime.deployment import CACHE_DEFAULT, CACHE_OFF, Deployment
+from sed_trt.runtime.errors import ConfigError
+from sed_trt.runtime.image import DEFAULT_MAX_PIXELS
+from sed_trt.runtime.text_cache import TextFeatureCache
+
+
+class StoreOnce(argparse._StoreAction):
+    """A single-value flag given twice is a usage error (argparse would keep the last silently:
+    ``--image a.jpg --image b.jpg`` segmented only b.jpg)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        seen: set[str] = namespace.__dict__.setdefault("_flags_given", set())
+        if self.dest in seen:
+            parser.error(f"{option_string or self.dest} given more than once")
+        seen.add(self.dest)
+        super().__call__(parser, namespace, values, option_string)
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -29,6 +47,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
@@ -73,7 +101,9 @@ def add_model_args(p: argparse.ArgumentParser, *, backbone_default: str | None =
 
 
 def add_cache_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cache-dir", default=None, help="text-feature cache (default: $SED_TRT_CACHE or ~/.cache/sed-trt)")
+    p.add_argument(
+        "--cache-dir", default=None, help="text-feature cache (default: $SED_TRT_CACHE, else ~/.cache/sed-trt)"
+    )
     p.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk text-feature cache")
 
 
@@ -98,7 +128,7 @@ def add_classes_arg(p: argparse.ArgumentParser, *, required: bool = True) -> Non
 
 def add_backend_options(p: argparse.ArgumentParser) -> None:
     """Every registered backend's own options as flags (each declared once, in its backend's SPEC)."""
-    from runtime.backends.registry import all_options
+    from sed_trt.runtime.backends.registry import all_options
 
     for keyword, opt in all_options().items():
         kwargs: dict[str, Any] = {"dest": keyword, "default": None, "help": opt.help}
@@ -114,16 +144,20 @@ def add_backend_options(p: argparse.ArgumentParser) -> None:
 
 def backend_options(args: argparse.Namespace) -> dict[str, Any]:
     """The backend options given on the command line (None: not given)."""
-    from runtime.backends.registry import all_options
+    from sed_trt.runtime.backends.registry import all_options
 
     return {k: getattr(args, k) for k in all_options() if getattr(args, k, None) is not None}
 
 
 def add_runtime_args(p: argparse.ArgumentParser) -> None:
-    from runtime.backends.registry import PRECISIONS, backend_specs
+    from sed_trt.runtime.backends.registry import PRECISIONS, all_labels, backend_specs
 
     specs = backend_specs()
-    p.add_argument("--backend", choices=list(specs), default="torch", help="what runs the model")
+    p.add_argument(
+        "--backend",
+        default=None,
+        help=f"what runs the model: {' | '.join(all_labels())} (default: onnxruntime with --engine-dir, else torch)",
+    )
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -146,49 +180,58 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="classes per decoder-graph run (default: the export's --class-chunk, 16; torch: 16); bounds memory",
     )
-    p.add_argument("--pooling", type=positive_int, default=1, help="class-attention pooling (1 = official evaluation)")
+    p.add_argument(
+        "--pooling",
+        type=positive_int,
+        default=None,
+        help="class-attention pooling (default: an engine directory's own; 1, the official evaluation, for a checkpoint)",
+    )
     p.add_argument("--device", default="cpu", help="torch: its device (cpu, cuda, cuda:N); tensorrt: its GPU (cuda:N)")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: the library's choice)")
     add_cache_args(p)
     add_quiet(p)
 
 
-def model_spec(args: argparse.Namespace) -> Any:
-    """The model config the arguments name: ``--backbone`` with ``--image-size`` applied."""
-    if args.backbone is None:
-        raise ConfigError("--backbone is required")
-    if args.image_size is None:
-        return args.backbone
-    import dataclasses
-
-    from sed.config import load_config
-
-    if args.image_size % ENCODER_STRIDE or not MIN_NETWORK_SIZE <= args.image_size <= MAX_NETWORK_SIZE:
-        raise ConfigError(
-            f"--image-size must be a multiple of {ENCODER_STRIDE} between {MIN_NETWORK_SIZE} and {MAX_NETWORK_SIZE}, got {args.image_size}"
-        )
-    return dataclasses.replace(load_config(args.backbone), image_size=args.image_size)
+def deployment_from_args(args: argparse.Namespace, **changes: Any) -> Deployment:
+    """The deployment the command line describes (the one place flags become it)."""
+    cache = CACHE_OFF if getattr(args, "no_cache", False) else (getattr(args, "cache_dir", None) or CACHE_DEFAULT)
+    fields: dict[str, Any] = {
+        "backend": getattr(args, "backend", None),
+        "engine_dir": getattr(args, "engine_dir", None),
+        "backbone": getattr(args, "backbone", None),
+        "weights": getattr(args, "weights", None),
+        "image_size": getattr(args, "image_size", None),
+        "device": getattr(args, "device", "cpu"),
+        "precision": getattr(args, "precision", "fp32"),
+        "threads": getattr(args, "threads", None),
+        "options": backend_options(args),
+        "topk": getattr(args, "topk", None),
+        "class_chunk": getattr(args, "class_chunk", None),
+        "pooling": getattr(args, "pooling", None),
+        "cache": cache,
+        "max_pixels": getattr(args, "max_pixels", DEFAULT_MAX_PIXELS),
+    }
+    return Deployment(**{**fields, **changes})
 
 
 def make_backend(args: argparse.Namespace) -> Backend:
     """Create (not activate) the backend the arguments ask for; the runtime checks it fits."""
-    from runtime.backends.registry import BackendRequest, open_backend, parse_label
-
-    spec, _ = parse_label(args.backend)
-    checkpoint = spec.loads == "checkpoint"
-    request = BackendRequest(
-        engine_dir=args.engine_dir,
-        backbone=model_spec(args) if checkpoint and args.backbone is not None else args.backbone,
-        weights=args.weights,
-        device=args.device,
-        pooling=args.pooling,
-        image_size=args.image_size,
-        threads=args.threads,
-        precision=args.precision,
-        options=backend_options(args),
-    )
-    return open_backend(args.backend, request)
+    return deployment_from_args(args).open_backend()
 
 
 def make_cache(args: argparse.Namespace) -> TextFeatureCache:
-    return TextFeatureCache(None if args.no_cache else (args.cache_dir or default_cache_dir()))
+    return deployment_from_args(args).text_cache()
+
+
+def model_spec(args: argparse.Namespace) -> Any:
+    """The model config export and train build: ``--backbone`` with ``--image-size`` applied."""
+    if args.backbone is None:
+        raise ConfigError("--backbone is required")
+    Deployment(backbone=args.backbone, image_size=args.image_size)  # the one check of --image-size
+    if args.image_size is None:
+        return args.backbone
+    import dataclasses
+
+    from sed_trt.sed.config import load_config
+
+    return dataclasses.replace(load_config(args.backbone), image_size=args.image_size)

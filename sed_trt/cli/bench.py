@@ -31,7 +31,7 @@ def int_list(text: str) -> tuple[int, ...]:
 
 def run_bench(args: argparse.Namespace) -> int:
     """Benchmark PyTorch vs ONNX Runtime (vs OpenVINO, TensorRT): ms/image with and without CER."""
-    from benchmarks.bench import BenchConfig, run_bench
+    from sed_trt.benchmarks.bench import BenchConfig, run_bench
 
     cfg = BenchConfig(
         backbone=args.backbone,
@@ -56,7 +56,7 @@ def run_figures(args: argparse.Namespace) -> int:
     """Redraw the benchmark figures from a bench.json (e.g. one measured on another machine)."""
     from pathlib import Path
 
-    from benchmarks.figures import load_bench_json, write_figures
+    from sed_trt.benchmarks.figures import load_bench_json, write_figures
 
     result = load_bench_json(args.bench_json)
     figures = write_figures(result, Path(args.out_dir) if args.out_dir else Path(args.bench_json).parent)

@@ -5,26 +5,27 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
-from runtime.errors import ConfigError
 from sed_trt.cli.args import (
     add_cache_args,
     add_classes_arg,
     add_image_args,
     add_quiet,
     add_subcommand,
-    make_cache,
+    deployment_from_args,
     positive_int,
 )
+from sed_trt.runtime.errors import ConfigError
 
 
 def run(args: argparse.Namespace) -> int:
     """Accuracy of backends and precisions against a reference on one image: probabilities, labels, CER kept sets."""
-    from runtime.backends.registry import BackendRequest, open_backend, parse_label
-    from runtime.compare import compare_backends, format_agreements
-    from runtime.fsutil import atomic_write, check_outputs
-    from runtime.image import load_image
-    from runtime.vocab import load_vocabulary
+    from sed_trt.runtime.backends.registry import parse_label
+    from sed_trt.runtime.compare import compare_backends, format_agreements
+    from sed_trt.runtime.fsutil import atomic_write, check_outputs
+    from sed_trt.runtime.image import load_image
+    from sed_trt.runtime.vocab import load_vocabulary
 
     check_outputs({"--out-json": args.out_json}, {"--image": args.image})
     labels = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -34,19 +35,20 @@ def run(args: argparse.Namespace) -> int:
     classes = load_vocabulary(args.classes)
     image = load_image(args.image, max_pixels=args.max_pixels)
 
-    def request(label: str) -> BackendRequest:
+    def open_row(label: str) -> Any:
         spec = parse_label(label)[0]
-        return BackendRequest(
+        return deployment_from_args(
+            args,
+            backend=label,
             engine_dir=None if spec.loads == "checkpoint" else args.engine_dir,
-            backbone=args.backbone,
-            weights=args.weights,
             device="cpu" if spec.placement == "cpu" else args.device,
             threads=None if spec.placement == "gpu" else args.threads,
-        )
+        ).open_backend()
 
-    reference = open_backend(args.reference, request(args.reference))
-    others = [open_backend(label, request(label)) for label in labels]
-    rows = compare_backends(reference, others, image, classes, topk=args.topk, cache=make_cache(args))
+    reference = open_row(args.reference)
+    others = [open_row(label) for label in labels]
+    cache = deployment_from_args(args).text_cache()
+    rows = compare_backends(reference, others, image, classes, topk=args.topk, cache=cache)
     title = f"{len(classes)} classes, CER {f'top-{args.topk}' if args.topk else 'off'}, reference {reference.label}, image {args.image}"
     print(format_agreements(rows, title=title), end="")
     if args.out_json:

@@ -7,9 +7,9 @@ import importlib
 from collections.abc import Callable
 from importlib import metadata
 
-from runtime.backends.registry import probe_all
-from runtime.errors import ConfigError, SedTrtError
 from sed_trt.cli.args import add_subcommand
+from sed_trt.runtime.backends.registry import probe_all
+from sed_trt.runtime.errors import ConfigError, SedTrtError
 
 
 def _version(dist: str) -> str | None:
@@ -29,8 +29,8 @@ def _probe(fn: Callable[[], str]) -> tuple[bool, str]:
 
 
 def _gpu(device: str, found: dict[str, str]) -> str:
-    from runtime.backends.cuda_ops import CudaMemory
-    from runtime.backends.tensorrt_backend import device_index
+    from sed_trt.runtime.backends.cuda_ops import CudaMemory
+    from sed_trt.runtime.backends.tensorrt_backend import device_index
 
     memory = CudaMemory(device_index(device))
     try:
@@ -52,7 +52,7 @@ def _module(name: str, dist: str) -> Callable[[], str]:
 
 def _engines(engine_dir: str, found: dict[str, str]) -> str:
     """Verify an engine directory's files, and its engines against the TensorRT and GPU found here."""
-    from runtime.manifest import Manifest
+    from sed_trt.runtime.manifest import Manifest
 
     manifest = Manifest.load(engine_dir)
     manifest.verify_files(engine_dir, which=("graph", "tokenizer", "engine"))

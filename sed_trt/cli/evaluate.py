@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from runtime.datasets import SegDataset
-from sed_trt.cli.args import add_model_args, add_runtime_args, add_subcommand, make_backend, make_cache, positive_int
+from sed_trt.cli.args import add_model_args, add_runtime_args, add_subcommand, deployment_from_args, positive_int
+from sed_trt.runtime.datasets import SegDataset
 
 
 def add_dataset_args(p: argparse.ArgumentParser, default: str | None) -> None:
-    from runtime.datasets import BUILTIN_DATASETS
+    from sed_trt.runtime.datasets import BUILTIN_DATASETS
 
     tail = f" (default {default}, unless --images/--labels name a custom one)" if default else ""
     p.add_argument(
@@ -34,7 +34,7 @@ def add_dataset_args(p: argparse.ArgumentParser, default: str | None) -> None:
 
 
 def open_dataset_args(args: argparse.Namespace) -> SegDataset:
-    from runtime.datasets import open_dataset
+    from sed_trt.runtime.datasets import open_dataset
 
     name = args.dataset
     if name is None and args.images is None and args.labels is None:
@@ -55,20 +55,18 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from runtime.evaluate import evaluate, format_table
-    from runtime.fsutil import atomic_write, check_outputs
-    from runtime.predictor import Predictor
+    from sed_trt.runtime.evaluate import evaluate, format_table
+    from sed_trt.runtime.fsutil import atomic_write, check_outputs
 
     check_outputs({"--out-json": args.out_json}, {"--weights": args.weights})
     dataset = open_dataset_args(args)
-    backend = make_backend(args)
+    deployment = deployment_from_args(args)
+    backend = deployment.open_backend()
     with backend:
-        predictor = Predictor(
-            backend, topk=args.topk, cache=make_cache(args), progress=not args.quiet, class_chunk=args.class_chunk
-        )
+        predictor = deployment.predictor(backend, progress=not args.quiet)
         metrics, _ = evaluate(predictor, dataset, limit=args.limit, progress=not args.quiet)
     if metrics is None:
-        from runtime.errors import DatasetError
+        from sed_trt.runtime.errors import DatasetError
 
         raise DatasetError(f"dataset {dataset.name!r}: the evaluated images have no labelled pixel")
     n = len(dataset) if args.limit is None else min(args.limit, len(dataset))

@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from runtime.errors import ConfigError
 from sed_trt.cli.args import add_model_args, add_quiet, add_subcommand, model_spec, positive_int
+from sed_trt.runtime.errors import ConfigError
 
 
 def run_export(args: argparse.Namespace) -> int:
     """Export ONNX graphs + manifest (and TensorRT engines where TensorRT and a GPU exist)."""
-    from export.onnx_export import check_export_target, run_export
-    from runtime.io_spec import ExportLimits
-    from sed.build import load_sed
+    from sed_trt.export.onnx_export import check_export_target, run_export
+    from sed_trt.runtime.io_spec import ExportLimits
+    from sed_trt.sed.build import load_sed
 
     if args.backbone is None:
         raise ConfigError("export needs --backbone")
@@ -34,8 +34,8 @@ def run_export(args: argparse.Namespace) -> int:
     )
     if args.engines == "skip":
         return 0
-    from export.trt_build import tensorrt_unavailable_reason
-    from runtime.progress import step
+    from sed_trt.export.trt_build import tensorrt_unavailable_reason
+    from sed_trt.runtime.progress import step
 
     reason = tensorrt_unavailable_reason()
     if reason is not None:
@@ -54,7 +54,7 @@ def run_build_engines(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace, engine_dir: str) -> None:
-    from export.trt_build import build_engines
+    from sed_trt.export.trt_build import build_engines
 
     build_engines(engine_dir, precision=args.precision, tf32=args.tf32, device=args.device, progress=not args.quiet)
 
@@ -75,7 +75,7 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from runtime.io_spec import ExportLimits
+    from sed_trt.runtime.io_spec import ExportLimits
 
     p = add_subcommand(sub, "export", run_export)
     add_model_args(p)

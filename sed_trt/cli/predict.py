@@ -8,20 +8,19 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import ConfigError
-from runtime.fsutil import atomic_write, check_outputs, write_npz
-from runtime.postprocess import label_areas
-from runtime.vocab import names_file
 from sed_trt.cli.args import (
     add_classes_arg,
     add_image_args,
     add_model_args,
     add_runtime_args,
     add_subcommand,
-    make_backend,
-    make_cache,
+    deployment_from_args,
     unit_float,
 )
+from sed_trt.runtime.errors import ConfigError
+from sed_trt.runtime.fsutil import atomic_write, check_outputs, write_npz
+from sed_trt.runtime.postprocess import label_areas
+from sed_trt.runtime.vocab import names_file
 
 
 def image_format(path: str) -> str:
@@ -56,7 +55,7 @@ def write_results(
     if args.out:
         from PIL import Image
 
-        from runtime.visualize import overlay
+        from sed_trt.runtime.visualize import overlay
 
         banner = "RANDOM WEIGHTS: this segmentation is meaningless (no --weights)" if random_weights else None
         vis = overlay(image, labels, classes, alpha=args.alpha, banner=banner, side_by_side=args.side_by_side)
@@ -72,7 +71,7 @@ def wrote_line(written: list[object]) -> str:
 
 def summary(classes: list[str], labels: np.ndarray, kept: np.ndarray) -> str:
     """Vocabulary size, kept classes and the 8 largest classes present."""
-    from runtime.vocab import display_name
+    from sed_trt.runtime.vocab import display_name
 
     ids, counts = label_areas(labels)
     top = ", ".join(
@@ -93,8 +92,8 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
 
 def read_request(args: argparse.Namespace, **inputs: str | None) -> tuple[list[str], np.ndarray]:
     """Check ``--out``/``--save-npz`` against every input file, then load (classes, image)."""
-    from runtime.image import load_image
-    from runtime.vocab import load_vocabulary
+    from sed_trt.runtime.image import load_image
+    from sed_trt.runtime.vocab import load_vocabulary
 
     classes_file = args.classes if names_file(args.classes) else None
     check_outputs(
@@ -108,14 +107,12 @@ def read_request(args: argparse.Namespace, **inputs: str | None) -> tuple[list[s
 
 def run(args: argparse.Namespace) -> int:
     """Segment one image into the given classes."""
-    from runtime.predictor import Predictor
-
+    deployment = deployment_from_args(args)
+    deployment.check_files()  # a missing checkpoint is said before any heavy import
     classes, image = read_request(args, **{"--weights": args.weights})
-    backend = make_backend(args)
+    backend = deployment.open_backend()
     with backend:
-        predictor = Predictor(
-            backend, topk=args.topk, cache=make_cache(args), progress=not args.quiet, class_chunk=args.class_chunk
-        )
+        predictor = deployment.predictor(backend, progress=not args.quiet)
         predictor.set_classes(classes)
         pred = predictor.predict(image)
         probs = pred.probs if args.save_npz else None  # fetched from the backend only when saved

@@ -6,58 +6,54 @@ import argparse
 import logging
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from runtime.errors import ConfigError
 from sed_trt.cli.args import (
     add_classes_arg,
     add_image_args,
     add_model_args,
     add_runtime_args,
     add_subcommand,
-    backend_options,
-    make_backend,
+    deployment_from_args,
+    non_negative_int,
     positive_int,
 )
 from sed_trt.cli.predict import add_output_args, read_request, summary, write_results, wrote_line
+from sed_trt.runtime.backends.registry import parse_label
+from sed_trt.runtime.errors import ConfigError
 
 
-def repository_settings(args: argparse.Namespace) -> tuple[object, object]:
-    """The repository's settings and instance configuration from the arguments."""
-    from runtime.backends import parse_label
-    from runtime.text_cache import default_cache_dir
-    from sed_trt.serve.repository import InstanceConfig, RepositorySettings
+def repository_settings(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The repository's deployment and instance configuration from the arguments."""
+    from sed_trt.serve.repository import InstanceConfig
 
-    spec, _ = parse_label(args.backend)
+    deployment = deployment_from_args(args, batch_size=args.max_batch, cache_memory_mb=args.vocab_cache_mb)
+    spec, _ = parse_label(deployment.backend_label)
     if spec.loads == "engine_dir" and args.engine_dir is None:
         raise ConfigError(f"--engine-dir is required with --backend {spec.name} (make one with 'sed-trt export')")
+    if spec.loads == "checkpoint":
+        deployment = deployment.replace(backend=deployment.backend_label)
     gpu = spec.placement == "gpu" or (spec.placement == "device" and str(args.device).startswith("cuda"))
-    gpus = tuple(int(g) for g in args.gpus.split(",")) if args.gpus else ()
-    settings = RepositorySettings(
-        backend=args.backend,
-        engine_dir=args.engine_dir,
-        backbone=_path_or_name(args.backbone) if spec.loads == "checkpoint" else None,
-        image_size=args.image_size,
-        weights=str(Path(args.weights).resolve()) if args.weights else None,
-        precision=args.precision,
-        threads=args.threads,
-        options=backend_options(args),
-        topk=args.topk,
-        class_chunk=args.class_chunk,
-        max_batch=args.max_batch,
-        cache_dir=None if args.no_cache else str(Path(args.cache_dir or default_cache_dir()).resolve()),
-        cache_memory_mb=args.vocab_cache_mb,
-    )
     instances = InstanceConfig(
-        instances=args.instances, kind="KIND_GPU" if gpu else "KIND_CPU", gpus=gpus, queue_delay_us=args.queue_delay_us
+        instances=args.instances,
+        kind="KIND_GPU" if gpu else "KIND_CPU",
+        gpus=parse_gpus(args.gpus),
+        queue_delay_us=args.queue_delay_us,
     )
-    return settings, instances
+    return deployment, instances
 
 
-def _path_or_name(backbone: str | None) -> str | None:
-    """A config file as an absolute path (the server runs elsewhere), a config name as it is."""
-    if backbone is not None and Path(backbone).is_file():
-        return str(Path(backbone).resolve())
-    return backbone
+def parse_gpus(text: str | None) -> tuple[int, ...]:
+    """``--gpus 0,1`` -> (0, 1); anything else is one line."""
+    if not text:
+        return ()
+    try:
+        gpus = tuple(int(g) for g in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--gpus {text!r}: expected GPU indices such as 0,1") from None
+    if any(g < 0 for g in gpus):
+        raise ConfigError(f"--gpus {text!r}: GPU indices are >= 0")
+    return gpus
 
 
 def run_triton_repo(args: argparse.Namespace) -> int:
@@ -65,7 +61,7 @@ def run_triton_repo(args: argparse.Namespace) -> int:
     from sed_trt.serve.repository import write_repository
 
     settings, instances = repository_settings(args)
-    written = write_repository(args.out, settings, instances, form=args.form, engine_path=args.engine_path)  # type: ignore[arg-type]
+    written = write_repository(args.out, settings, instances, form=args.form, engine_path=args.engine_path)
     print(
         f"wrote {len(written)} files in {args.out} (models: {sorted({p.relative_to(args.out).parts[0] for p in written})})"
     )
@@ -87,10 +83,10 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.repository:
         return serve_repository(args.repository, config)
     settings, instances = repository_settings(args)
-    make_backend(args)  # refuse a bad engine directory or option before anything starts
+    settings.open_backend()  # refuse a bad engine directory or option before anything starts
     with tempfile.TemporaryDirectory(prefix="sed-trt-repo-") as tmp:
         repo = Path(tmp) / "repository"
-        write_repository(repo, settings, instances)  # type: ignore[arg-type]
+        write_repository(repo, settings, instances)
         return serve_repository(repo, config)
 
 
@@ -110,8 +106,15 @@ def run_client(args: argparse.Namespace) -> int:
 def add_repository_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     add_runtime_args(p)
-    p.add_argument("--max-batch", type=positive_int, default=4, help="images per batch (Triton's max_batch_size)")
-    p.add_argument("--queue-delay-us", type=int, default=2000, help="how long Triton waits to grow a batch")
+    p.add_argument(
+        "--max-batch",
+        type=positive_int,
+        default=None,
+        help="images per batch, Triton's max_batch_size (default: the engines' export limit; 4 for torch)",
+    )
+    p.add_argument(
+        "--queue-delay-us", type=non_negative_int, default=2000, help="how long Triton waits to grow a batch"
+    )
     p.add_argument(
         "--instances", type=positive_int, default=1, help="model instances (each its own backend: memory x N)"
     )

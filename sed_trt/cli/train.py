@@ -14,11 +14,11 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from runtime.errors import ConfigError
-    from sed.build import load_sed
-    from sed.training.augment import AugmentConfig
-    from sed.training.loop import TrainConfig, latest_checkpoint, train
-    from sed.training.solver import SolverConfig
+    from sed_trt.runtime.errors import ConfigError
+    from sed_trt.sed.build import load_sed
+    from sed_trt.sed.training.augment import AugmentConfig
+    from sed_trt.sed.training.loop import TrainConfig, latest_checkpoint, train
+    from sed_trt.sed.training.solver import SolverConfig
 
     if not args.resume and latest_checkpoint(args.out_dir) is not None:
         raise ConfigError(
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     )
     eval_dataset = None
     if args.eval_dataset:
-        from runtime.datasets import open_dataset
+        from sed_trt.runtime.datasets import open_dataset
 
         eval_dataset = open_dataset(args.eval_dataset, root=args.data_root, classes=args.classes)
     record = train(model, dataset, cfg, resume=args.resume, progress=not args.quiet, eval_dataset=eval_dataset)

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import EngineDirBackend, NumpyOps
-from runtime.errors import EngineError
+from sed_trt.runtime.backends.base import EngineDirBackend, NumpyOps
+from sed_trt.runtime.errors import EngineError
 from sed_trt.serve.repository import BLS_PREFIX
 
 

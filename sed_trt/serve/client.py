@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import BackendUnavailableError, ServeError
-from runtime.vocab import validate_vocabulary
+from sed_trt.runtime.errors import BackendUnavailableError, ServeError, install_hint
+from sed_trt.runtime.vocab import validate_vocabulary
 from sed_trt.serve.service import MODEL_NAME
 
 
@@ -30,7 +30,7 @@ def _protocol(url: str) -> tuple[Any, str]:
             return tc, url[len("grpc://") :]
         import tritonclient.http as tc
     except ImportError:
-        raise BackendUnavailableError("the client needs tritonclient: pip install 'sed-trt[serve]'") from None
+        raise BackendUnavailableError(f"the client needs tritonclient: {install_hint('serve')}") from None
     return tc, url.removeprefix("http://")
 
 

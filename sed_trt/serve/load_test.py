@@ -136,7 +136,7 @@ def make_images(seed: int = 0) -> list[np.ndarray]:
 
 
 def make_vocabularies(max_classes: int) -> list[list[str]]:
-    from runtime.vocab import load_vocabulary
+    from sed_trt.runtime.vocab import load_vocabulary
 
     ade = load_vocabulary("ade150")
     sizes = sorted({min(n, max_classes) for n in (8, 20, 50)})
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", default="results/load_test")
     args = p.parse_args(argv)
 
-    from runtime.manifest import Manifest
+    from sed_trt.runtime.manifest import Manifest
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

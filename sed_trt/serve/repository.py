@@ -12,7 +12,9 @@ Two forms, both served by the same ``sed`` model interface (inputs ``image``, ``
   schedules each graph itself (instance counts per graph, its own metrics). It needs
   Triton's TensorRT backend, so a GPU machine.
 
-Each ``sed`` model reads ``settings.json`` beside its config: what to open and how.
+Each ``sed`` model reads ``settings.json`` beside its config: a
+:class:`~sed_trt.runtime.deployment.Deployment` as JSON (what to open and how to predict; its
+``batch_size`` is Triton's ``max_batch_size``), paths made absolute for the serving machine.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import ConfigError
-from runtime.fsutil import check_writable_dir
-from runtime.io_spec import GRAPH_NAMES, GraphSpec, TensorSpec
+from sed_trt.runtime.deployment import CACHE_DEFAULT, CACHE_OFF, Deployment
+from sed_trt.runtime.errors import ConfigError
+from sed_trt.runtime.fsutil import check_writable_dir
+from sed_trt.runtime.io_spec import GRAPH_NAMES, GraphSpec, TensorSpec
 from sed_trt.serve.service import INPUTS, MODEL_NAME, OUTPUTS, TensorDef
 
 BLS_PREFIX = "sed_"
@@ -37,24 +40,8 @@ from sed_trt.serve.triton_model import TritonPythonModel  # noqa: F401
 '''
 
 
-@dataclass(frozen=True)
-class RepositorySettings:
-    """What the ``sed`` model opens and how it serves (``settings.json``)."""
-
-    backend: str = "onnxruntime"  # a backend label (``openvino-bf16``...), or ``triton-bls``
-    engine_dir: str | None = None
-    backbone: str | None = None
-    image_size: int | None = None  # the torch backend's network input (default: the config's)
-    weights: str | None = None
-    precision: str = "fp32"
-    threads: int | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    topk: int | None = None
-    class_chunk: int | None = None
-    max_batch: int = 4  # images per predictor batch (and Triton's max_batch_size)
-    cache_dir: str | None = None
-    cache_memory_mb: int = 512
-    cache_disk_mb: int = 4096
+BLS_LABEL = "triton-bls"  # the backend label of the bls form's sed model (each graph its own plan model)
+DEFAULT_TORCH_BATCH = 4  # the torch backend has no export limit: images per batch unless told
 
 
 @dataclass(frozen=True)
@@ -80,14 +67,14 @@ def _tensor_block(t: TensorDef, *, is_input: bool) -> str:
     return f'  {{ name: "{t.name}" data_type: {t.triton_type} dims: {_dims(t.shape)}{extra} }}'
 
 
-def sed_config(settings: RepositorySettings, instances: InstanceConfig) -> str:
+def sed_config(settings: Deployment, instances: InstanceConfig) -> str:
     """``config.pbtxt`` of the ``sed`` model."""
     gpus = f" gpus: [ {', '.join(map(str, instances.gpus))} ]" if instances.gpus else ""
     return "\n".join(
         [
             f'name: "{MODEL_NAME}"',
             'backend: "python"',
-            f"max_batch_size: {settings.max_batch}",
+            f"max_batch_size: {settings.batch_size or 1}",
             "input [",
             ",\n".join(_tensor_block(t, is_input=True) for t in INPUTS),
             "]",
@@ -128,9 +115,35 @@ def plan_config(name: str, spec: GraphSpec, instances: InstanceConfig) -> str:
     )
 
 
+def stored_deployment(settings: Deployment, *, engine_path: str | None = None) -> Deployment:
+    """The deployment as the serving machine reads it: the batch size settled (default: the
+    engines' export limit; larger is refused), paths absolute (or ``engine_path``, a container's
+    volume), the cache policy as given (the server's own default cache, not the writer's)."""
+    from sed_trt.runtime.manifest import Manifest
+
+    changes: dict[str, Any] = {}
+    if settings.engine_dir is not None:
+        limit = Manifest.load(settings.engine_dir).limits.max_batch
+        if settings.batch_size is not None and settings.batch_size > limit:
+            raise ConfigError(
+                f"--max-batch {settings.batch_size}: the engines in {settings.engine_dir!r} were exported for batches of up to {limit} (sed-trt export --max-batch)"
+            )
+        changes["batch_size"] = settings.batch_size or limit
+        changes["engine_dir"] = engine_path or str(Path(settings.engine_dir).resolve())
+    else:
+        changes["batch_size"] = settings.batch_size or DEFAULT_TORCH_BATCH
+    if settings.weights is not None:
+        changes["weights"] = str(Path(settings.weights).resolve())
+    if settings.backbone is not None and Path(settings.backbone).is_file():  # a config file, not a name
+        changes["backbone"] = str(Path(settings.backbone).resolve())
+    if settings.cache not in (CACHE_DEFAULT, CACHE_OFF):
+        changes["cache"] = str(Path(settings.cache).resolve())
+    return settings.replace(**changes)
+
+
 def write_repository(
     out: str | Path,
-    settings: RepositorySettings,
+    settings: Deployment,
     instances: InstanceConfig = InstanceConfig(),
     *,
     form: str = "python",
@@ -141,14 +154,16 @@ def write_repository(
     ``engine_path``: where the engine directory is on the serving machine (a container's
     volume), if not where ``settings.engine_dir`` says.
     """
-    from runtime.manifest import Manifest
+    from sed_trt.runtime.manifest import Manifest
+
+    if form not in ("python", "bls"):
+        raise ConfigError(f"--form {form!r}: python or bls")
+    stored = stored_deployment(settings, engine_path=engine_path)
 
     out = Path(out)
     check_writable_dir(out, "--out")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {str(out)!r} is not empty: a repository goes into a new or empty directory")
-    if form not in ("python", "bls"):
-        raise ConfigError(f"--form {form!r}: python or bls")
     written: list[Path] = []
 
     def write(rel: str, text: str) -> None:
@@ -173,11 +188,9 @@ def write_repository(
             plan.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(Path(settings.engine_dir) / manifest.engines[graph].file, plan)
             written.append(plan)
-        settings = RepositorySettings(**{**asdict(settings), "backend": "triton-bls"})
-    engine_dir = engine_path or (str(Path(settings.engine_dir).resolve()) if settings.engine_dir else None)
-    stored = RepositorySettings(**{**asdict(settings), "engine_dir": engine_dir})
+        stored = stored.replace(backend=BLS_LABEL)
     write(f"{MODEL_NAME}/config.pbtxt", sed_config(stored, instances))
-    write(f"{MODEL_NAME}/settings.json", json.dumps(asdict(stored), indent=2) + "\n")
+    write(f"{MODEL_NAME}/settings.json", json.dumps(stored.to_dict(), indent=2, sort_keys=True) + "\n")
     write(f"{MODEL_NAME}/1/model.py", MODEL_PY)
     os.chmod(out, 0o755)
     return written

@@ -31,7 +31,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.errors import BackendUnavailableError, ConfigError, ServeError
+from sed_trt.runtime.errors import BackendUnavailableError, ConfigError, ServeError, install_hint
 from sed_trt.serve.triton_model import STATE_DIR_ENV
 
 log = logging.getLogger("sed_trt")
@@ -86,7 +86,7 @@ def find_tritonserver(state_dir: Path) -> tuple[list[str], dict[str, str]]:
         from pytriton.utils.distribution import get_libs_path, get_root_module_path, get_stub_path
     except ImportError:
         raise BackendUnavailableError(
-            "no tritonserver: run in NVIDIA's Triton container, or pip install 'sed-trt[serve]' (its wheel bundles one)"
+            f"no tritonserver: run in NVIDIA's Triton container, or {install_hint('serve')} (PyTriton's wheel bundles one)"
         ) from None
     dist = get_root_module_path() / "tritonserver"
     backends = state_dir / "backends"

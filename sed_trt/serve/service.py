@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import Backend
-from runtime.errors import InputError, SedTrtError
-from runtime.image import check_image
-from runtime.predictor import Prediction, Predictor
-from runtime.text_cache import TextFeatureCache
-from runtime.vocab import validate_vocabulary
+from sed_trt.runtime.backends.base import Backend
+from sed_trt.runtime.errors import InputError, SedTrtError
+from sed_trt.runtime.image import check_image
+from sed_trt.runtime.predictor import Prediction, Predictor
+from sed_trt.runtime.text_cache import TextFeatureCache
+from sed_trt.runtime.vocab import validate_vocabulary
 
 log = logging.getLogger("sed_trt")
 

@@ -32,46 +32,29 @@ def _pb_utils() -> Any:
 
 
 def open_service(settings: dict[str, Any], device: str) -> Any:
-    """The service a settings file describes, on ``device`` (warmed up)."""
-    import sed  # noqa: F401  (registers the torch backend)
-    from runtime.backends import BackendRequest, open_backend
-    from runtime.text_cache import TextFeatureCache
+    """The service a settings file (a :class:`~sed_trt.runtime.deployment.Deployment` as JSON)
+    describes, on ``device`` (warmed up)."""
+    import sed_trt.sed  # noqa: F401  (registers the torch backend)
+    from sed_trt.runtime.deployment import Deployment
+    from sed_trt.serve.repository import BLS_LABEL
     from sed_trt.serve.service import SegmentationService
 
-    backbone: Any = settings.get("backbone")
-    if backbone is not None and settings.get("image_size"):
-        import dataclasses
-
-        from sed.config import load_config
-
-        backbone = dataclasses.replace(load_config(backbone), image_size=int(settings["image_size"]))
-    request = BackendRequest(
-        engine_dir=settings.get("engine_dir"),
-        backbone=backbone,
-        weights=settings.get("weights"),
-        device=device,
-        precision=settings.get("precision", "fp32"),
-        threads=settings.get("threads"),
-        options=settings.get("options", {}),
-    )
-    if settings["backend"] == "triton-bls":  # the bls form: each graph its own plan model
+    deployment = Deployment.from_dict(settings).replace(device=device)
+    if deployment.backend == BLS_LABEL:  # the bls form: each graph its own plan model
+        from sed_trt.runtime.errors import ConfigError
         from sed_trt.serve.bls import TritonBLSBackend
 
-        backend = TritonBLSBackend(settings["engine_dir"])
+        if deployment.engine_dir is None:
+            raise ConfigError(f"settings: backend {BLS_LABEL} needs engine_dir")
+        backend = TritonBLSBackend(deployment.engine_dir)
     else:
-        backend = open_backend(settings["backend"], request)
-    cache_dir = settings.get("cache_dir")
-    cache = TextFeatureCache(
-        cache_dir,
-        memory_bytes=int(settings.get("cache_memory_mb", 512)) << 20,
-        disk_bytes=int(settings.get("cache_disk_mb", 4096)) << 20,
-    )
+        backend = deployment.open_backend()
     service = SegmentationService(
         backend,
-        topk=settings.get("topk"),
-        cache=cache,
-        class_chunk=settings.get("class_chunk"),
-        max_batch=int(settings.get("max_batch", 1)),
+        topk=deployment.topk,
+        cache=deployment.text_cache(),
+        class_chunk=deployment.class_chunk,
+        max_batch=deployment.batch_size or 1,
     )
     service.warm_up()
     return service
@@ -88,7 +71,7 @@ class InFlight:
 
     def _write(self) -> None:
         if self.path is not None:
-            tmp = self.path.with_suffix(".tmp")
+            tmp = self.path.parent / f".{self.path.name}.tmp"  # this instance's own (inflight.PID)
             tmp.write_text(str(self.count))
             os.replace(tmp, self.path)
 
@@ -106,13 +89,18 @@ class TritonPythonModel:
     """Triton's Python-backend model interface over :class:`SegmentationService`."""
 
     def initialize(self, args: dict[str, Any]) -> None:
-        from runtime.errors import SedTrtError
+        from sed_trt.runtime.errors import SedTrtError
 
         config = json.loads(args["model_config"])
         settings_path = Path(config["parameters"]["settings"]["string_value"])
         if not settings_path.is_absolute():
             settings_path = Path(args["model_repository"]) / settings_path
-        settings = json.loads(settings_path.read_text())
+        from sed_trt.runtime.jsonutil import read_json
+
+        try:
+            settings = read_json(settings_path, what=f"settings {str(settings_path)!r}", max_bytes=1 << 20)
+        except SedTrtError as exc:
+            raise RuntimeError(f"sed-trt: {exc}") from None
         device = "cpu"
         if args.get("model_instance_kind") == "GPU":
             device = f"cuda:{args.get('model_instance_device_id', 0)}"

@@ -7,13 +7,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from export.check import check_trt_compatible
-from export.fp16 import FP16_GRAPHS_SKIP, head_nodes
-from export.onnx_export import example_inputs, run_torch
-from export.wrappers import wrapper_for
-from runtime.errors import ConfigError
-from runtime.io_spec import CLASS_AXIS, DECODER_GRAPHS, GRAPH_NAMES
-from runtime.manifest import Manifest
+from sed_trt.export.check import check_trt_compatible
+from sed_trt.export.fp16 import FP16_GRAPHS_SKIP, head_nodes
+from sed_trt.export.onnx_export import example_inputs, run_torch
+from sed_trt.export.wrappers import wrapper_for
+from sed_trt.runtime.errors import ConfigError
+from sed_trt.runtime.io_spec import CLASS_AXIS, DECODER_GRAPHS, GRAPH_NAMES
+from sed_trt.runtime.manifest import Manifest
 from tests.parity import trim
 
 
@@ -91,8 +91,8 @@ def test_fp16_graphs_are_close_to_the_official_outputs(parity_engine_dir, parity
     """The mixed-precision graphs fp16 TensorRT engines are built from, run in ONNX Runtime on the
     CPU: probabilities within 2e-3 of the official fp32 outputs and identical CER kept sets.
     Labels are not compared: the tiny parity model's classes are near-ties (bf16 keeps 18 %)."""
-    from runtime.backends import create_backend
-    from runtime.predictor import Predictor
+    from sed_trt.runtime.backends import create_backend
+    from sed_trt.runtime.predictor import Predictor
 
     backend = create_backend("onnxruntime", engine_dir=parity_engine_dir, precision="fp16").activate()
     assert backend.label == "onnxruntime-fp16"

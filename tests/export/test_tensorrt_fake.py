@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.trt_build import build_engine, build_engines, profile_shapes, timing_cache_name
-from runtime.backends import create_backend
-from runtime.backends.cuda_ops import CudaOps, DeviceArray
-from runtime.errors import EngineError, ExportError, InputError
-from runtime.image import canvas_positions
-from runtime.io_spec import GRAPH_NAMES
-from runtime.manifest import Manifest
-from runtime.predictor import Predictor
+from sed_trt.export.trt_build import build_engine, build_engines, profile_shapes, timing_cache_name
+from sed_trt.runtime.backends import create_backend
+from sed_trt.runtime.backends.cuda_ops import CudaOps, DeviceArray
+from sed_trt.runtime.errors import EngineError, ExportError, InputError
+from sed_trt.runtime.image import canvas_positions
+from sed_trt.runtime.io_spec import GRAPH_NAMES
+from sed_trt.runtime.manifest import Manifest
+from sed_trt.runtime.predictor import Predictor
 from tests import fake_tensorrt
 from tests.checks import check_device_copies, check_official
 from tests.fake_cuda import HostMemory
@@ -241,9 +241,9 @@ def test_the_tensorrt_runtime_never_imports_torch(trt, trt_dir, parity_dir, pari
     code = f"""
 import sys
 sys.modules["torch"] = None  # any import of torch now fails
-from runtime.backends import create_backend
-from runtime.image import load_image
-from runtime.predictor import Predictor
+from sed_trt.runtime.backends import create_backend
+from sed_trt.runtime.image import load_image
+from sed_trt.runtime.predictor import Predictor
 from tests import fake_tensorrt
 from tests.checks import check_device_copies, check_official
 from tests.fake_cuda import HostMemory

@@ -14,13 +14,13 @@ import shutil
 import numpy as np
 import pytest
 
-from runtime.errors import BackendUnavailableError
+from sed_trt.runtime.errors import BackendUnavailableError
 from tests.checks import check_device_copies, check_official
 
 
 def _cuda_reason() -> str | None:
     try:
-        from runtime.backends.cuda_ops import CudaMemory
+        from sed_trt.runtime.backends.cuda_ops import CudaMemory
 
         CudaMemory(0).close()
     except BackendUnavailableError as exc:
@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(REASON is not None, reason=f"n
 
 @pytest.fixture
 def memory():
-    from runtime.backends.cuda_ops import CudaMemory
+    from sed_trt.runtime.backends.cuda_ops import CudaMemory
 
     mem = CudaMemory(0)
     yield mem
@@ -43,7 +43,7 @@ def memory():
 
 
 def test_device_copies_match_numpy(memory):
-    from runtime.backends.cuda_ops import ALIGNMENT, CudaOps
+    from sed_trt.runtime.backends.cuda_ops import ALIGNMENT, CudaOps
 
     ops = CudaOps(memory)
     check_device_copies(ops)
@@ -53,10 +53,10 @@ def test_device_copies_match_numpy(memory):
 
 
 def test_backend_on_device_memory_reproduces_the_official_outputs(parity_engine_dir, parity, parity_image, tmp_path):
-    from export.trt_build import build_engines
-    from runtime.backends import create_backend
-    from runtime.backends.cuda_ops import CudaMemory
-    from runtime.predictor import Predictor
+    from sed_trt.export.trt_build import build_engines
+    from sed_trt.runtime.backends import create_backend
+    from sed_trt.runtime.backends.cuda_ops import CudaMemory
+    from sed_trt.runtime.predictor import Predictor
     from tests import fake_tensorrt
 
     memory = CudaMemory(0)

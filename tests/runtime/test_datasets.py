@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.datasets import BUILTIN_DATASETS, IGNORE, open_dataset, read_label
-from runtime.errors import DatasetError
+from sed_trt.runtime.datasets import BUILTIN_DATASETS, IGNORE, open_dataset, read_label
+from sed_trt.runtime.errors import DatasetError
 from tests.synthetic import write_split
 
 

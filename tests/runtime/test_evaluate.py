@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.datasets import IGNORE
-from runtime.evaluate import ConfusionMatrix, compute_metrics, format_table
+from sed_trt.runtime.datasets import IGNORE
+from sed_trt.runtime.evaluate import ConfusionMatrix, compute_metrics, format_table
 
 
 def test_hand_computed_miou() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from runtime.errors import ImageError
-from runtime.image import load_image, shortest_edge_size
+from sed_trt.runtime.errors import ImageError
+from sed_trt.runtime.image import load_image, shortest_edge_size
 
 
 def test_shortest_edge_sizes():

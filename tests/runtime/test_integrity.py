@@ -153,7 +153,7 @@ def test_killed_export_leaves_the_old_engines_intact(parity_dir, parity_engine_d
     _assert_same(tmp_path / "o.npz", dict(clean_ort.items()))
     # the next export first removes the dead one's staging directory (what it does next, a whole export
     # and swap, is tested in tests/sed_trt/test_faults.py)
-    from export.onnx_export import _remove_stale_staging
+    from sed_trt.export.onnx_export import _remove_stale_staging
 
     _remove_stale_staging(target)
     assert not list(tmp_path.glob(".engine.*"))
@@ -190,7 +190,7 @@ def _entries(cache: Path) -> list[Path]:
 
 @pytest.mark.parametrize("damage", ["flip", "empty", "nan", "shape", "garbage"])
 def test_corrupt_cache_entries_are_recomputed(parity_dir, parity_engine_dir, tmp_path, capsys, clean_ort, damage):
-    from runtime.text_cache import _save_entry
+    from sed_trt.runtime.text_cache import _save_entry
 
     cache = tmp_path / "cache"
     assert main(_ort_args(parity_dir, parity_engine_dir, tmp_path / "a.npz", cache=cache)) == 0
@@ -222,13 +222,13 @@ def test_unwritable_cache_is_a_warning(parity_dir, parity_engine_dir, tmp_path, 
     blocker = tmp_path / "cache"
     blocker.write_text("a file where the cache directory should be")
     assert main(_ort_args(parity_dir, parity_engine_dir, tmp_path / "o.npz", cache=blocker)) == 0
-    assert "cannot write the text-feature cache" in capsys.readouterr().err
+    assert "cannot write the cache at" in capsys.readouterr().err
     _assert_same(tmp_path / "o.npz", clean_ort)
 
 
 def test_cache_is_keyed_by_the_text_encoder_actually_used(parity_engine_dir, tmp_path):
     """Another text-encoder file (same export fingerprint) never reads the first one's entries."""
-    from runtime.backends import create_backend
+    from sed_trt.runtime.backends import create_backend
 
     other = tmp_path / "other"
     shutil.copytree(parity_engine_dir, other)
@@ -242,9 +242,9 @@ def test_cache_is_keyed_by_the_text_encoder_actually_used(parity_engine_dir, tmp
 
 
 def test_non_finite_text_features_are_never_cached(tmp_path):
-    from runtime.errors import EngineError
-    from runtime.text_cache import TextFeatureCache, cached_text_features
-    from runtime.tokenizer import ClipTokenizer
+    from sed_trt.runtime.errors import EngineError
+    from sed_trt.runtime.text_cache import TextFeatureCache, cached_text_features
+    from sed_trt.runtime.tokenizer import ClipTokenizer
 
     cache = TextFeatureCache(tmp_path)
     with pytest.raises(EngineError, match="non-finite"):
@@ -326,7 +326,7 @@ def test_outputs_never_clobber_inputs_or_each_other(parity_dir, tmp_path, capsys
 
 
 def test_atomic_write_respects_umask_and_cleans_up(tmp_path):
-    from runtime.fsutil import atomic_write
+    from sed_trt.runtime.fsutil import atomic_write
 
     old = os.umask(0o027)
     try:
@@ -417,7 +417,7 @@ def test_bad_checkpoints_exit_2_with_one_line(parity_dir, tmp_path, capsys):
 
 
 def test_predict_names_its_files_and_the_npz_carries_class_names(parity_dir, small_engine_dir, tmp_path, capsys):
-    from runtime.backends import base
+    from sed_trt.runtime.backends import base
 
     base._warned_random.clear()  # warned once per directory and process: earlier tests may have used it
     args = [
@@ -446,7 +446,7 @@ def test_predict_names_its_files_and_the_npz_carries_class_names(parity_dir, sma
 
 
 def test_random_weights_are_seeded_and_leave_the_global_rng_alone():
-    from sed.build import load_sed
+    from sed_trt.sed.build import load_sed
 
     state = torch.random.get_rng_state()
     a, b = load_sed("sed_tiny_linear", warn_random=False), load_sed("sed_tiny_linear", warn_random=False)
@@ -476,7 +476,7 @@ def test_every_flag_has_help():
 
 
 def test_overlay_legend_says_how_many_it_left_out():
-    from runtime.visualize import legend_entries, overlay
+    from sed_trt.runtime.visualize import legend_entries, overlay
 
     labels = np.repeat(np.arange(50), 8).reshape(20, 20)
     labels[:, :10] = 7  # class 7 covers the most area

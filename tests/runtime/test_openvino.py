@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from runtime.backends import create_backend
-from runtime.backends.base import DEVICE_GRAPHS
-from runtime.errors import ConfigError
-from runtime.io_spec import GRAPH_NAMES
-from runtime.predictor import Predictor
 from sed_trt.cli import main
+from sed_trt.runtime.backends import create_backend
+from sed_trt.runtime.backends.base import DEVICE_GRAPHS
+from sed_trt.runtime.errors import ConfigError
+from sed_trt.runtime.io_spec import GRAPH_NAMES
+from sed_trt.runtime.predictor import Predictor
 from tests.checks import onnxruntime_engine
 from tests.parity import trim
 
@@ -52,7 +52,7 @@ def test_one_request_per_graph_serves_every_vocabulary_size(ov_backend, parity, 
 def test_precision_is_pinned_and_bf16_needs_native_support(parity_engine_dir, monkeypatch):
     import openvino as ov
 
-    import runtime.backends.openvino_backend as ovb
+    import sed_trt.runtime.backends.openvino_backend as ovb
 
     core = ov.Core()
     assert create_backend("openvino", engine_dir=parity_engine_dir).config(core)["INFERENCE_PRECISION_HINT"] == "f32"

@@ -9,14 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from runtime.backends.base import Backend
-from runtime.image import source_positions
-from runtime.io_spec import ExportLimits, ModelDims
-from runtime.postprocess import label_dtype, labels_from_probs
-from runtime.predictor import Predictor
-from sed.backend import TorchOps
-from sed.graphs import graph_outputs
-from sed.postprocess import labels_from_probs_torch
+from sed_trt.runtime.backends.base import Backend
+from sed_trt.runtime.image import source_positions
+from sed_trt.runtime.io_spec import ExportLimits, ModelDims
+from sed_trt.runtime.postprocess import label_dtype, labels_from_probs
+from sed_trt.runtime.predictor import Predictor
+from sed_trt.sed.backend import TorchOps
+from sed_trt.sed.graphs import graph_outputs
+from sed_trt.sed.postprocess import labels_from_probs_torch
 
 
 def _smooth_probs(rng: np.random.Generator, t: int, h: int, w: int, cell: int = 8) -> np.ndarray:

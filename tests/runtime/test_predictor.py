@@ -8,10 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from runtime.backends import create_backend
-from runtime.errors import EngineError, StateError, VocabularyError
-from runtime.predictor import Predictor
-from runtime.text_cache import TextFeatureCache
+from sed_trt.runtime.backends import create_backend
+from sed_trt.runtime.errors import EngineError, StateError, VocabularyError
+from sed_trt.runtime.predictor import Predictor
+from sed_trt.runtime.text_cache import TextFeatureCache
 from tests.parity import trim
 
 pytestmark = pytest.mark.parity
@@ -93,8 +93,8 @@ def test_engine_dir_errors(parity_engine_dir, tmp_path, parity):
 
 
 def test_onnxruntime_arena_is_on_unless_refused(parity_engine_dir):
-    from runtime.backends import BackendRequest, open_backend
-    from runtime.errors import ConfigError
+    from sed_trt.runtime.backends import BackendRequest, open_backend
+    from sed_trt.runtime.errors import ConfigError
 
     fat = create_backend("onnxruntime", engine_dir=parity_engine_dir).activate()
     lean = open_backend(
@@ -112,7 +112,7 @@ def test_chunked_decoding_matches_the_whole_vocabulary_forward(parity_model, par
     T = 24, and one chunk for everything give the same probabilities and kept sets."""
     import torch
 
-    from runtime.image import preprocess
+    from sed_trt.runtime.image import preprocess
 
     backend = create_backend("torch", model=parity_model).activate()
     runs = {}
@@ -132,7 +132,7 @@ def test_chunked_decoding_matches_the_whole_vocabulary_forward(parity_model, par
 
 
 def test_onnxruntime_chunks_agree_and_are_bounded_by_the_export(parity_engine_dir, parity, parity_image):
-    from runtime.errors import ConfigError, InputError
+    from sed_trt.runtime.errors import ConfigError, InputError
 
     backend = create_backend("onnxruntime", engine_dir=parity_engine_dir).activate()
     assert backend.class_chunk == 4

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from runtime.errors import VocabularyError
-from runtime.tokenizer import ClipTokenizer, trim_tokens
-from runtime.vocab import (
+from sed_trt.runtime.errors import VocabularyError
+from sed_trt.runtime.tokenizer import ClipTokenizer, trim_tokens
+from sed_trt.runtime.vocab import (
     IMAGENET_TEMPLATES,
     build_prompts,
     builtin_vocabulary_text,

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.backends import create_backend
-from runtime.cer import topk_union
-from runtime.errors import ConfigError
-from runtime.predictor import Predictor
-from sed.modeling.cer import cer_keep
+from sed_trt.runtime.backends import create_backend
+from sed_trt.runtime.cer import topk_union
+from sed_trt.runtime.errors import ConfigError
+from sed_trt.runtime.predictor import Predictor
+from sed_trt.sed.modeling.cer import cer_keep
 from tests.parity import trim
 
 

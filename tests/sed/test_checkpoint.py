@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-from runtime.errors import CheckpointError
-from sed import build_sed
-from sed.checkpoint import load_sed_checkpoint, text_tower_fingerprint, to_official_state_dict
+from sed_trt.runtime.errors import CheckpointError
+from sed_trt.sed import build_sed
+from sed_trt.sed.checkpoint import load_sed_checkpoint, text_tower_fingerprint, to_official_state_dict
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +69,11 @@ def test_wrong_backbone_and_garbage(tmp_path):
 def test_sed_imports_without_export_backends():
     code = (
         "import sys\n"
-        "for name in ('onnx', 'onnxruntime', 'tensorrt', 'onnxscript', 'export'):\n"
+        "for name in ('onnx', 'onnxruntime', 'tensorrt', 'onnxscript', 'sed_trt.export'):\n"
         "    sys.modules[name] = None  # makes 'import name' fail as if not installed\n"
-        "import sed, sed.backend, runtime.predictor, runtime.backends.onnxruntime_backend\n"
-        "m = sed.build_sed('sed_tiny_linear')\n"
+        "import sed_trt.sed.backend, sed_trt.runtime.predictor, sed_trt.runtime.backends.onnxruntime_backend\n"
+        "from sed_trt.sed import build_sed\n"
+        "m = build_sed('sed_tiny_linear')\n"
         "print('ok')\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

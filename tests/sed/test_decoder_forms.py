@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sed.modeling.fam import ClassFusion, SpatialFusion
+from sed_trt.sed.modeling.fam import ClassFusion, SpatialFusion
 
 
 def _randomise(module: torch.nn.Module) -> None:

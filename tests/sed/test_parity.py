@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.image import preprocess
-from runtime.text_cache import encode_vocabulary
-from runtime.tokenizer import ClipTokenizer
-from sed.modeling.cost_map import cost_map
-from sed.postprocess import labels_from_probs_torch
+from sed_trt.runtime.image import preprocess
+from sed_trt.runtime.text_cache import encode_vocabulary
+from sed_trt.runtime.tokenizer import ClipTokenizer
+from sed_trt.sed.modeling.cost_map import cost_map
+from sed_trt.sed.postprocess import labels_from_probs_torch
 from tests.parity import trim
 
 pytestmark = pytest.mark.parity

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sed import build_sed, load_config
-from sed.checkpoint import OFFICIAL_PREFIX, to_official_state_dict
+from sed_trt.sed import build_sed, load_config
+from sed_trt.sed.checkpoint import OFFICIAL_PREFIX, to_official_state_dict
 
 # the official key names and shapes (a copy of ../shared/spec/official_state_dict_keys.json)
 KEYS = Path(__file__).resolve().parents[1] / "data" / "spec" / "official_state_dict_keys.json"

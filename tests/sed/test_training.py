@@ -12,13 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from runtime.datasets import BUILTIN_DATASETS, IGNORE, open_dataset
-from sed.build import build_sed
-from sed.config import load_config
-from sed.modeling.fam import ChannelsLastLayerNorm
-from sed.training.augment import AugmentConfig, augment, resize_label_nearest
-from sed.training.loop import TrainConfig, latest_checkpoint, train
-from sed.training.solver import SolverConfig, cosine_factor, freeze_text_tower, param_groups, sed_loss
+from sed_trt.runtime.datasets import BUILTIN_DATASETS, IGNORE, open_dataset
+from sed_trt.sed.build import build_sed
+from sed_trt.sed.config import load_config
+from sed_trt.sed.modeling.fam import ChannelsLastLayerNorm
+from sed_trt.sed.training.augment import AugmentConfig, augment, resize_label_nearest
+from sed_trt.sed.training.loop import TrainConfig, latest_checkpoint, train
+from sed_trt.sed.training.solver import SolverConfig, cosine_factor, freeze_text_tower, param_groups, sed_loss
 from tests.synthetic import COLOURS, make_sample, write_split
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.io_spec import GRAPH_NAMES
 from sed_trt.cli import main
+from sed_trt.runtime.io_spec import GRAPH_NAMES
 from tests.parity import trim
 
 pytestmark = pytest.mark.parity
@@ -224,7 +224,7 @@ def test_train_and_eval_bad_input_is_one_line(tmp_path, capsys):
 
 
 def test_doctor_reports_each_component_and_gpu_mode_fails_in_one_line(parity_engine_dir, capsys):
-    from export.trt_build import tensorrt_unavailable_reason
+    from sed_trt.export.trt_build import tensorrt_unavailable_reason
 
     assert main(["doctor", "--engine-dir", str(parity_engine_dir)]) == 0
     out = capsys.readouterr().out
@@ -241,10 +241,10 @@ def test_doctor_reports_each_component_and_gpu_mode_fails_in_one_line(parity_eng
 def test_doctor_checks_engines_against_this_tensorrt_and_gpu(parity_engine_dir, tmp_path):
     import shutil
 
-    from runtime.errors import ConfigError
-    from runtime.fsutil import file_sha256
-    from runtime.manifest import EngineEntry, Manifest
     from sed_trt.cli.doctor import _engines
+    from sed_trt.runtime.errors import ConfigError
+    from sed_trt.runtime.fsutil import file_sha256
+    from sed_trt.runtime.manifest import EngineEntry, Manifest
 
     work = tmp_path / "engines"
     shutil.copytree(parity_engine_dir, work)

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.errors import VocabularyError
 from sed_trt.cli import main
+from sed_trt.runtime.errors import VocabularyError
 from tests.checks import onnxruntime_predict, tiny_export
 from tests.conftest import ROOT
 
@@ -63,7 +63,7 @@ def test_export_refuses_a_directory_it_did_not_make(tmp_path, capsys):
 
 
 def test_reexport_keeps_the_users_files_and_a_killed_swap_is_repaired(small_engine_dir, tmp_path):
-    from export.onnx_export import _remove_stale_staging, _swap_in
+    from sed_trt.export.onnx_export import _remove_stale_staging, _swap_in
 
     out = tmp_path / "engine"
     shutil.copytree(small_engine_dir, out)
@@ -124,7 +124,7 @@ def test_outputs_that_are_devices_fifos_or_too_long_are_refused_before_any_work(
 
 
 def test_a_huge_class_name_is_refused_without_tokenizing(parity_dir, parity_engine_dir, tmp_path, capsys, monkeypatch):
-    from runtime.tokenizer import ClipTokenizer
+    from sed_trt.runtime.tokenizer import ClipTokenizer
 
     calls = []
     original = ClipTokenizer._bpe
@@ -139,7 +139,7 @@ def test_a_huge_class_name_is_refused_without_tokenizing(parity_dir, parity_engi
 
 
 def test_a_huge_name_is_refused_while_another_request_holds_the_server(small_engine_dir):
-    from runtime.backends import create_backend
+    from sed_trt.runtime.backends import create_backend
     from sed_trt.serve.service import SegmentationService
 
     service = SegmentationService(create_backend("onnxruntime", engine_dir=small_engine_dir))
@@ -157,8 +157,8 @@ def test_a_huge_name_is_refused_while_another_request_holds_the_server(small_eng
 
 
 def test_vocabularies_and_inputs_beyond_memory_are_refused(parity_model, capsys):
-    from runtime.backends import create_backend
-    from runtime.predictor import Predictor
+    from sed_trt.runtime.backends import create_backend
+    from sed_trt.runtime.predictor import Predictor
 
     with (
         create_backend("torch", model=parity_model) as backend,
@@ -218,7 +218,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(parity_dir, parity_engine_di
         == 0
     )
     err = capsys.readouterr().err
-    assert err.count("WARNING") == 1 and "cannot write the text-feature cache" in err and "Traceback" not in err
+    assert err.count("WARNING") == 1 and "cannot write the cache at" in err and "Traceback" not in err
     # an export into the full disk: one line, no staging directory left
     assert main(tiny_export(full_disk / "e", "--no-validate", "--quiet")) == 2
     _error(capsys, "No space left on device")
@@ -274,7 +274,7 @@ def test_sigterm_removes_the_temporary_file_of_a_write_in_progress(tmp_path):
     code = f"""
 import signal, time
 from pathlib import Path
-from runtime.fsutil import atomic_write
+from sed_trt.runtime.fsutil import atomic_write
 from sed_trt.cli import _terminate
 signal.signal(signal.SIGTERM, _terminate)
 def slow(tmp):

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.backends import create_backend
-from runtime.errors import ConfigError, ServeError, VocabularyError
-from runtime.predictor import Predictor
+from sed_trt.runtime.backends import create_backend
+from sed_trt.runtime.errors import ConfigError, ServeError, VocabularyError
+from sed_trt.runtime.predictor import Predictor
 from sed_trt.serve.load_test import free_ports
 from sed_trt.serve.service import SegmentationService
 
@@ -244,7 +244,7 @@ def test_client_command_writes_what_predict_writes(server, local, parity_dir, tm
     common = ["--image", str(parity_dir / "image.png"), "--classes", "sky; tree; road"]
     assert main(["client", "--url", server.url, *common, "--save-npz", str(tmp_path / "c.npz")]) == 0
     assert "wrote" in capsys.readouterr().out
-    from runtime.image import load_image
+    from sed_trt.runtime.image import load_image
 
     want = local(load_image(parity_dir / "image.png"), ["sky", "tree", "road"])
     np.testing.assert_array_equal(np.load(tmp_path / "c.npz")["labels"], want.labels)
@@ -306,7 +306,7 @@ def _metrics(port: int) -> dict[str, float]:
 
 
 def test_service_groups_rows_and_isolates_bad_ones(engine_dir, local):
-    from runtime.text_cache import TextFeatureCache
+    from sed_trt.runtime.text_cache import TextFeatureCache
 
     service = SegmentationService(
         create_backend("onnxruntime", engine_dir=engine_dir), cache=TextFeatureCache(None), max_batch=4
@@ -338,8 +338,8 @@ def test_service_groups_rows_and_isolates_bad_ones(engine_dir, local):
 def test_memory_is_bounded_under_distinct_vocabularies(engine_dir):
     """Text features in memory stay within the cache's budget and the tokenizer's word cache
     within its bound, whatever the number of distinct vocabularies."""
-    from runtime.text_cache import TextFeatureCache
-    from runtime.tokenizer import BPE_CACHE_WORDS
+    from sed_trt.runtime.text_cache import TextFeatureCache
+    from sed_trt.runtime.tokenizer import BPE_CACHE_WORDS
 
     cache = TextFeatureCache(None, memory_bytes=2 * 3 * 80 * 48 * 4)  # two 3-class vocabularies
     service = SegmentationService(create_backend("onnxruntime", engine_dir=engine_dir), cache=cache)
@@ -352,7 +352,7 @@ def test_memory_is_bounded_under_distinct_vocabularies(engine_dir):
 
 
 def test_disk_cache_is_capped(tmp_path):
-    from runtime.text_cache import TextFeatureCache
+    from sed_trt.runtime.text_cache import TextFeatureCache
 
     cache = TextFeatureCache(tmp_path, disk_bytes=3 * 5000)
     for i in range(10):
@@ -383,19 +383,23 @@ def test_repository_configs_parse_as_triton_model_configs(engine_dir, tmp_path):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from runtime.manifest import EngineEntry, Manifest
-    from sed_trt.serve.repository import BLS_PREFIX, InstanceConfig, RepositorySettings, write_repository
+    from sed_trt.runtime.deployment import Deployment
+    from sed_trt.runtime.manifest import EngineEntry, Manifest
+    from sed_trt.serve.repository import BLS_PREFIX, InstanceConfig, write_repository
 
-    written = write_repository(
-        tmp_path / "python", RepositorySettings(engine_dir=str(engine_dir)), InstanceConfig(instances=2)
-    )
+    written = write_repository(tmp_path / "python", Deployment(engine_dir=str(engine_dir)), InstanceConfig(instances=2))
     config = text_format.Parse(
         (tmp_path / "python" / "sed" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
     )
     assert config.backend == "python" and config.max_batch_size == 4 and config.instance_group[0].count == 2
     assert {i.name for i in config.input} == {"image", "classes", "topk", "want_probs"} and len(written) == 3
+    # settings.json is the deployment: the batch from the engines, the server's own default cache
+    stored = Deployment.from_json((tmp_path / "python" / "sed" / "settings.json").read_text())
+    assert stored.batch_size == 4 and stored.cache == "default" and Path(stored.engine_dir).is_absolute()
+    with pytest.raises(ConfigError, match="exported for batches of up to 4"):
+        write_repository(tmp_path / "big", Deployment(engine_dir=str(engine_dir), batch_size=8))
     with pytest.raises(ConfigError, match="needs TensorRT engines"):
-        write_repository(tmp_path / "bls0", RepositorySettings(engine_dir=str(engine_dir)), form="bls")
+        write_repository(tmp_path / "bls0", Deployment(engine_dir=str(engine_dir)), form="bls")
     fake = tmp_path / "fake_engines"  # plans are opaque to the writer: fake entries make the bls form writable here
     import shutil
 
@@ -405,7 +409,7 @@ def test_repository_configs_parse_as_triton_model_configs(engine_dir, tmp_path):
         (fake / f"{name}.plan").write_bytes(b"plan")
         manifest.engines[name] = EngineEntry(f"{name}.plan", "fp32", "10.16", "Fake GPU", "9.0", sha256="0" * 64)
     manifest.save(fake)
-    write_repository(tmp_path / "bls", RepositorySettings(engine_dir=str(fake)), form="bls")
+    write_repository(tmp_path / "bls", Deployment(engine_dir=str(fake)), form="bls")
     for name, spec in manifest.specs.items():
         plan = text_format.Parse(
             (tmp_path / "bls" / f"{BLS_PREFIX}{name}" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()

@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from runtime.backends.base import DEVICE_GRAPHS
-from runtime.manifest import Manifest
-from runtime.predictor import Predictor
+from sed_trt.runtime.backends.base import DEVICE_GRAPHS
+from sed_trt.runtime.manifest import Manifest
+from sed_trt.runtime.predictor import Predictor
 from sed_trt.serve.bls import TritonBLSBackend
 from tests import fake_triton
 from tests.checks import check_official
@@ -35,7 +35,7 @@ def test_bls_orchestration_reproduces_the_official_outputs(parity_engine_dir, pa
 
 
 def test_bls_errors_are_one_line_engine_errors(parity_engine_dir, parity, parity_image):
-    from runtime.errors import EngineError
+    from sed_trt.runtime.errors import EngineError
 
     backend = TritonBLSBackend(parity_engine_dir, pb_utils=fake_triton.make({})).activate()
     pred = Predictor(backend)
@@ -45,14 +45,15 @@ def test_bls_errors_are_one_line_engine_errors(parity_engine_dir, parity, parity
 
 
 def test_sed_model_serves_a_python_repository(parity_engine_dir, parity, parity_image, tmp_path, monkeypatch):
-    from sed_trt.serve.repository import RepositorySettings, write_repository
+    from sed_trt.runtime.deployment import Deployment
+    from sed_trt.serve.repository import write_repository
     from sed_trt.serve.triton_model import STATE_DIR_ENV, TritonPythonModel
 
     pb = fake_triton.make()
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
     monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path))
     repo = tmp_path / "repo"
-    write_repository(repo, RepositorySettings(engine_dir=str(parity_engine_dir), max_batch=2))
+    write_repository(repo, Deployment(engine_dir=str(parity_engine_dir)))  # batch: the export's (1)
     model = TritonPythonModel()
     config = {"parameters": {"settings": {"string_value": "settings.json"}}}
     model.initialize(
