@@ -261,6 +261,7 @@ def _backends(cfg: BenchConfig, model: Any, engine_dir: Callable[[], Path]) -> l
                 own = {o.keyword for o in spec.options}
                 deployment = Deployment(
                     backend=label,
+                    backbone=cfg.backbone if isinstance(cfg.backbone, str) else None,
                     device=cfg.device,
                     threads=cfg.threads,
                     options={k: v for k, v in cfg.options.items() if k in own},

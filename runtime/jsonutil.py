@@ -47,13 +47,13 @@ def loads_bounded(
 ) -> Any:
     """``json.loads`` that refuses nesting deeper than ``max_depth`` in one line naming ``what``."""
     if text.count("[") + text.count("{") > max_depth and _depth(text) > max_depth:
-        raise error(f"{what}: JSON nested deeper than {max_depth} levels; refused")
+        raise error(f"cannot read {what}: JSON nested deeper than {max_depth} levels")
     try:
         return json.loads(text)
     except RecursionError:
-        raise error(f"{what}: JSON nested too deeply; refused") from None
+        raise error(f"cannot read {what}: JSON nested too deeply") from None
     except ValueError as exc:
-        raise error(f"{what}: not valid JSON ({exc})") from None
+        raise error(f"cannot read {what}: not valid JSON ({exc})") from None
 
 
 def read_json(
@@ -69,20 +69,20 @@ def read_json(
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise error(f"{what}: cannot read ({exc.strerror or exc})") from None
+        raise error(f"cannot read {what}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(st.st_mode):
-        raise error(f"{what}: not a regular file")
+        raise error(f"cannot read {what}: not a regular file")
     if st.st_size > max_bytes:
-        raise error(f"{what}: {st.st_size} bytes, larger than the {max_bytes} a JSON file may have here")
+        raise error(f"cannot read {what}: {st.st_size} bytes, more than the {max_bytes} a JSON file may have here")
     try:
         with open(path, "rb") as f:
             data = f.read(max_bytes + 1)
     except OSError as exc:
-        raise error(f"{what}: cannot read ({exc.strerror or exc})") from None
+        raise error(f"cannot read {what}: {exc.strerror or exc}") from None
     if len(data) > max_bytes:  # grew since the stat
-        raise error(f"{what}: larger than the {max_bytes} bytes a JSON file may have here")
+        raise error(f"cannot read {what}: more than the {max_bytes} bytes a JSON file may have here")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise error(f"{what}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise error(f"cannot read {what}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     return loads_bounded(text, what=what, error=error)

@@ -43,6 +43,7 @@ from sed_trt.runtime.io_spec import (
     StageOutput,
 )
 from sed_trt.runtime.postprocess import label_dtype, labels_from_probs
+from sed_trt.runtime.progress import Progress
 from sed_trt.runtime.resources import check_memory, vocabulary_bytes
 from sed_trt.runtime.text_cache import TextFeatureCache, cached_text_features
 from sed_trt.runtime.tokenizer import ClipTokenizer
@@ -55,6 +56,33 @@ class EncoderOutputs:
 
     clip_dense: Array
     guidance_terms: tuple[Array, Array, Array]
+
+
+@dataclass
+class _Group:
+    """Images of a batch decoded together: their batch positions, encoder and stage outputs
+    (batch axis = ``members``), the vocabulary ids still decoded and the survivors per stage."""
+
+    members: list[int]
+    enc: EncoderOutputs
+    out: StageOutput
+    kept: np.ndarray
+    survivors: list[int]
+
+    def rows(self, rows: list[int], ops: Any) -> _Group:
+        """The group of ``rows`` (positions in this group): a view where they are contiguous."""
+        if rows == list(range(rows[0], rows[-1] + 1)):
+            pick = lambda x: ops.narrow(x, 0, rows[0], rows[-1] + 1)  # noqa: E731
+        else:
+            idx = ops.index(np.asarray(rows, dtype=np.int64))
+            pick = lambda x: ops.take(x, idx, 0)  # noqa: E731
+        enc = EncoderOutputs(pick(self.enc.clip_dense), tuple(pick(t) for t in self.enc.guidance_terms))
+        out = StageOutput(
+            features=pick(self.out.features),
+            corr_guidance=pick(self.out.corr_guidance),
+            aux_logits=pick(self.out.aux_logits),
+        )
+        return _Group([self.members[r] for r in rows], enc, out, self.kept, list(self.survivors))
 
 
 # Device memory one labels-graph run may use per intermediate (N, R, X) array, where the
@@ -129,7 +157,7 @@ class Predictor:
             backend: what runs the graphs (activated by the caller).
             topk: CER's k (None: no rejection).
             cache: text features by vocabulary (memory and disk).
-            progress: show text-encoding progress.
+            progress: show progress of text encoding and of long predictions.
             text_batch_size: prompts per text-encoder run.
             class_chunk: classes per decoder-graph run (default: the engines' largest).
             profile: time every part (each waits for the device); default: the total only.
@@ -364,13 +392,16 @@ class Predictor:
         """Segment one RGB uint8 image (H, W, 3); ``topk``: CER's k for this call (None: the predictor's)."""
         return self.predict_batch([image], topk=topk)[0]
 
-    def predict_batch(self, images: Sequence[np.ndarray], *, topk: int | None = None) -> list[Prediction]:
+    def predict_batch(
+        self, images: Sequence[np.ndarray], *, topk: int | None = None, cer_union: bool = False
+    ) -> list[Prediction]:
         """Segment a batch of RGB uint8 images (H_b, W_b, 3) of any sizes in one pass.
 
-        The image encoder runs once for the batch (each photo resized to the canvas on its own)
-        and the decoder on all of them; CER keeps a class that is in some pixel's top-k of some
-        image (the union over the batch), so with CER a photo may keep more classes than alone.
-        Without CER every result equals the photo's own prediction.
+        The image encoder and decoder stage 0 run once for the batch (each photo resized to the
+        canvas on its own). CER decides per image, so every result is the one the photo gets
+        alone: images whose kept sets agree decode together, the others apart. ``cer_union``
+        keeps instead a class that is in some pixel's top-k of some image (the official rule
+        for B > 1, for evaluation): a photo may then keep classes it would have rejected alone.
         """
         if self._text is None:
             raise StateError("no vocabulary: call set_classes() first")
@@ -389,42 +420,83 @@ class Predictor:
         if batch > 1 and not self.backend.device_resident:
             need = batch * vocabulary_bytes(num_classes, self.backend.dims, self.backend.specs)
             check_memory(need, f"a batch of {batch} images with {num_classes} classes", error=InputError)
-        kept = np.arange(num_classes)  # indices into the vocabulary of the classes still decoded
-        survivors: list[int] = []
-        with timer("preprocess_ms"):
-            feeds = {k: ops.from_numpy(v) for k, v in preprocess(list(images), self.backend.dims.image_size).items()}
-        with timer("image_encoder_ms"):
-            enc = self.encode_image(feeds)
-        with timer("decoder_stage0_ms"):
-            out = self.decode_stage0(enc)
-        for k in (1, 2, 3):
-            with timer(f"cer{k}_ms"):  # keep the classes in some pixel's top-k; their indices uploaded once
-                sel = self.reject(k, out.aux_logits, topk)
-                if sel is not None:
-                    kept = kept[sel]
-                survivors.append(len(kept))
-                index = None if sel is None else ops.index(sel)
-            with timer(f"decoder_stage{k}_ms"):
-                out = self.decode_stage(k, out, enc, index)
-        with timer("postprocess_ms"):  # labels where the probabilities are; only they come back
-            labels = [
-                self.labels(ops.narrow(out.probs, 0, b, b + 1), kept, (im.shape[0], im.shape[1]), num_classes)
-                for b, im in enumerate(images)
-            ]
-        mask = np.zeros(num_classes, dtype=bool)
-        mask[kept] = True
+        # Stages of a long prediction (10-40 s on a CPU at full size): a bar on a terminal.
+        with Progress(6, "predict", enabled=self.progress, unit="stage") as bar:
+            with timer("preprocess_ms"):
+                feeds = {
+                    k: ops.from_numpy(v) for k, v in preprocess(list(images), self.backend.dims.image_size).items()
+                }
+            with timer("image_encoder_ms"):
+                enc = self.encode_image(feeds)
+            bar.update(1, "image encoder")
+            with timer("decoder_stage0_ms"):
+                out = self.decode_stage0(enc)
+            bar.update(1, "decoder stage 0")
+            group = _Group(list(range(batch)), enc, out, np.arange(num_classes), [])
+            done = self._decode_groups([group], topk, cer_union, timer, bar)
+            with timer("postprocess_ms"):  # labels where the probabilities are; only they come back
+                labels: dict[int, np.ndarray] = {}
+                for g in done:
+                    for i, b in enumerate(g.members):
+                        im = images[b]
+                        probs = ops.narrow(g.out.probs, 0, i, i + 1)
+                        labels[b] = self.labels(probs, g.kept, (im.shape[0], im.shape[1]), num_classes)
+            bar.update(1, "labels")
         timings = dict(timer.timings, total_ms=(time.perf_counter() - start) * 1e3)
-        kept_probs, backend = out.probs, self.backend
+        backend = self.backend
 
-        def fetcher(b: int) -> Callable[[], np.ndarray]:
+        def fetcher(probs: Array, kept: np.ndarray) -> Callable[[], np.ndarray]:
             def fetch() -> np.ndarray:
                 if not backend.active:  # a device backend has freed the maps with its memory
                     raise StateError("read Prediction.probs before the backend is deactivated")
-                return ops.scatter_classes(ops.narrow(kept_probs, 0, b, b + 1), kept, num_classes)[0]
+                return ops.scatter_classes(probs, kept, num_classes)[0]
 
             return fetch
 
-        return [
-            Prediction(labels=lab, kept=mask, survivors=survivors, timings=timings, _fetch=fetcher(b))
-            for b, lab in enumerate(labels)
-        ]
+        results: dict[int, Prediction] = {}
+        for g in done:
+            mask = np.zeros(num_classes, dtype=bool)
+            mask[g.kept] = True
+            for i, b in enumerate(g.members):
+                probs = ops.narrow(g.out.probs, 0, i, i + 1)
+                results[b] = Prediction(
+                    labels=labels[b],
+                    kept=mask,
+                    survivors=list(g.survivors),
+                    timings=timings,
+                    _fetch=fetcher(probs, g.kept),
+                )
+        return [results[b] for b in range(batch)]
+
+    def _decode_groups(
+        self, groups: list[_Group], topk: int | None, cer_union: bool, timer: Timer, bar: Progress
+    ) -> list[_Group]:
+        """Decoder stages 1-3 with CER before each. A group is images decoded together; CER splits
+        a group whose images keep different classes (per image), unless ``cer_union``."""
+        ops = self.backend.ops
+        for k in (1, 2, 3):
+            nxt: list[_Group] = []
+            for g in groups:
+                with timer(f"cer{k}_ms"):  # keep the classes in some pixel's top-k; their indices uploaded once
+                    n = len(g.members)
+                    if n == 1 or cer_union or keeps_all(topk, len(g.kept)):
+                        parts = [(list(range(n)), self.reject(k, g.out.aux_logits, topk))]
+                    else:  # each image's own rule; images that agree stay together
+                        by_sel: dict[tuple[int, ...] | None, list[int]] = {}
+                        for i in range(n):
+                            sel = self.reject(k, ops.narrow(g.out.aux_logits, 0, i, i + 1), topk)
+                            by_sel.setdefault(None if sel is None else tuple(sel), []).append(i)
+                        parts = [
+                            (rows, None if key is None else np.array(key, dtype=np.int64))
+                            for key, rows in by_sel.items()
+                        ]
+                for rows, sel in parts:
+                    sub = g if len(rows) == n else g.rows(rows, ops)
+                    kept = sub.kept if sel is None else sub.kept[sel]
+                    index = None if sel is None else ops.index(sel)
+                    with timer(f"decoder_stage{k}_ms"):
+                        out = self.decode_stage(k, sub.out, sub.enc, index)
+                    nxt.append(_Group(sub.members, sub.enc, out, kept, [*sub.survivors, len(kept)]))
+            groups = nxt
+            bar.update(1, f"decoder stage {k}")
+        return groups

@@ -44,10 +44,16 @@ try:
 except metadata.PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
 
-_LAZY = {"Segmentation": "sed_trt.api", "Segmenter": "sed_trt.api", "segment": "sed_trt.api"}
+_LAZY = {
+    "Segmentation": "sed_trt.api",
+    "Segmenter": "sed_trt.api",
+    "segment": "sed_trt.api",
+    "Deployment": "sed_trt.runtime.deployment",
+}
 
 if TYPE_CHECKING:
     from sed_trt.api import Segmentation, Segmenter, segment
+    from sed_trt.runtime.deployment import Deployment
 
 
 def __getattr__(name: str) -> Any:
@@ -61,6 +67,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DatasetError",
+    "Deployment",
     "DeviceError",
     "EngineError",
     "ExportError",

@@ -22,7 +22,7 @@ ImageError, VocabularyError, EngineError, ...). Layer: the top one, beside the c
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ import numpy as np
 import sed_trt.sed  # noqa: F401  (registers the torch backend; torch itself loads only when used)
 from sed_trt.runtime.backends import Backend
 from sed_trt.runtime.deployment import Deployment
-from sed_trt.runtime.errors import ConfigError, ImageError, StateError, VocabularyError
+from sed_trt.runtime.errors import ConfigError, ImageError, SedTrtError, StateError, VocabularyError
 from sed_trt.runtime.fsutil import default_cache_dir
 from sed_trt.runtime.image import DEFAULT_MAX_PIXELS, check_image, load_image
 from sed_trt.runtime.postprocess import label_areas
@@ -47,13 +47,15 @@ ImageLike = str | Path | np.ndarray | Any  # a file path, an (H, W, 3) uint8 arr
 class Segmentation:
     """One image's result: ``labels`` (H, W) index into ``classes`` per pixel (the smallest
     unsigned type that holds them), ``kept`` (T,) the classes CER kept, ``probs`` (T, h, w)
-    at decoder resolution when asked for, ``timings`` in ms."""
+    at decoder resolution when asked for, ``timings`` in ms, ``random_weights`` when the model
+    that computed it has untrained weights (the result is then meaningless)."""
 
     labels: np.ndarray
     classes: tuple[str, ...]
     kept: np.ndarray
     probs: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    random_weights: bool = False
 
     def index(self, name: str) -> int:
         """The class id of ``name``: the class as given (``"road, street"``) or the display name
@@ -268,12 +270,91 @@ class Segmenter:
                 kept=pred.kept,
                 probs=pred.probs if probs else None,
                 timings=pred.timings,
+                random_weights=self.backend.random_weights,
             )
 
     @property
     def max_pixels(self) -> int:
         """The largest image (width x height) accepted, files and arrays alike."""
         return self.deployment.max_pixels if self.deployment is not None else DEFAULT_MAX_PIXELS
+
+    def segment_many(
+        self,
+        inputs: Iterable[ImageLike],
+        classes: str | Sequence[str] | None = None,
+        *,
+        topk: int | None = None,
+        batch_size: int | None = None,
+        probs: bool = False,
+        errors: str = "raise",
+    ) -> Iterator[Segmentation | SedTrtError]:
+        """Segment many images (paths, arrays, PIL images), yielding results in input order.
+
+        Pipelined (:mod:`sed_trt.runtime.stream`): reader threads decode ahead while the model
+        runs batches of up to ``batch_size`` images (default: the deployment's, at most the
+        engines' max batch); memory stays bounded whatever the number of inputs. Every result
+        equals :meth:`segment` of that image alone. A bad input raises its typed error
+        (``errors="raise"``), or is yielded in its place as the error (``errors="yield"``), the
+        run going on. The Segmenter is held for the whole iteration (other threads wait).
+        """
+        from sed_trt.runtime.stream import Source, run_stream
+
+        if errors not in ("raise", "yield"):
+            raise ConfigError(f"errors={errors!r}: 'raise' or 'yield'")
+        topk = _check_topk(topk)
+        with self._lock:
+            if classes is not None:
+                self.set_vocabulary(classes)
+            if not self.predictor.classes:
+                raise StateError("no vocabulary: pass classes= or call set_vocabulary() first")
+            vocabulary = self.classes
+            limit = self.backend.limits.max_batch if self.backend.limits is not None else 1
+            batch = min(batch_size or (self.deployment.batch_size if self.deployment else None) or 1, limit)
+            sources = (Source(index=i, name=str(i), path=x) for i, x in enumerate(inputs))
+            for outcome in run_stream(
+                self.predictor,
+                sources,
+                load=lambda s: read_image(s.path, max_pixels=self.max_pixels),
+                batch_size=batch,
+                topk=topk,
+                keep_probs=probs,
+                progress=False,
+            ):
+                if outcome.error is not None:
+                    exc = outcome.exception
+                    if not isinstance(exc, SedTrtError):
+                        exc = ImageError(f"input {outcome.source.index}: {outcome.error}")
+                    if errors == "raise":
+                        raise exc
+                    yield exc
+                    continue
+                pred = outcome.prediction
+                yield Segmentation(
+                    labels=pred.labels,
+                    classes=vocabulary,
+                    kept=pred.kept,
+                    probs=outcome.probs if probs else None,
+                    timings=pred.timings,
+                    random_weights=self.backend.random_weights,
+                )
+
+    def segment_video(
+        self, path: str | Path, classes: str | Sequence[str] | None = None, *, topk: int | None = None, stride: int = 1
+    ) -> Iterator[tuple[int, float | None, Segmentation]]:
+        """(frame index, timestamp in s, Segmentation) for every ``stride``-th frame of a video
+        (PyAV, the ``[video]`` extra), pipelined as :meth:`segment_many`."""
+        from sed_trt.runtime.video import read_frames
+
+        meta: list[tuple[int, float | None]] = []  # filled as the frames are read (ahead of the results)
+
+        def images() -> Iterator[np.ndarray]:
+            for index, pts, rgb in read_frames(path, stride=stride):
+                meta.append((index, pts))
+                yield rgb
+
+        for i, result in enumerate(self.segment_many(images(), classes, topk=topk)):
+            assert isinstance(result, Segmentation)
+            yield (*meta[i], result)
 
     def close(self) -> None:
         """Release the backend (device memory, sessions)."""

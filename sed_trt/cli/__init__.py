@@ -124,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         extra = EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])
         if extra is None:
             return _internal_error(exc)
-        print(f"sed-trt: error: sed-trt {args.command} needs {exc.name} here: {install_hint(extra)}", file=sys.stderr)
+        print(
+            f"sed-trt: error: sed-trt {args.command} needs the {extra} extra ({exc.name} is not installed): {install_hint(extra)}",
+            file=sys.stderr,
+        )
         return 2
     except Exception as exc:
         return _internal_error(exc)

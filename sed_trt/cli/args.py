@@ -107,8 +107,16 @@ def add_cache_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk text-feature cache")
 
 
-def add_image_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--image", required=True, help="RGB image file (PNG, JPEG, ...)")
+def add_image_args(p: argparse.ArgumentParser, *, many: bool = False) -> None:
+    if many:
+        p.add_argument(
+            "--image",
+            required=True,
+            nargs="+",
+            help="an RGB image (PNG, JPEG, ...); or many: files, quoted globs, directories (recursive), @list.txt, videos (with --out-dir)",
+        )
+    else:
+        p.add_argument("--image", required=True, help="RGB image file (PNG, JPEG, ...)")
     p.add_argument(
         "--max-pixels",
         type=positive_int,

@@ -9,7 +9,7 @@ from importlib import metadata
 
 from sed_trt.cli.args import add_subcommand
 from sed_trt.runtime.backends.registry import probe_all
-from sed_trt.runtime.errors import ConfigError, SedTrtError
+from sed_trt.runtime.errors import BackendUnavailableError, ConfigError, SedTrtError, install_hint
 
 
 def _version(dist: str) -> str | None:
@@ -42,9 +42,14 @@ def _gpu(device: str, found: dict[str, str]) -> str:
     return f"{name}, compute capability {capability}, CUDA driver {driver // 1000}.{driver % 1000 // 10}"
 
 
-def _module(name: str, dist: str) -> Callable[[], str]:
+def _module(name: str, dist: str, extra: str | None = None) -> Callable[[], str]:
     def probe() -> str:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            if extra is None:
+                raise
+            raise BackendUnavailableError(f"{dist} is not installed ({exc.name}): {install_hint(extra)}") from None
         return _version(dist) or "installed"
 
     return probe
@@ -56,8 +61,13 @@ def _engines(engine_dir: str, found: dict[str, str]) -> str:
 
     manifest = Manifest.load(engine_dir)
     manifest.verify_files(engine_dir, which=("graph", "tokenizer", "engine"))
+    weights = (
+        "RANDOM WEIGHTS (exported without --weights: predictions are meaningless); "
+        if manifest.checkpoint_sha256 is None
+        else ""
+    )
     if not manifest.engines:
-        return f"{len(manifest.graphs)} graphs verified, no TensorRT engines yet (sed-trt build-engines)"
+        return f"{weights}{len(manifest.graphs)} graphs verified, no TensorRT engines yet (sed-trt build-engines)"
     versions = {e.tensorrt_version for e in manifest.engines.values()}
     capabilities = {e.compute_capability for e in manifest.engines.values()}
     built = {f"{e.gpu_name} ({e.compute_capability})" for e in manifest.engines.values()}
@@ -68,7 +78,13 @@ def _engines(engine_dir: str, found: dict[str, str]) -> str:
         raise ConfigError(
             f"engines built for compute capability {sorted(capabilities)}, this GPU is {found['capability']}: rebuild them"
         )
-    return f"graphs and {len(manifest.engines)} engines verified; TensorRT {sorted(versions)}, {precisions}, built on {sorted(built)}"
+    return f"{weights}graphs and {len(manifest.engines)} engines verified; TensorRT {sorted(versions)}, {precisions}, built on {sorted(built)}"
+
+
+def _tritonserver() -> str:
+    from sed_trt.serve.server import tritonserver_probe
+
+    return tritonserver_probe()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,10 +101,13 @@ def run(args: argparse.Namespace) -> int:
         if spec.name == "tensorrt" and ok:
             found["tensorrt"] = detail
         checks.append((f"backend {spec.name}", ok, detail, spec.name == "tensorrt"))
-    check("cuda-python", _module("cuda.bindings", "cuda-bindings"), gpu=True)
+    check("cuda-python", _module("cuda.bindings", "cuda-bindings", "trt"), gpu=True)
     check("GPU", lambda: _gpu(args.device, found), gpu=True)
-    check("polygraphy (engine builds)", _module("polygraphy", "polygraphy"), gpu=True)
-    check("onnxconverter-common (fp16 graphs)", _module("onnxconverter_common", "onnxconverter-common"))
+    check("polygraphy (engine builds)", _module("polygraphy", "polygraphy", "trt"), gpu=True)
+    check("onnxconverter-common (fp16 graphs)", _module("onnxconverter_common", "onnxconverter-common", "trt"))
+    check("torch (export, training, torch backend)", _module("torch", "torch", "torch"))
+    check("tritonclient (sed-trt client)", _module("tritonclient.http", "tritonclient", "serve"))
+    check("tritonserver (sed-trt serve)", _tritonserver)
     if args.engine_dir:
         check(f"engine directory {args.engine_dir}", lambda: _engines(args.engine_dir, found), gpu=True)
     width = max(len(name) for name, *_ in checks)

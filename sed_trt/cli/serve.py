@@ -97,7 +97,11 @@ def run_client(args: argparse.Namespace) -> int:
     classes, image = read_request(args)
     with SedClient(args.url, timeout_s=args.timeout) as client:
         result = client.segment(image, classes, topk=args.topk, probs=args.save_npz is not None)
-    written = write_results(args, image, classes, result.labels, result.kept, result.probs, random_weights=False)
+    if result.random_weights:
+        logging.getLogger("sed_trt").warning("the server's model has random weights: this segmentation is meaningless")
+    written = write_results(
+        args, image, classes, result.labels, result.kept, result.probs, random_weights=result.random_weights
+    )
     print(summary(classes, result.labels, result.kept))
     print(wrote_line(written))
     return 0

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from sed_trt.api import Segmentation
 from sed_trt.runtime.errors import BackendUnavailableError, ServeError, install_hint
 from sed_trt.runtime.vocab import validate_vocabulary
 from sed_trt.serve.service import MODEL_NAME
-
-
-@dataclass
-class Segmentation:
-    """labels (H, W) int32, kept (T,) bool, probs (T, h, w) float32 or None."""
-
-    labels: np.ndarray
-    kept: np.ndarray
-    probs: np.ndarray | None
 
 
 def _protocol(url: str) -> tuple[Any, str]:
@@ -83,7 +74,7 @@ class SedClient:
             self._input("topk", np.array([[topk or 0]], dtype=np.int32), "INT32"),
             self._input("want_probs", np.array([[probs]], dtype=bool), "BOOL"),
         ]
-        outputs = [self._tc.InferRequestedOutput(n) for n in ("labels", "kept", "probs", "error")]
+        outputs = [self._tc.InferRequestedOutput(n) for n in ("labels", "kept", "probs", "error", "random_weights")]
         try:
             result = self._client.infer(self.model, inputs, outputs=outputs)
         except Exception as exc:  # tritonclient's and the transport's own types
@@ -93,6 +84,8 @@ class SedClient:
             raise ServeError(error.decode("utf-8") if isinstance(error, bytes) else str(error))
         return Segmentation(
             labels=result.as_numpy("labels")[0],
+            classes=tuple(classes),
             kept=result.as_numpy("kept")[0],
             probs=result.as_numpy("probs")[0] if probs else None,
+            random_weights=bool(result.as_numpy("random_weights").reshape(-1)[0]),
         )

@@ -29,6 +29,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from sed_trt.runtime.errors import BackendUnavailableError, ConfigError, ServeError, install_hint
@@ -100,6 +101,23 @@ def find_tritonserver(state_dir: Path) -> tuple[list[str], dict[str, str]]:
     env["LD_LIBRARY_PATH"] = ":".join([*(p for p in libs if p), env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"  # the stub finds this environment's Python
     return [str(dist / "bin" / "tritonserver"), f"--backend-directory={backends}"], env
+
+
+def tritonserver_probe() -> str:
+    """Which tritonserver ``sed-trt serve`` would start (doctor's line), without starting it."""
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        return f"{on_path} (on PATH)"
+    try:
+        from pytriton.utils.distribution import get_root_module_path
+    except ImportError:
+        raise BackendUnavailableError(
+            f"no tritonserver on PATH and no PyTriton: run in NVIDIA's Triton container, or {install_hint('serve')}"
+        ) from None
+    binary = get_root_module_path() / "tritonserver" / "bin" / "tritonserver"
+    if not binary.is_file():
+        raise BackendUnavailableError(f"PyTriton is installed but its tritonserver binary is missing ({binary})")
+    return f"{binary} (PyTriton {metadata.version('nvidia-pytriton')})"
 
 
 def _die_with_parent() -> None:

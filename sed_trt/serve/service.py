@@ -5,8 +5,8 @@ predictor. Each request carries its own images (a batch of one or more rows) and
 vocabulary. A batch of requests (Triton's dynamic batcher) is split into rows, grouped by
 vocabulary and CER top-k, and each group runs through :meth:`Predictor.predict_batch` in
 batches of up to ``max_batch`` images: one image-encoder pass for photos of any sizes and
-one decoder pass for all of them (without CER every row equals its own prediction; with
-CER the kept set is the union over the group, the official rule for B > 1). Text
+one decoder pass for all of them. CER decides per image, so every row gets the answer it
+gets alone, whatever its batch-mates (rows whose kept sets agree still decode together). Text
 features come from the bounded cache (runtime.text_cache), so a repeated vocabulary costs
 nothing and a new one is encoded once. Every check that can refuse a request (its tensors,
 its vocabulary) runs before the instance lock; a refused row gets a one-line ``error``
@@ -58,6 +58,7 @@ OUTPUTS = (
     TensorDef("kept", np.bool_, (-1,), triton_type="TYPE_BOOL"),  # (T,) classes CER kept
     TensorDef("probs", np.float32, (-1, -1, -1), triton_type="TYPE_FP32"),  # (T, h, w) if asked, else (1, 1, 1)
     TensorDef("error", bytes, (1,), triton_type="TYPE_STRING"),  # "" or the one-line reason this row failed
+    TensorDef("random_weights", np.bool_, (1,), triton_type="TYPE_BOOL"),  # the model is untrained: meaningless
 )
 
 
@@ -192,11 +193,11 @@ class SegmentationService:
             for r in rows:
                 if r.error:
                     log.warning("request refused: %s", r.error)
-            out.append(response(rows))
+            out.append(response(rows, random_weights=self.predictor.backend.random_weights))
         return out
 
 
-def response(rows: list[Row]) -> dict[str, np.ndarray]:
+def response(rows: list[Row], *, random_weights: bool = False) -> dict[str, np.ndarray]:
     """Outputs of one request, one row per image (failed rows: labels [[-1]], the reason in ``error``).
 
     Rows of one request share the image size and vocabulary (they are one tensor), so their
@@ -205,7 +206,8 @@ def response(rows: list[Row]) -> dict[str, np.ndarray]:
     done = [r.result for r in rows if r.result is not None]
     h, w = done[0].labels.shape if done else (1, 1)
     t = len(done[0].kept) if done else 1
-    probs_shape = done[0].probs.shape if done and rows[0].want_probs and not rows[0].error else (1, 1, 1)
+    asked = [r.result.probs for r in rows if r.result is not None and r.want_probs]
+    probs_shape = asked[0].shape if asked else (1, 1, 1)  # any row that asked, not row 0 alone
     labels = np.full((len(rows), h, w), -1, np.int32)
     kept = np.zeros((len(rows), t), bool)
     probs = np.zeros((len(rows), *probs_shape), np.float32)
@@ -216,4 +218,5 @@ def response(rows: list[Row]) -> dict[str, np.ndarray]:
             if r.want_probs and r.result.probs.shape == probs_shape:
                 probs[i] = r.result.probs
     errors = np.array([[r.error.encode("utf-8")] for r in rows], dtype=object)
-    return {"labels": labels, "kept": kept, "probs": probs, "error": errors}
+    flags = np.full((len(rows), 1), random_weights, bool)
+    return {"labels": labels, "kept": kept, "probs": probs, "error": errors, "random_weights": flags}

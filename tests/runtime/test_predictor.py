@@ -163,3 +163,29 @@ def test_probabilities_are_fetched_only_while_the_backend_is_active(parity_engin
     np.testing.assert_allclose(trim("cer_k2_probs", kept_read.probs), parity["expected"]["cer_k2_probs"], atol=1e-4)
     with pytest.raises(StateError, match="before the backend is deactivated"):
         unread.probs  # noqa: B018
+
+
+@pytest.mark.parametrize("device_path", [False, True], ids=["host-cer", "cer-graphs"])
+def test_a_batch_answers_each_image_as_alone(small_engine_dir, device_path):
+    """CER per image: in a batch every image keeps what it keeps alone (labels and kept sets),
+    whatever its batch-mates; the official union over the batch stays available (cer_union)."""
+    backend = create_backend("onnxruntime", engine_dir=small_engine_dir)
+    backend.device_resident = device_path  # the cerK and labels graphs, as device backends run them
+    backend.activate()
+    pred = Predictor(backend, cache=TextFeatureCache(None))
+    pred.set_classes(["sky", "tree", "road", "person", "car", "grass", "water", "wall"])
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in ((40, 60), (64, 48), (30, 30), (50, 70))]
+    images[1][:] = images[1].mean(axis=(0, 1), keepdims=True).astype(np.uint8)  # a flat photo: other classes
+    alone = [pred.predict(im, topk=1) for im in images]
+    kept_sets = {tuple(a.kept) for a in alone}
+    assert len(kept_sets) > 1, "the images keep the same classes: the test would not split a batch"
+    batched = pred.predict_batch(images, topk=1)
+    for a, b in zip(alone, batched):
+        np.testing.assert_array_equal(b.kept, a.kept)
+        np.testing.assert_array_equal(b.labels, a.labels)
+        assert b.survivors == a.survivors
+        np.testing.assert_allclose(b.probs, a.probs, atol=1e-5)
+    union = pred.predict_batch(images, topk=1, cer_union=True)
+    assert len({tuple(u.kept) for u in union}) == 1  # one kept set for the whole batch
+    backend.deactivate()

@@ -259,3 +259,27 @@ def test_doctor_checks_engines_against_this_tensorrt_and_gpu(parity_engine_dir, 
         _engines(str(work), {"tensorrt": "10.16.0", "capability": "8.6"})
     with pytest.raises(ConfigError, match="TensorRT \\['10.16.0'\\], this is 11.4.0"):
         _engines(str(work), {"tensorrt": "11.4.0"})
+
+
+def test_the_backend_follows_what_was_given_and_flags_are_given_once(parity_dir, parity_engine_dir, tmp_path, capsys):
+    """An engine directory opens in ONNX Runtime without --backend (not 'needs --backbone');
+    a single-value flag given twice is refused (it used to keep the last silently)."""
+    image = str(parity_dir / "image.png")
+    args = ["predict", "--engine-dir", str(parity_engine_dir), "--image", image, "--classes", "sky,tree", "--quiet"]
+    assert main([*args, "--save-npz", str(tmp_path / "o.npz")]) == 0
+    assert (tmp_path / "o.npz").is_file() and "wrote" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--image", image])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and err.endswith("--image given more than once (see sed-trt predict --help)"), err
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("sed-trt ")
+
+
+def test_debug_variable_off_values_keep_the_one_line(monkeypatch):
+    from sed_trt.cli import debug_requested
+
+    for value, on in (("", False), ("0", False), ("false", False), ("off", False), ("1", True), ("yes", True)):
+        monkeypatch.setenv("SED_TRT_DEBUG", value)
+        assert debug_requested() is on, value

@@ -243,7 +243,10 @@ def test_client_command_writes_what_predict_writes(server, local, parity_dir, tm
 
     common = ["--image", str(parity_dir / "image.png"), "--classes", "sky; tree; road"]
     assert main(["client", "--url", server.url, *common, "--save-npz", str(tmp_path / "c.npz")]) == 0
-    assert "wrote" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "wrote" in out
+    # the server's engines were exported without --weights: the client is told, as local predict is
+    assert "random weights" in err and err.count("WARNING") == 1
     from sed_trt.runtime.image import load_image
 
     want = local(load_image(parity_dir / "image.png"), ["sky", "tree", "road"])
@@ -290,6 +293,7 @@ def test_two_servers_side_by_side_and_sigterm_drains(server, engine_dir, local, 
     assert not isinstance(results[0], Exception) and results[0].labels.shape == (1500, 1500)
     assert seconds < 20, seconds  # not Triton's exit timeout (60 s) for the idle connection
     assert "server stopped" in second.log.read_text()
+    assert second.proc.returncode == 0  # a drained stop is a clean exit (docs/serving.md)
     assert set(Path(tempfile.gettempdir()).glob("sed-trt-serve-*")) <= states
 
 
