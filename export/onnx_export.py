@@ -24,7 +24,7 @@ from sed_trt.export.check import check_trt_compatible
 from sed_trt.export.trt_build import TIMING_CACHE_GLOB
 from sed_trt.export.wrappers import wrapper_for
 from sed_trt.runtime.errors import ConfigError, EngineError, ExportError
-from sed_trt.runtime.fsutil import check_writable_dir, current_umask, file_sha256
+from sed_trt.runtime.fsutil import check_writable_dir, current_umask, file_sha256, real_path
 from sed_trt.runtime.io_spec import (
     CER_GRAPHS,
     GRAPH_NAMES,
@@ -129,6 +129,9 @@ def export_graph(
         )
     if program is None:
         raise ExportError(f"torch.onnx.export returned nothing for {spec.name}: {log.getvalue()[-500:]}")
+    written = dict(getattr(program.model, "opset_imports", {})).get("", opset)
+    if written != opset:  # the exporter fell back to another opset: the manifest would say the wrong one
+        raise ExportError(f"{spec.name}: torch's exporter wrote opset {written}, not the {opset} asked for")
     # Fold what the exporter's size limits (8192 inputs) leave computed from weights at run time:
     # the norm affines and scales folded into 1x1 convolutions, slices of split convolutions.
     # Folded here in fp32, they are plain initializers for the fp16 conversion and TensorRT.
@@ -337,7 +340,8 @@ def run_export(
     """
     limits = limits or ExportLimits()
     model.io_dims().check_pooling(pooling)
-    final = Path(out_dir)
+    # A link to an engine directory (current -> v2) exports into its target and stays a link.
+    final = real_path(out_dir, "--out-dir", ExportError)
     check_export_target(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(final)

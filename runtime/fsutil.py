@@ -8,14 +8,16 @@ never overwrites its own input or fails after half its files were written.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import stat
 import tempfile
 import threading
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -160,7 +162,7 @@ def is_within(path: str | Path, directory: str | Path) -> bool:
 
 
 def _same_file(a: Path, b: Path) -> bool:
-    if a.resolve() == b.resolve():
+    if real_path(a, str(a)) == real_path(b, str(b)):
         return True
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
@@ -180,6 +182,7 @@ def check_outputs(
     named = [(flag, Path(p)) for flag, p in outputs.items() if p is not None]
     sources = [(flag, Path(p)) for flag, p in (inputs or {}).items() if p is not None]
     for i, (flag, path) in enumerate(named):
+        real_path(path, flag)  # a loop of links is one line
         if path.is_dir():
             raise ConfigError(f"{flag} {str(path)!r} is a directory; give a file name")
         if path.exists() and not path.is_file():
@@ -216,7 +219,7 @@ def _name_max(directory: Path) -> int:
 
 def check_writable_dir(path: str | Path, flag: str) -> None:
     """Refuse, before any work, an output directory whose nearest existing ancestor is not writable."""
-    p = Path(path).resolve()
+    p = real_path(path, flag)
     if p.exists() and not p.is_dir():
         raise ConfigError(f"{flag} {str(path)!r} exists and is not a directory")
     probe = p
@@ -226,3 +229,41 @@ def check_writable_dir(path: str | Path, flag: str) -> None:
         raise ConfigError(f"{flag} {str(path)!r}: {str(probe)!r} is a file, not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag} {str(path)!r}: {str(probe)!r} is not writable")
+
+
+def real_path(path: str | Path, flag: str, error: type[Exception] = ConfigError) -> Path:
+    """``path`` with its links followed (``current -> v2`` is ``v2``), or ``error`` in one line for a
+    loop of links: the one place paths given by a user are resolved."""
+    try:
+        return Path(path).resolve(strict=False)
+    except (RuntimeError, OSError) as exc:  # Python's "Symlink loop", ELOOP
+        raise error(f"{flag} {str(path)!r}: cannot follow its links ({exc})") from None
+
+
+@contextlib.contextmanager
+def staged_directory(final: str | Path, flag: str) -> Iterator[Path]:
+    """Write a new directory whole or not at all: yields a hidden sibling to fill, which replaces
+    ``final`` (absent or empty) when the block ends; on any failure it is removed and ``final``
+    left as it was. An operating-system failure (a full disk, no permission) is a
+    :class:`WriteError` naming ``flag``'s path."""
+    final = real_path(final, flag)
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        raise ConfigError(f"{flag} {str(final)!r} is not empty: it goes into a new or empty directory")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging-{os.getpid()}-"))
+    except OSError as exc:
+        raise WriteError(f"cannot write {flag} {str(final)!r}: {exc.strerror or exc}") from None
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~current_umask())
+        if final.exists():
+            final.rmdir()
+        os.rename(staging, final)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        where = exc.filename if getattr(exc, "filename", None) else final
+        raise WriteError(f"cannot write {flag} {str(final)!r} ({where}): {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

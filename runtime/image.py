@@ -7,10 +7,13 @@ Post-processing (probabilities -> labels) lives in runtime.postprocess.
 
 from __future__ import annotations
 
+import io
 import logging
+import stat
 import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +32,36 @@ CLIP_PIXEL_STD = (68.5005327, 66.6321579, 70.3231630)
 DEFAULT_MAX_PIXELS = 250_000_000
 
 _PIL_LIMIT_LOCK = threading.Lock()
+MAX_PIPE_BYTES = 1 << 30  # an image read from a pipe (<(...), /dev/stdin) is read whole, up to this
+
+
+def _image_source(path: str | Path) -> Path | io.BytesIO:
+    """A regular file's path, or a pipe's bytes (read whole, bounded): devices and sockets are
+    refused (they would block or never end), as are loops of links, in one line."""
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+    except OSError:
+        return require_regular_file(p, "image", ImageError)  # the one-line reason
+    if not stat.S_ISFIFO(mode):
+        return require_regular_file(p, "image", ImageError)
+    with open(p, "rb") as f:
+        data = f.read(MAX_PIPE_BYTES + 1)
+    if len(data) > MAX_PIPE_BYTES:
+        raise ImageError(f"image {str(path)!r}: more than {MAX_PIPE_BYTES >> 20} MB from a pipe")
+    return io.BytesIO(data)
+
+
+def _largest_frame(im: Any) -> None:
+    """Seek a multi-frame image (TIFF pages, icons) to its largest frame."""
+    frames = getattr(im, "n_frames", 1)
+    if frames <= 1:
+        return
+    sizes = []
+    for i in range(min(frames, 64)):
+        im.seek(i)
+        sizes.append(im.size[0] * im.size[1])
+    im.seek(int(np.argmax(sizes)))
 
 
 def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, convert: bool = False) -> np.ndarray:
@@ -40,7 +73,7 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    path = require_regular_file(path, "image", ImageError)  # a FIFO would block, a device never end
+    source = _image_source(path)
     caught: list[warnings.WarningMessage] = []
     try:
         # Pillow's warnings (EXIF... from the open on): one line each, ours
@@ -49,16 +82,13 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
             with _PIL_LIMIT_LOCK:  # our limit replaces Pillow's global one for this open only
                 saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
                 try:
-                    im = Image.open(path)
+                    im = Image.open(source)
                 finally:
                     Image.MAX_IMAGE_PIXELS = saved
             with im:
+                _largest_frame(im)  # a multi-page TIFF may open on a thumbnail
                 w, h = im.size
-                if max_pixels is not None and w * h > max_pixels:
-                    raise ImageError(
-                        f"image {str(path)!r} is {w}x{h} ({_pixels(w * h)}), above the limit of {_pixels(max_pixels)}; "
-                        "raise it with --max-pixels if the machine has the memory"
-                    )
+                check_pixels(h, w, max_pixels, f"image {str(path)!r}")
                 upright: Image.Image = ImageOps.exif_transpose(im)
                 upright.load()
         for message in dict.fromkeys(str(c.message).strip().splitlines()[0] for c in caught if str(c.message).strip()):
@@ -83,11 +113,21 @@ def _pixels(n: int) -> str:
     return f"{n / 1e6:.4g} megapixels" if n >= 100_000 else f"{n} pixels"
 
 
-def check_image(image: np.ndarray) -> np.ndarray:
-    """Validate an in-memory image: uint8 (H, W, 3)."""
+def check_pixels(h: int, w: int, max_pixels: int | None, what: str = "image") -> None:
+    """The one pixel limit, for files, arrays and served requests alike (checked before any work)."""
+    if max_pixels is not None and h * w > max_pixels:
+        raise ImageError(
+            f"{what} is {w}x{h} ({_pixels(h * w)}), above the limit of {_pixels(max_pixels)}; "
+            "raise it with --max-pixels if the machine has the memory"
+        )
+
+
+def check_image(image: np.ndarray, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Validate an in-memory image: uint8 (H, W, 3), at most ``max_pixels`` (width x height)."""
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
         shape = getattr(image, "shape", None)
         raise ImageError(f"image | got shape {shape} | expected (H, W, 3) RGB")
+    check_pixels(image.shape[0], image.shape[1], max_pixels)
     if image.dtype != np.uint8:
         raise ImageError(f"image | got dtype {image.dtype} | expected uint8")
     if min(image.shape[:2]) < 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -124,6 +125,33 @@ class Manifest:
         seconds = time.perf_counter() - start
         log.debug("verified %s in %s in %.2f s", ", ".join(which), directory, seconds)
         return seconds
+
+    def read_verified(self, directory: str | Path, rel: str) -> bytes:
+        """The bytes of file ``rel``, read once and checked against the manifest's sha256: what is
+        loaded is what was verified (a directory swapped between a check by path and an open by
+        path would serve a mix of two exports)."""
+        digests = {r: (label, digest) for label, (r, digest) in self.files().items()}
+        if rel not in digests:
+            raise EngineError(f"{rel!r} is not a file of this engine directory's manifest")
+        label, digest = digests[rel]
+        path = Path(directory) / rel
+        if not digest:
+            raise EngineError(
+                f"{str(Path(directory) / MANIFEST_NAME)!r} records no sha256 for {label} ({rel!r}); re-export the engines"
+            )
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise EngineError(
+                f"engine directory {str(directory)!r} is incomplete: {rel!r} ({label}) is missing"
+            ) from None
+        except OSError as exc:
+            raise EngineError(f"cannot read {str(path)!r} ({label}): {exc.strerror or exc}") from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise EngineError(
+                f"{str(path)!r} ({label}) does not match its sha256 in the manifest: the file is corrupt or was replaced; re-export the engines"
+            )
+        return data
 
     @classmethod
     def load(cls, directory: str | Path) -> Manifest:

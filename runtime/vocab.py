@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from importlib import resources
 from pathlib import Path
 
@@ -120,6 +121,12 @@ SPECIAL_TOKENS = ("<start_of_text>", "<end_of_text>")
 _WORD = re.compile(r"\w")  # a letter or a digit (or _)
 
 
+def _meaningful(key: str) -> bool:
+    """A letter, a digit or a symbol (emoji included: CLIP's byte-level BPE encodes them), not
+    punctuation and spaces alone."""
+    return bool(_WORD.search(key)) or any(unicodedata.category(c).startswith("S") for c in key)
+
+
 def list_vocabularies() -> list[str]:
     """Names accepted by :func:`load_vocabulary` besides files and inline lists."""
     return sorted(BUILTIN_VOCABULARIES)
@@ -210,9 +217,9 @@ def name_problem(name: str, key: str | None = None) -> str | None:
     if any(tok in key for tok in SPECIAL_TOKENS):
         return "holds CLIP's special token <start_of_text> or <end_of_text>"
     if SYNONYM_SEPARATOR not in name:
-        return None if _WORD.search(key) else "has no letter or digit"
-    if not all(_WORD.search(class_key(synonym)) for synonym in name.split(SYNONYM_SEPARATOR)):
-        return "has a synonym with no letter or digit"
+        return None if _meaningful(key) else "has no letter, digit or symbol"
+    if not all(_meaningful(class_key(synonym)) for synonym in name.split(SYNONYM_SEPARATOR)):
+        return "has a synonym with no letter, digit or symbol"
     return None
 
 
@@ -294,3 +301,9 @@ def pool_text_embeddings(embeddings: np.ndarray, counts: list[int], num_template
         out[t] = block[:, 0] if k == 1 else _l2_normalize(block.mean(axis=1))
         offset += num_templates * k
     return out
+
+
+def printable(text: str) -> str:
+    """Text for a terminal or a log line: control characters (ANSI escapes, newlines, carriage
+    returns) shown escaped, so a class or file name cannot clear a screen or forge a line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

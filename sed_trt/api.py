@@ -91,7 +91,7 @@ def read_image(image: ImageLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     if isinstance(image, (str, Path)):
         return load_image(image, max_pixels=max_pixels)
     if isinstance(image, np.ndarray):
-        return check_image(image)
+        return check_image(image, max_pixels=max_pixels)
     if hasattr(image, "mode") and hasattr(image, "size"):  # a PIL image
         if image.mode != "RGB":
             raise ImageError(f"image has mode {image.mode!r}; expected RGB (convert it with image.convert('RGB'))")

@@ -227,8 +227,9 @@ class EngineDirBackend(Backend):
         """Import the engine library and settle options before any graph loads (raise
         :class:`BackendUnavailableError` when it is missing). Graph backends override it."""
 
-    def _load(self, graph: str, path: Path) -> Any:
-        """A runner for one graph file (ONNX Runtime session, OpenVINO infer request...)."""
+    def _load(self, graph: str, path: Path, data: bytes) -> Any:
+        """A runner for one graph from ``data``, the bytes of ``path`` already verified against the
+        manifest (ONNX Runtime session, OpenVINO infer request...)."""
         raise NotImplementedError
 
     def activate(self) -> EngineDirBackend:
@@ -239,8 +240,9 @@ class EngineDirBackend(Backend):
         for name, rel in self.manifest.graphs_for(self.graph_precision).items():
             if name in DEVICE_GRAPHS and not self.device_resident:
                 continue  # CER and the labels run on the host here
+            data = self.manifest.read_verified(self.engine_dir, rel)  # loaded from the bytes verified
             try:
-                runners[name] = self._load(name, self.engine_dir / rel)
+                runners[name] = self._load(name, self.engine_dir / rel, data)
             except SedTrtError:
                 raise
             except Exception as exc:  # each engine library raises its own types
@@ -288,8 +290,11 @@ class EngineDirBackend(Backend):
                 raise ConfigError(f"--weights {str(weights)!r} is not the checkpoint the engines were exported from")
 
     def verify(self) -> None:
-        """Check the files this backend loads against the manifest; warn about random weights."""
-        self.manifest.verify_files(self.engine_dir, which=self.verify_kinds)
+        """Check the files this backend reads by path against the manifest (graphs and engines are
+        checked as their bytes are read, :meth:`Manifest.read_verified`); warn about random weights."""
+        self.manifest.verify_files(
+            self.engine_dir, which=tuple(k for k in self.verify_kinds if k not in ("graph", "engine"))
+        )
         if self.random_weights and self.engine_dir.resolve() not in _warned_random:
             _warned_random.add(self.engine_dir.resolve())
             log.warning(

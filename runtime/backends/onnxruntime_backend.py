@@ -97,10 +97,10 @@ class OnnxRuntimeBackend(EngineDirBackend):
         if self.threads:
             self._options.intra_op_num_threads = self.threads
 
-    def _load(self, graph: str, path: Path) -> Any:
+    def _load(self, graph: str, path: Path, data: bytes) -> Any:
         import onnxruntime as ort
 
-        session = ort.InferenceSession(str(path), self._options, providers=self.providers)
+        session = ort.InferenceSession(data, self._options, providers=self.providers)
         self.check_graph_inputs(graph, {i.name: list(i.shape) for i in session.get_inputs()})
         return session
 

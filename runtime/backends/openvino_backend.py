@@ -125,8 +125,9 @@ class OpenVINOBackend(EngineDirBackend):
         except OSError:
             pass  # no cache: compile every start-up
 
-    def _load(self, graph: str, path: Path) -> Any:
-        compiled = self._core.compile_model(str(path), "CPU", self._config)
+    def _load(self, graph: str, path: Path, data: bytes) -> Any:
+        model = self._core.read_model(data)  # the verified bytes (an ONNX model has no separate weights)
+        compiled = self._core.compile_model(model, "CPU", self._config)
         got = compiled.get_property("INFERENCE_PRECISION_HINT")
         if got != self._expected:
             raise EngineError(

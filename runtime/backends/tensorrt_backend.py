@@ -184,7 +184,7 @@ class TensorRTBackend(EngineDirBackend):
             raise EngineError("TensorRT could not create a runtime (see the TensorRT log above)")
         engines = {}
         for graph in GRAPH_NAMES:
-            plan = (self.engine_dir / self.manifest.engines[graph].file).read_bytes()
+            plan = self.manifest.read_verified(self.engine_dir, self.manifest.engines[graph].file)
             engine = runtime.deserialize_cuda_engine(plan)
             if engine is None:
                 raise EngineError(

@@ -98,7 +98,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="class-attention pooling baked into the graphs (1 = official evaluation)",
     )
-    p.add_argument("--opset", type=int, default=20, choices=range(17, 21), metavar="{17..20}", help="ONNX opset")
+    p.add_argument(
+        "--opset",
+        type=int,
+        default=20,
+        choices=range(18, 21),
+        metavar="{18..20}",
+        help="ONNX opset (torch's exporter writes 18 and later; TensorRT 10 reads up to 20)",
+    )
     p.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     p.add_argument(
         "--fp16",

@@ -24,14 +24,10 @@ from sed_trt.runtime.errors import ConfigError
 from sed_trt.runtime.fsutil import atomic_write, check_writable_dir, write_npz
 from sed_trt.runtime.sources import InputFile, expand_inputs
 from sed_trt.runtime.stream import Outcome, Source, Summary, run_stream
+from sed_trt.runtime.vocab import printable
 
 FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 RANDOM_BANNER = "RANDOM WEIGHTS: this segmentation is meaningless (no --weights)"
-
-
-def safe_text(text: str) -> str:
-    """A name for the terminal: control characters (ANSI escapes, newlines) shown escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class Outputs:
@@ -177,7 +173,7 @@ def _run_images(
     )
     for outcome in stream:
         if outcome.error is not None:
-            print(f"sed-trt: {safe_text(str(outcome.source.path))}: {outcome.error}", file=sys.stderr)
+            print(f"sed-trt: {printable(str(outcome.source.path))}: {outcome.error}", file=sys.stderr)
 
 
 def _run_video(
@@ -196,7 +192,7 @@ def _run_video(
     try:
         info = probe_video(item.path)
     except SedTrtError as exc:
-        print(f"sed-trt: {safe_text(str(item.path))}: {exc}", file=sys.stderr)
+        print(f"sed-trt: {printable(str(item.path))}: {exc}", file=sys.stderr)
         summary.failed += 1
         return
     rate = info.rate / args.frame_stride
@@ -237,7 +233,7 @@ def _run_video(
         for outcome in stream:
             if outcome.error is not None:
                 print(
-                    f"sed-trt: {safe_text(str(item.path))} frame {outcome.source.frame}: {outcome.error}",
+                    f"sed-trt: {printable(str(item.path))} frame {outcome.source.frame}: {outcome.error}",
                     file=sys.stderr,
                 )
                 failed = True
@@ -252,7 +248,7 @@ def _run_video(
         written = writer.close()
     except SedTrtError as exc:
         writer.abort()
-        print(f"sed-trt: {safe_text(str(item.path))}: {exc}", file=sys.stderr)
+        print(f"sed-trt: {printable(str(item.path))}: {exc}", file=sys.stderr)
         summary.failed += 1
         return
     except BaseException:
@@ -268,7 +264,7 @@ def _run_video(
         atomic_write(npz_path, lambda tmp: write_npz(tmp, arrays))
     fps = float(rate)
     note = " (some frames failed)" if failed else ""
-    print(f"{safe_text(str(item.path))}: {writer.frames} frames at {fps:.2f} fps -> {written} ({writer.codec}){note}")
+    print(f"{printable(str(item.path))}: {writer.frames} frames at {fps:.2f} fps -> {written} ({writer.codec}){note}")
 
 
 def _frame(source: Source) -> np.ndarray:

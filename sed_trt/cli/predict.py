@@ -75,11 +75,11 @@ def wrote_line(written: list[object]) -> str:
 
 def summary(classes: list[str], labels: np.ndarray, kept: np.ndarray) -> str:
     """Vocabulary size, kept classes and the 8 largest classes present."""
-    from sed_trt.runtime.vocab import display_name
+    from sed_trt.runtime.vocab import display_name, printable
 
     ids, counts = label_areas(labels)
     top = ", ".join(
-        f"{display_name(classes[i])} {100 * c / labels.size:.1f}%"
+        f"{printable(display_name(classes[i]))} {100 * c / labels.size:.1f}%"
         for i, c in sorted(zip(ids, counts), key=lambda x: -x[1])[:8]
     )
     return f"{len(classes)} classes, kept {int(kept.sum())}; present: {top}"

@@ -21,13 +21,16 @@ from sed_trt.cli.args import (
 from sed_trt.cli.predict import add_output_args, read_request, summary, write_results, wrote_line
 from sed_trt.runtime.backends.registry import parse_label
 from sed_trt.runtime.errors import ConfigError
+from sed_trt.serve.service import DEFAULT_SERVE_MAX_PIXELS
 
 
 def repository_settings(args: argparse.Namespace) -> tuple[Any, Any]:
     """The repository's deployment and instance configuration from the arguments."""
     from sed_trt.serve.repository import InstanceConfig
 
-    deployment = deployment_from_args(args, batch_size=args.max_batch, cache_memory_mb=args.vocab_cache_mb)
+    deployment = deployment_from_args(
+        args, batch_size=args.max_batch, cache_memory_mb=args.vocab_cache_mb, max_pixels=args.max_pixels
+    )
     spec, _ = parse_label(deployment.backend_label)
     if spec.loads == "engine_dir" and args.engine_dir is None:
         raise ConfigError(f"--engine-dir is required with --backend {spec.name} (make one with 'sed-trt export')")
@@ -79,6 +82,7 @@ def run_serve(args: argparse.Namespace) -> int:
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
         exit_timeout_s=args.exit_timeout,
+        ready_timeout_s=args.ready_timeout,
     )
     if args.repository:
         return serve_repository(args.repository, config)
@@ -126,6 +130,12 @@ def add_repository_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--vocab-cache-mb", type=positive_int, default=512, help="text features of recent vocabularies kept in memory"
     )
+    p.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=DEFAULT_SERVE_MAX_PIXELS,
+        help="refuse a request's image larger than this (width x height), before any work",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -149,6 +159,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grpc-port", type=positive_int, default=8001, help="gRPC port")
     p.add_argument("--metrics-port", type=positive_int, default=8002, help="Prometheus metrics port (/metrics)")
     p.add_argument("--exit-timeout", type=positive_int, default=60, help="seconds a stop waits for requests in flight")
+    p.add_argument(
+        "--ready-timeout",
+        type=positive_int,
+        default=600,
+        help="seconds start-up may take (loading and warm-up) before it fails",
+    )
 
     p = add_subcommand(sub, "client", run_client)
     p.add_argument("--url", default="localhost:8000", help="server address (host:port; grpc://host:port for gRPC)")

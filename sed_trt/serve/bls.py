@@ -49,6 +49,9 @@ class TritonBLSBackend(EngineDirBackend):
             model_name=f"{self.prefix}{graph}",
             requested_output_names=spec.output_names,
             inputs=[pb.Tensor(n, np.ascontiguousarray(feeds[n])) for n in spec.input_names],
+            # The plan models run on the GPU: their outputs stay there unless CPU memory is asked
+            # for, and as_numpy() refuses a GPU tensor (python_backend README, BLS; Triton >= 23.04).
+            preferred_memory=pb.PreferredMemory(pb.TRITONSERVER_MEMORY_CPU, 0),
         )
         response = request.exec()
         if response.has_error():

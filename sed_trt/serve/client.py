@@ -8,21 +8,36 @@ from typing import Any
 import numpy as np
 
 from sed_trt.api import Segmentation
-from sed_trt.runtime.errors import BackendUnavailableError, ServeError, install_hint
+from sed_trt.runtime.errors import BackendUnavailableError, ConfigError, ServeError, install_hint
 from sed_trt.runtime.vocab import validate_vocabulary
 from sed_trt.serve.service import MODEL_NAME
 
 
+def parse_url(url: str) -> tuple[str, str]:
+    """``host:port``, ``http://host:port`` or ``grpc://host:port`` -> (scheme, "host:port"),
+    or a one-line :class:`ConfigError` (https, no port, a port that is not a number)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "http", url
+    if scheme not in ("http", "grpc"):
+        raise ConfigError(f"--url {url!r}: http://HOST:PORT, grpc://HOST:PORT or HOST:PORT (TLS is not supported)")
+    host, colon, port = rest.rstrip("/").rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in rest.rstrip("/"):
+        raise ConfigError(f"--url {url!r}: expected HOST:PORT with a port number, e.g. localhost:8000")
+    return scheme, f"{host}:{int(port)}"
+
+
 def _protocol(url: str) -> tuple[Any, str]:
+    scheme, address = parse_url(url)
     try:
-        if url.startswith("grpc://"):
+        if scheme == "grpc":
             import tritonclient.grpc as tc
 
-            return tc, url[len("grpc://") :]
+            return tc, address
         import tritonclient.http as tc
     except ImportError:
         raise BackendUnavailableError(f"the client needs tritonclient: {install_hint('serve')}") from None
-    return tc, url.removeprefix("http://")
+    return tc, address
 
 
 def _reason(message: str) -> str:
@@ -38,12 +53,18 @@ class SedClient:
     def __init__(self, url: str = "localhost:8000", *, timeout_s: float = 120.0, model: str = MODEL_NAME) -> None:
         self.url = url
         self.model = model
+        self._client: Any = None
         self._tc, address = _protocol(url)
         kwargs = {"network_timeout": timeout_s, "connection_timeout": timeout_s} if "http" in self._tc.__name__ else {}
-        self._client = self._tc.InferenceServerClient(address, **kwargs)
+        try:
+            self._client = self._tc.InferenceServerClient(address, **kwargs)
+        except Exception as exc:  # tritonclient's own types
+            raise ServeError(f"{url}: {_reason(str(exc))}") from None
 
     def close(self) -> None:
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     def __enter__(self) -> SedClient:
         return self

@@ -28,7 +28,7 @@ from typing import Any
 
 from sed_trt.runtime.deployment import CACHE_DEFAULT, CACHE_OFF, Deployment
 from sed_trt.runtime.errors import ConfigError
-from sed_trt.runtime.fsutil import check_writable_dir
+from sed_trt.runtime.fsutil import check_writable_dir, staged_directory
 from sed_trt.runtime.io_spec import GRAPH_NAMES, GraphSpec, TensorSpec
 from sed_trt.serve.service import INPUTS, MODEL_NAME, OUTPUTS, TensorDef
 
@@ -160,37 +160,76 @@ def write_repository(
         raise ConfigError(f"--form {form!r}: python or bls")
     stored = stored_deployment(settings, engine_path=engine_path)
 
-    out = Path(out)
-    check_writable_dir(out, "--out")
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"--out {str(out)!r} is not empty: a repository goes into a new or empty directory")
+    final = Path(out)
+    check_writable_dir(final, "--out")
+    check_servable_path(final)
     written: list[Path] = []
+    with staged_directory(final, "--out") as stage:  # whole or not at all (a full disk leaves nothing)
 
-    def write(rel: str, text: str) -> None:
-        path = out / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        written.append(path)
+        def write(rel: str, text: str) -> None:
+            path = stage / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            written.append(final / rel)
 
-    if form == "bls":
-        if settings.engine_dir is None:
-            raise ConfigError("--form bls needs --engine-dir (a directory with TensorRT engines)")
-        manifest = Manifest.load(settings.engine_dir)
-        missing = [g for g in GRAPH_NAMES if g not in manifest.engines]
-        if missing:
-            raise ConfigError(
-                f"--form bls needs TensorRT engines for every graph; {settings.engine_dir!r} has none for {missing}"
-            )
-        gpu = InstanceConfig(kind="KIND_GPU", gpus=instances.gpus)
-        for graph, spec in manifest.specs.items():
-            write(f"{BLS_PREFIX}{graph}/config.pbtxt", plan_config(f"{BLS_PREFIX}{graph}", spec, gpu))
-            plan = out / f"{BLS_PREFIX}{graph}" / "1" / "model.plan"
-            plan.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(settings.engine_dir) / manifest.engines[graph].file, plan)
-            written.append(plan)
-        stored = stored.replace(backend=BLS_LABEL)
-    write(f"{MODEL_NAME}/config.pbtxt", sed_config(stored, instances))
-    write(f"{MODEL_NAME}/settings.json", json.dumps(stored.to_dict(), indent=2, sort_keys=True) + "\n")
-    write(f"{MODEL_NAME}/1/model.py", MODEL_PY)
-    os.chmod(out, 0o755)
+        if form == "bls":
+            if settings.engine_dir is None:
+                raise ConfigError("--form bls needs --engine-dir (a directory with TensorRT engines)")
+            manifest = Manifest.load(settings.engine_dir)
+            missing = [g for g in GRAPH_NAMES if g not in manifest.engines]
+            if missing:
+                raise ConfigError(
+                    f"--form bls needs TensorRT engines for every graph; {settings.engine_dir!r} has none for {missing}"
+                )
+            gpu = InstanceConfig(kind="KIND_GPU", gpus=instances.gpus)
+            for graph, spec in manifest.specs.items():
+                write(f"{BLS_PREFIX}{graph}/config.pbtxt", plan_config(f"{BLS_PREFIX}{graph}", spec, gpu))
+                plan = stage / f"{BLS_PREFIX}{graph}" / "1" / "model.plan"
+                plan.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(Path(settings.engine_dir) / manifest.engines[graph].file, plan)
+                written.append(final / plan.relative_to(stage))
+            stored = stored.replace(backend=BLS_LABEL)
+        write(f"{MODEL_NAME}/config.pbtxt", sed_config(stored, instances))
+        write(f"{MODEL_NAME}/settings.json", json.dumps(stored.to_dict(), indent=2, sort_keys=True) + "\n")
+        write(f"{MODEL_NAME}/1/model.py", MODEL_PY)
+    os.chmod(final, 0o755)
     return written
+
+
+def check_servable_path(path: Path) -> None:
+    """Refuse a repository path Triton's Python stub cannot start from: the backend passes the
+    model's path to the stub on a command line split at spaces, so a path with whitespace (or a
+    character outside printable ASCII) makes the stub fail to start and the server wait."""
+    text = str(path.resolve())
+    bad = sorted({c for c in text if c.isspace() or not (c.isascii() and c.isprintable())})
+    if bad:
+        raise ConfigError(
+            f"--out {text!r}: Triton's Python backend cannot load a model from a path with {', '.join(repr(c) for c in bad)}; choose another directory"
+        )
+
+
+def check_repository(repository: Path) -> None:
+    """Refuse, in one line and before Triton starts, a repository the ``sed`` model cannot load
+    from: no ``sed/config.pbtxt``, no ``sed/1/model.py``, a ``settings.json`` that is not a
+    deployment, a path the Python stub cannot start from."""
+    from sed_trt.runtime.jsonutil import read_json
+
+    sed = repository / MODEL_NAME
+    if not (sed / "config.pbtxt").is_file():
+        raise ConfigError(
+            f"--repository {str(repository)!r} holds no sed/config.pbtxt (write one with 'sed-trt triton-repo')"
+        )
+    if not (sed / "1" / "model.py").is_file():
+        raise ConfigError(f"--repository {str(repository)!r}: sed/1/model.py is missing (write the repository again)")
+    settings = read_json(
+        sed / "settings.json", what=f"--repository {str(repository)!r}: sed/settings.json", max_bytes=1 << 20
+    )
+    deployment = Deployment.from_dict(settings)
+    if deployment.engine_dir is not None and not (Path(deployment.engine_dir) / "manifest.json").is_file():
+        raise ConfigError(
+            f"--repository {str(repository)!r}: its engine directory {deployment.engine_dir!r} holds no manifest.json"
+        )
+    try:
+        check_servable_path(repository)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("--out", "--repository", 1)) from None

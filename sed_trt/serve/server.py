@@ -144,11 +144,10 @@ def in_flight(state_dir: Path) -> int | None:
 
 def serve_repository(repository: str | Path, config: ServerConfig, *, on_ready: str | None = None) -> int:
     """Serve ``repository`` until SIGTERM/SIGINT; returns Triton's exit status (0 after a clean drain)."""
+    from sed_trt.serve.repository import check_repository
+
     repository = Path(repository)
-    if not (repository / "sed" / "config.pbtxt").is_file():
-        raise ConfigError(
-            f"--repository {str(repository)!r} holds no sed/config.pbtxt (write one with 'sed-trt triton-repo')"
-        )
+    check_repository(repository)  # what would make the stub fail to start: one line now, not a wait
     check_ports(config)
     check_shm()
     state_dir = Path(tempfile.mkdtemp(prefix="sed-trt-serve-"))

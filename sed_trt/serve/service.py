@@ -26,7 +26,7 @@ import numpy as np
 
 from sed_trt.runtime.backends.base import Backend
 from sed_trt.runtime.errors import InputError, SedTrtError
-from sed_trt.runtime.image import check_image
+from sed_trt.runtime.image import check_image, check_pixels
 from sed_trt.runtime.predictor import Prediction, Predictor
 from sed_trt.runtime.text_cache import TextFeatureCache
 from sed_trt.runtime.vocab import validate_vocabulary
@@ -34,6 +34,9 @@ from sed_trt.runtime.vocab import validate_vocabulary
 log = logging.getLogger("sed_trt")
 
 MODEL_NAME = "sed"
+# A served image's default pixel limit (width x height): 50 MP, a 8660x5770 photo. A server refuses
+# larger ones per row, before any copy or work (--max-pixels raises it).
+DEFAULT_SERVE_MAX_PIXELS = 50_000_000
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ def _column(request: Mapping[str, Any], name: str, rows: int) -> list[Any]:
     return [value[0 if value.shape[0] == 1 else r] for r in range(rows)]
 
 
-def parse(request: Mapping[str, Any]) -> list[Row]:
+def parse(request: Mapping[str, Any], *, max_pixels: int | None = DEFAULT_SERVE_MAX_PIXELS) -> list[Row]:
     """The rows of one request (its images along the batch axis), each checked; never raises."""
     try:
         images = np.asarray(request["image"])
@@ -95,6 +98,7 @@ def parse(request: Mapping[str, Any]) -> list[Row]:
             images = images[None]  # one image sent without the batch axis
         if images.ndim != 4 or images.shape[0] < 1:
             raise InputError(f"image must be uint8 (B, H, W, 3), got shape {tuple(images.shape)}")
+        check_pixels(images.shape[1], images.shape[2], max_pixels)  # before any copy or work
         rows = images.shape[0]
         classes = _column(request, "classes", rows)
         topks = _column(request, "topk", rows) if request.get("topk") is not None else [None] * rows
@@ -107,7 +111,7 @@ def parse(request: Mapping[str, Any]) -> list[Row]:
     for r in range(rows):
         row = Row()
         try:
-            row.image = check_image(np.ascontiguousarray(images[r]))
+            row.image = check_image(np.ascontiguousarray(images[r]), max_pixels=max_pixels)
             names = [c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in np.asarray(classes[r]).reshape(-1)]
             row.classes = tuple(validate_vocabulary(names))
             if topks[r] is not None:
@@ -137,12 +141,14 @@ class SegmentationService:
         cache: TextFeatureCache | None = None,
         class_chunk: int | None = None,
         max_batch: int = 1,
+        max_pixels: int | None = DEFAULT_SERVE_MAX_PIXELS,
     ) -> None:
         if not backend.active:
             backend.activate()
         self.backend = backend
         limit = backend.limits.max_batch if backend.limits is not None else max_batch
         self.max_batch = max(1, min(max_batch, limit))
+        self.max_pixels = max_pixels
         self.predictor = Predictor(backend, topk=topk, cache=cache or TextFeatureCache(None), class_chunk=class_chunk)
         self._lock = threading.Lock()  # one batch at a time through this instance's backend
         self.requests = self.errors = 0
@@ -178,7 +184,7 @@ class SegmentationService:
                     row.error = f"internal error: {type(exc).__name__}: {one_line(exc)}"
 
     def __call__(self, requests: Sequence[Mapping[str, Any]]) -> list[dict[str, np.ndarray]]:
-        parsed = [parse(r) for r in requests]
+        parsed = [parse(r, max_pixels=self.max_pixels) for r in requests]
         groups: dict[tuple, list[Row]] = {}
         for rows in parsed:
             for row in rows:

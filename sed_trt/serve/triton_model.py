@@ -55,8 +55,10 @@ def open_service(settings: dict[str, Any], device: str) -> Any:
         cache=deployment.text_cache(),
         class_chunk=deployment.class_chunk,
         max_batch=deployment.batch_size or 1,
+        max_pixels=deployment.max_pixels,
     )
-    service.warm_up()
+    if deployment.backend != BLS_LABEL:  # BLS runs only inside execute: the bls form warms up on its first request
+        service.warm_up()
     return service
 
 

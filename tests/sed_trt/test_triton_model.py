@@ -27,8 +27,9 @@ def test_bls_orchestration_reproduces_the_official_outputs(parity_engine_dir, pa
     pb = fake_triton.make({g: parity_engine_dir / f for g, f in manifest.graphs.items()})
     backend = TritonBLSBackend(parity_engine_dir, pb_utils=pb).activate()
     pred = Predictor(backend, topk=topk)
-    pred.set_classes(parity["classes"])
-    out = pred.predict(parity_image)
+    with pb.executing():  # as Triton runs it: inside the sed model's execute
+        pred.set_classes(parity["classes"])
+        out = pred.predict(parity_image)
     check_official(out, parity, topk)
     assert "sed_labels" in pb.CALLS and all(c.startswith("sed_") for c in pb.CALLS)
     assert ("sed_cer1" in pb.CALLS) == (topk is not None)
@@ -37,11 +38,72 @@ def test_bls_orchestration_reproduces_the_official_outputs(parity_engine_dir, pa
 def test_bls_errors_are_one_line_engine_errors(parity_engine_dir, parity, parity_image):
     from sed_trt.runtime.errors import EngineError
 
-    backend = TritonBLSBackend(parity_engine_dir, pb_utils=fake_triton.make({})).activate()
+    pb = fake_triton.make({})
+    backend = TritonBLSBackend(parity_engine_dir, pb_utils=pb).activate()
     pred = Predictor(backend)
     pred.set_text_features(["a", "b"], np.zeros((2, 80, 48), np.float32))
-    with pytest.raises(EngineError, match="sed_image_encoder: Request for unknown model"):
+    with pb.executing(), pytest.raises(EngineError, match="sed_image_encoder: Request for unknown model"):
         pred.predict(parity_image)
+
+
+def test_the_fake_refuses_what_the_stub_refuses(parity_engine_dir):
+    """BLS outside execute, and GPU outputs read as numpy: both raise in the real stub, so in the fake."""
+    manifest = Manifest.load(parity_engine_dir)
+    pb = fake_triton.make({g: parity_engine_dir / f for g, f in manifest.graphs.items()})
+    rank = pb.Tensor("rank", np.array([0], np.int64))
+    logits = pb.Tensor("aux_logits", np.zeros((1, 3, 24, 24), np.float32))
+    request = pb.InferenceRequest("sed_cer1", ["keep"], [logits, rank])
+    with pytest.raises(pb.PythonBackendException, match="only supported during the 'execute'"):
+        request.exec()
+    with pb.executing():
+        gpu = request.exec()
+        cpu = pb.InferenceRequest(
+            "sed_cer1", ["keep"], [logits, rank], preferred_memory=pb.PreferredMemory(pb.TRITONSERVER_MEMORY_CPU, 0)
+        ).exec()
+    with pytest.raises(pb.PythonBackendException, match="stored in GPU"):
+        pb.get_output_tensor_by_name(gpu, "keep").as_numpy()
+    assert pb.get_output_tensor_by_name(cpu, "keep").as_numpy().shape == (3,)
+
+
+def test_the_bls_form_loads_and_answers_like_predict(parity_engine_dir, parity, parity_image, tmp_path, monkeypatch):
+    """The bls form's sed model initializes without BLS (no warm-up there) and answers in execute
+    with the labels sed-trt predict gives."""
+    import shutil
+
+    from sed_trt.runtime.deployment import Deployment
+    from sed_trt.runtime.manifest import EngineEntry
+    from sed_trt.serve.repository import BLS_PREFIX, write_repository
+    from sed_trt.serve.triton_model import STATE_DIR_ENV, TritonPythonModel
+
+    fake = tmp_path / "engines"  # plans are opaque to the writer: fake entries make the bls form writable
+    shutil.copytree(parity_engine_dir, fake)
+    manifest = Manifest.load(fake)
+    for name in manifest.graphs:
+        (fake / f"{name}.plan").write_bytes(b"plan")
+        manifest.engines[name] = EngineEntry(f"{name}.plan", "fp32", "10.16", "Fake GPU", "9.0", sha256="0" * 64)
+    manifest.save(fake)
+    write_repository(tmp_path / "repo", Deployment(engine_dir=str(fake), topk=2), form="bls")
+    pb = fake_triton.make({g: parity_engine_dir / f for g, f in manifest.graphs.items()}, prefix=BLS_PREFIX)
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path))
+    model = TritonPythonModel()
+    config = {"parameters": {"settings": {"string_value": "settings.json"}}}
+    model.initialize(
+        {
+            "model_config": json.dumps(config),
+            "model_repository": str(tmp_path / "repo" / "sed"),
+            "model_instance_kind": "GPU",
+        }
+    )
+    assert pb.CALLS == []  # nothing ran before execute
+    classes = np.array([[c.encode() for c in parity["classes"]]], dtype=object)
+    with pb.executing():
+        (response,) = model.execute([pb.Request({"image": parity_image[None], "classes": classes})])
+    out = {t.name(): t.as_numpy() for t in response.output_tensors}
+    assert out["error"][0, 0] == b"", out["error"]
+    np.testing.assert_array_equal(out["kept"][0], parity["expected"]["cer_k2_kept"])
+    assert (out["labels"][0] == parity["expected"]["cer_k2_labels"]).mean() >= 0.999
+    model.finalize()
 
 
 def test_sed_model_serves_a_python_repository(parity_engine_dir, parity, parity_image, tmp_path, monkeypatch):
