@@ -74,8 +74,11 @@ def _cell_rows(
         r1 = min(r + 1, h - 1)
         for k in range(t):  # contiguous reads; the slab stays in cache
             for c in range(w):
-                slab[0, c, k] = probs[k, r, c]
-                slab[1, c, k] = probs[k, r1, c]
+                v0, v1 = probs[k, r, c], probs[k, r1, c]
+                # A NaN never wins (as in the labels graph, where NaN > best is false): -inf here,
+                # so every class stays a candidate and no candidate list is ever empty.
+                slab[0, c, k] = v0 if v0 == v0 else -np.inf
+                slab[1, c, k] = v1 if v1 == v1 else -np.inf
         for c in range(w):  # candidates: largest corner >= the largest smallest corner
             if xs[c] == xs[c + 1]:
                 continue

@@ -365,6 +365,9 @@ class Predictor:
             cols = ops.from_numpy(ix[x0:x1])
             col_weights = ops.from_numpy(lx[x0:x1])
             start = ops.from_numpy(np.full((rows_max, x1 - x0), -1, dtype=np.float32))  # below every probability
+            # The first chunk's labels where nothing beats -1 (a NaN probability): the first kept
+            # class, never an uninitialised id.
+            first = ops.from_numpy(np.full((rows_max, x1 - x0), int(kept[0]), dtype=np.int32))
             tile = ops.empty((h0, x1 - x0), "int32")
             for y0 in range(0, h0, rows_max):
                 y1 = min(y0 + rows_max, h0)
@@ -374,9 +377,7 @@ class Predictor:
                     "cols": cols,
                     "col_weights": col_weights,
                     "best_in": ops.narrow(start, 0, 0, y1 - y0),
-                    "labels_in": ops.empty(
-                        (y1 - y0, x1 - x0), "int32"
-                    ),  # read only where the first chunk loses: nowhere
+                    "labels_in": ops.narrow(first, 0, 0, y1 - y0),
                 }
                 for a in range(0, t, chunk):
                     b = min(a + chunk, t)

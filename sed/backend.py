@@ -115,15 +115,19 @@ class CudaGraphs:
     padded classes to the running class-attention sums): at most ``class_chunk`` shapes per
     decoder graph. Outputs are the static tensors, valid until the same graph runs again at
     the same shapes; the predictor copies chunk outputs out at once and uses the image
-    encoder's before the next image. Every capture shares one memory pool.
+    encoder's before the next image. Every capture has its own memory pool: PyTorch allows
+    sharing one only among graphs always replayed in capture order (CUDA semantics notes,
+    "Sharing memory across captures"), and these replay in any order while outputs of one
+    (the encoder's, the running sums) are read after others ran. Captures, side streams and
+    replays run on the backend's own device, whatever the current device is.
     """
 
-    def __init__(self, max_graphs: int = 256) -> None:
+    def __init__(self, device: Any, max_graphs: int = 256) -> None:
         import torch
 
         self.torch = torch
+        self.device = torch.device(device)
         self.max_graphs = max_graphs
-        self.pool = torch.cuda.graph_pool_handle()
         self._graphs: OrderedDict[tuple, tuple[Any, dict[str, torch.Tensor], dict[str, torch.Tensor]]] = OrderedDict()
         self.captures = 0
 
@@ -132,15 +136,16 @@ class CudaGraphs:
         key = (graph, *((n, tuple(x.shape)) for n, x in sorted(feeds.items())))
         entry = self._graphs.get(key)
         if entry is None:
-            static_in = {n: x.clone() for n, x in feeds.items()}
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                fn(static_in)
-            torch.cuda.current_stream().wait_stream(side)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=self.pool, capture_error_mode="thread_local"):
-                static_out = fn(static_in)
+            with torch.cuda.device(self.device):  # streams and capture on this device, not the current one
+                static_in = {n: x.clone() for n, x in feeds.items()}
+                side = torch.cuda.Stream(self.device)
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side):
+                    fn(static_in)
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g, capture_error_mode="thread_local"):  # a private pool (see the class)
+                    static_out = fn(static_in)
             entry = self._graphs[key] = (g, static_in, static_out)
             self.captures += 1
             while len(self._graphs) > self.max_graphs:
@@ -148,9 +153,10 @@ class CudaGraphs:
         else:
             self._graphs.move_to_end(key)
         g, static_in, static_out = entry
-        for name, x in feeds.items():
-            static_in[name].copy_(x)
-        g.replay()
+        with torch.cuda.device(self.device):
+            for name, x in feeds.items():
+                static_in[name].copy_(x)
+            g.replay()
         return static_out
 
 
@@ -290,7 +296,7 @@ class TorchBackend(Backend):
         if self.precision != "fp32" and not self._hooks:
             self._hooks = fp32_norms(self._model, (nn.LayerNorm, nn.GroupNorm, ChannelsLastLayerNorm))
         if self.cuda_graphs and self._graphs is None:
-            self._graphs = CudaGraphs()
+            self._graphs = CudaGraphs(self.device)
         self.active = True
         return self
 

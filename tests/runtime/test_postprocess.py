@@ -146,3 +146,16 @@ def test_near_tied_maps_equal_brute_force(out_hw):
     base = _smooth_probs(rng, 1, 96, 96)
     probs = (base + rng.normal(0, 5e-4, (60, 96, 96))).astype(np.float32)
     assert (labels_from_probs(probs, out_hw) == _brute(probs, out_hw)).mean() >= 0.9995
+
+
+def test_a_nan_probability_gives_a_kept_class_not_garbage():
+    """NaN never beats the running maximum: where a whole chunk is NaN the label is the first
+    kept class's id (the first chunk's labels are initialised), on the device path and the host's."""
+    rng = np.random.default_rng(2)
+    probs = rng.random((6, 24, 24), dtype=np.float32)
+    probs[:, :8] = np.nan  # the top third of the map
+    ids = np.array([7, 11, 20, 31, 40, 52])
+    limits = ExportLimits(class_chunk=4, label_rows=16, label_cols=64)
+    for got in (_device_labels(probs, ids, (60, 50), limits), labels_from_probs(probs, (60, 50), ids)):
+        assert set(np.unique(got)) <= set(ids.tolist())
+        assert (got[:15] == ids[0]).all()  # rows whose every source value is NaN

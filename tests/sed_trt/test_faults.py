@@ -316,7 +316,7 @@ def test_small_faults_are_one_line(parity_dir, parity_engine_dir, small_model, t
     with pytest.raises(SystemExit) as exit_:  # argparse: one line, no usage block
         main(["predict", "--image"])
     assert exit_.value.code == 2
-    _error(capsys, "argument --image: expected one argument (see sed-trt predict --help)")
+    _error(capsys, "argument --image: expected at least one argument (see sed-trt predict --help)")
     for names, message in [
         (["cat", "ｃａｔ"], "duplicate class names"),
         (["cat & dog", "cat &amp; dog"], "duplicate class names"),
