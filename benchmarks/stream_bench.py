@@ -51,16 +51,19 @@ sys.exit(rc)
 """
 
 
-def make_photos(folder: Path, count: int, *, large: int = 2, seed: int = 0) -> None:
+def make_photos(folder: Path, count: int, *, large: int = 2, seed: int = 0, cycle: int | None = None) -> None:
+    """``count`` photos of mixed sizes (the first ``large`` 12 MP); ``cycle``: sizes repeat with
+    that period, so runs over different counts see the same sizes (memory compared fairly)."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
+    sizes = [(int(rng.integers(240, 900)), int(rng.integers(240, 1200))) for _ in range(cycle or count)]
     for i in range(count):
         if i < large:
             h, w = 3000, 4000
         else:
-            h, w = int(rng.integers(240, 900)), int(rng.integers(240, 1200))
+            h, w = sizes[i % len(sizes)]
         base = rng.integers(0, 255, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
         img = np.kron(base, np.ones((16, 16, 1), np.uint8))[:h, :w]  # blocky: compresses like a photo
         Image.fromarray(img).save(folder / f"photo{i:04d}.png")
@@ -128,7 +131,7 @@ def main() -> int:
         rss = {}
         for n in (int(x) for x in args.rss.split(",")):
             many = work / f"rss_{n}"
-            make_photos(many, n, large=0, seed=1)
+            make_photos(many, n, large=0, seed=1, cycle=20)
             rss[n] = peak_rss_mb(folder_mode(many, work / f"rss_out_{n}", engine, classes))
             print(f"peak RSS over {n} inputs: {rss[n]:.0f} MB", flush=True)
             shutil.rmtree(many)

@@ -148,6 +148,33 @@ def _attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
     return default
 
 
+# Ops through which an integer's upper bound carries over unchanged (shape plumbing).
+_BOUND_PASSTHROUGH = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Identity", "Concat", "Flatten"}
+
+
+def _upper_bound(name: str, graph: onnx.GraphProto) -> int | None:
+    """A constant upper bound of integer tensor ``name`` where the graph shows one: a constant, a
+    ``Min`` with a bounded operand, or shape plumbing over bounded values; else None."""
+    for init in graph.initializer:
+        if init.name == name:
+            return int(onnx.numpy_helper.to_array(init).max())
+    producer = next((n for n in graph.node if name in n.output), None)
+    if producer is None:
+        return None
+    if producer.op_type == "Constant":
+        value = next((a for a in producer.attribute if a.name == "value"), None)
+        return int(onnx.numpy_helper.to_array(value.t).max()) if value is not None else None
+    if producer.op_type == "Min":
+        bounds = [b for b in (_upper_bound(i, graph) for i in producer.input if i) if b is not None]
+        return min(bounds) if bounds else None
+    if producer.op_type in _BOUND_PASSTHROUGH:
+        inputs = producer.input[: 1 if producer.op_type != "Concat" else None]
+        found = [_upper_bound(i, graph) for i in inputs if i]
+        known = [b for b in found if b is not None]
+        return max(known) if known and len(known) == len(found) else None
+    return None
+
+
 def check_trt_compatible(model: onnx.ModelProto | str | Path) -> list[Violation]:
     """Every TensorRT-parser problem found in ``model`` (empty list: the graph passes)."""
     if not isinstance(model, onnx.ModelProto):
@@ -179,10 +206,10 @@ def check_trt_compatible(model: onnx.ModelProto | str | Path) -> list[Violation]
         if op == "TopK":
             if _attr(node, "sorted", 1) != 1:
                 out.append(Violation(name, op, "TensorRT requires sorted=1"))
-            k_init = next(
-                (i for i in inferred.graph.initializer if len(node.input) > 1 and i.name == node.input[1]), None
-            )
-            if k_init is not None and int(onnx.numpy_helper.to_array(k_init).max()) >= TOPK_MAX_K:
+            bound = _upper_bound(node.input[1], inferred.graph) if len(node.input) > 1 else None
+            if bound is None:
+                out.append(Violation(name, op, f"K has no constant upper bound (TensorRT caps K at {TOPK_MAX_K})"))
+            elif bound >= TOPK_MAX_K:
                 out.append(Violation(name, op, f"K must be < {TOPK_MAX_K}"))
         elif op == "Resize":
             mode = _attr(node, "mode", b"nearest")

@@ -12,6 +12,8 @@ the labels). The list was chosen by measuring the parity model's error under var
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import warnings
 from pathlib import Path
 from typing import Any
@@ -91,6 +93,61 @@ def head_nodes(model: onnx.ModelProto) -> list[str]:
     return names
 
 
+def attend_nodes(model: onnx.ModelProto) -> list[str]:
+    """The class attention's use of the summaries (a fuse graph's ``class_kv`` input, summed over the
+    whole vocabulary without 1/T): every node from that input up to and including the division
+    that normalises it. Kept fp32: in fp16 the product passes 65504 near 2000 classes."""
+    sums = set(RUNNING_SUMS.values())
+    frontier = [i.name for i in model.graph.input if i.name in sums]
+    names: list[str] = []
+    seen: set[str] = set()
+    while frontier:
+        value = frontier.pop()
+        for node in model.graph.node:
+            if value in node.input and node.name not in seen:
+                seen.add(node.name)
+                names.append(node.name)
+                if node.op_type != "Div":  # the normalised ratio is bounded: fp16 from there on
+                    frontier.extend(node.output)
+    return names
+
+
+def _elide_round_trips(model: onnx.ModelProto) -> None:
+    """Remove fp32 -> fp16 -> fp32 cast pairs the converter puts between two fp32 (blocked) nodes:
+    the round trip loses precision and overflows past 65504, where the values were meant to stay fp32."""
+    graph = model.graph
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+
+    def cast_to(node: onnx.NodeProto) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    removed: set[int] = set()
+    for down in list(graph.node):
+        if cast_to(down) != onnx.TensorProto.FLOAT16 or down.output[0] in outputs:
+            continue
+        ups = consumers.get(down.output[0], [])
+        if not ups or any(cast_to(u) != onnx.TensorProto.FLOAT for u in ups):
+            continue
+        source = down.input[0]
+        for up in ups:  # every reader of the fp32 copy reads the fp32 original instead
+            for reader in consumers.get(up.output[0], []):
+                for i, name in enumerate(reader.input):
+                    if name == up.output[0]:
+                        reader.input[i] = source
+            for out in graph.output:
+                if out.name == up.output[0]:
+                    out.name = source
+            removed.add(id(up))
+        removed.add(id(down))
+    kept = [n for n in graph.node if id(n) not in removed]
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
 def convert_graph(src: str | Path, dst: str | Path) -> None:
     """Write the mixed-precision version of the fp32 graph ``src`` to ``dst``."""
     float16 = _converter()
@@ -100,6 +157,7 @@ def convert_graph(src: str | Path, dst: str | Path) -> None:
     sums = set(RUNNING_SUMS.values())
     fp32_nodes = [n.name for n in model.graph.node if any(o.split("__fp16")[0] in sums for o in n.output)]
     fp32_nodes += head_nodes(model)
+    fp32_nodes += attend_nodes(model)
     try:
         with warnings.catch_warnings():  # "the float32 number 1e-12 will be truncated to 1e-07": epsilons, by design
             warnings.simplefilter("ignore", UserWarning)
@@ -107,6 +165,12 @@ def convert_graph(src: str | Path, dst: str | Path) -> None:
                 model, keep_io_types=True, op_block_list=list(FP32_OPS), node_block_list=fp32_nodes
             )
         _fp32_outputs(converted)
+        trimmed = copy.deepcopy(converted)
+        _elide_round_trips(trimmed)
+        # Kept only where every type still agrees (a source that was fp16 after all keeps its casts).
+        with contextlib.suppress(Exception):
+            onnx.shape_inference.infer_shapes(trimmed, strict_mode=True)
+            converted = trimmed
         onnx.checker.check_model(converted)
     except Exception as exc:  # the converter raises assorted types
         raise ExportError(f"cannot convert {Path(src).name} to fp16: {exc}") from None

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from sed_trt.runtime.errors import ConfigError
 from sed_trt.runtime.fsutil import warn_cache_unwritable, writable_cache_dir
 
 log = logging.getLogger("sed_trt")
@@ -162,8 +163,11 @@ def compile_kernel() -> Any:
     with _LOCK:
         if _COMPILED is not None:
             return _COMPILED
-        from numba import njit
-        from numba.core import config as numba_config
+        try:
+            from numba import njit
+            from numba.core import config as numba_config
+        except (ImportError, ValueError, RuntimeError) as exc:  # e.g. NUMBA_NUM_THREADS=0
+            raise ConfigError(f"numba cannot start ({exc}); check the NUMBA_* environment variables") from None
 
         config: Any = numba_config
         user_dir = os.environ.get("NUMBA_CACHE_DIR")

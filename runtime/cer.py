@@ -12,6 +12,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from sed_trt.runtime.errors import ConfigError
+
+# The largest CER k: the CER graphs take the k-th largest logit from a TopK of at most this many
+# classes (TensorRT caps TopK's K at 3840; SED's own setting is 8). One limit for every backend.
+MAX_CER_TOPK = 256
+
+
+def check_topk(topk: int | None) -> None:
+    """CER's k: None (no rejection) or 1..MAX_CER_TOPK, else one line."""
+    if topk is not None and not 1 <= topk <= MAX_CER_TOPK:
+        raise ConfigError(f"--topk {topk}: CER keeps the classes of each pixel's top-k for k from 1 to {MAX_CER_TOPK}")
+
 
 def keeps_all(topk: int | None, num_classes: int) -> bool:
     """Whether the rule keeps every class (no rejection asked for, or k >= T)."""

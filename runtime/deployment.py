@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,8 @@ from typing import Any
 from sed_trt.runtime.errors import OFFICIAL_WEIGHTS_HINT, CheckpointError, ConfigError
 from sed_trt.runtime.image import DEFAULT_MAX_PIXELS
 from sed_trt.runtime.io_spec import ENCODER_STRIDE, MAX_NETWORK_SIZE, MIN_NETWORK_SIZE
+
+log = logging.getLogger("sed_trt")
 
 CACHE_DEFAULT = "default"  # sed-trt's cache directory ($SED_TRT_CACHE, else ~/.cache/sed-trt)
 CACHE_OFF = "off"  # text features in memory only
@@ -157,6 +161,11 @@ class Deployment:
         from sed_trt.runtime.backends.registry import open_backend
 
         self.check_files()
+        cores = len(os.sched_getaffinity(0))
+        if self.threads is not None and self.threads > cores:
+            log.warning(
+                "--threads %d on %d usable cores: oversubscribed threads run slower, not faster", self.threads, cores
+            )
         return open_backend(self.backend_label, self.request(model))
 
     def text_cache(self) -> Any:

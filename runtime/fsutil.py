@@ -127,9 +127,12 @@ def atomic_write(path: str | Path, write: Callable[[str], object], *, mode: int 
 
 def write_npz(path: str | Path, arrays: Mapping[str, np.ndarray], *, compress: bool = True) -> None:
     """numpy's .npz format written to ``path`` exactly (np.savez appends ".npz" to other names),
-    with every file closed on failure (no stray traceback from a half-written archive)."""
+    with every file closed on failure (no stray traceback from a half-written archive).
+    Deflate level 1: label maps and probabilities compress nearly as well as at the default
+    level 6, three to four times faster (what bounds a folder run's writers)."""
     method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
-    with zipfile.ZipFile(path, "w", compression=method, allowZip64=True) as archive:
+    level = 1 if compress else None
+    with zipfile.ZipFile(path, "w", compression=method, compresslevel=level, allowZip64=True) as archive:
         for name, array in arrays.items():
             with archive.open(f"{name}.npy", "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)

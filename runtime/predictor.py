@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from sed_trt.runtime.backends.base import Array, Backend
-from sed_trt.runtime.cer import keeps_all, topk_union
+from sed_trt.runtime.cer import check_topk, keeps_all, topk_union
 from sed_trt.runtime.errors import ConfigError, InputError, StateError, VocabularyError
 from sed_trt.runtime.image import preprocess, source_positions
 from sed_trt.runtime.io_spec import (
@@ -91,8 +91,7 @@ LABEL_BLOCK_BYTES = 256 << 20
 
 
 def _check_topk(topk: int | None) -> None:
-    if topk is not None and topk < 1:
-        raise ConfigError(f"topk must be >= 1 (or omitted for no rejection), got {topk}")
+    check_topk(topk)
 
 
 class Timer:

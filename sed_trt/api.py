@@ -34,7 +34,7 @@ from sed_trt.runtime.backends import Backend
 from sed_trt.runtime.deployment import Deployment
 from sed_trt.runtime.errors import ConfigError, ImageError, SedTrtError, StateError, VocabularyError
 from sed_trt.runtime.fsutil import default_cache_dir
-from sed_trt.runtime.image import DEFAULT_MAX_PIXELS, check_image, load_image
+from sed_trt.runtime.image import DEFAULT_MAX_PIXELS, check_image, check_pixels, load_image
 from sed_trt.runtime.postprocess import label_areas
 from sed_trt.runtime.predictor import Prediction, Predictor
 from sed_trt.runtime.text_cache import TextFeatureCache
@@ -83,7 +83,12 @@ class Segmentation:
         """The image with each class in its colour and a legend beside it: RGB uint8."""
         from sed_trt.runtime.visualize import overlay
 
-        return overlay(read_image(image), self.labels, list(self.classes), alpha=alpha)
+        array = read_image(image)
+        if array.shape[:2] != self.labels.shape:
+            raise ImageError(
+                f"image | got {array.shape[1]}x{array.shape[0]} | expected the segmented image's {self.labels.shape[1]}x{self.labels.shape[0]}"
+            )
+        return overlay(array, self.labels, list(self.classes), alpha=alpha)
 
 
 def read_image(image: ImageLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -95,7 +100,14 @@ def read_image(image: ImageLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     if hasattr(image, "mode") and hasattr(image, "size"):  # a PIL image
         if image.mode != "RGB":
             raise ImageError(f"image has mode {image.mode!r}; expected RGB (convert it with image.convert('RGB'))")
-        return np.asarray(image, dtype=np.uint8).copy()
+        w, h = image.size
+        check_pixels(h, w, max_pixels)
+        try:
+            return np.asarray(image, dtype=np.uint8).copy()  # a lazy image decodes here
+        except (OSError, ValueError, SyntaxError) as exc:  # truncated or closed: Pillow's own types
+            raise ImageError(
+                f"cannot read the PIL image: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            ) from None
     raise ImageError(
         f"image | got {type(image).__name__} | expected a file path, a PIL image or an (H, W, 3) uint8 array"
     )
@@ -321,9 +333,9 @@ class Segmenter:
                 progress=False,
             ):
                 if outcome.error is not None:
-                    exc = outcome.exception
-                    if not isinstance(exc, SedTrtError):
-                        exc = ImageError(f"input {outcome.source.index}: {outcome.error}")
+                    exc = outcome.exception  # typed as raised, the input's position named
+                    kind = type(exc) if isinstance(exc, SedTrtError) else ImageError
+                    exc = kind(f"input {outcome.source.index}: {outcome.error}")
                     if errors == "raise":
                         raise exc
                     yield exc

@@ -53,3 +53,19 @@ def onnxruntime_predict(engine: Any, image: Any) -> list[str]:
 def tiny_export(out: Any, *extra: str) -> list[str]:
     """A ``sed-trt export`` command line: the tiny model (random weights) at 64 px into ``out``."""
     return ["export", "--backbone", "sed_tiny_linear", "--image-size", "64", "--out-dir", str(out), *extra]
+
+
+def fake_plans(engine_dir: Any, out: Any) -> Any:
+    """A copy of ``engine_dir`` in ``out`` with a placeholder TensorRT plan per graph recorded in
+    its manifest: repository writers treat plans as opaque files, so the bls form is writable here."""
+    import shutil
+
+    from sed_trt.runtime.manifest import EngineEntry, Manifest
+
+    shutil.copytree(engine_dir, out)
+    manifest = Manifest.load(out)
+    for name in manifest.graphs:
+        (out / f"{name}.plan").write_bytes(b"plan")
+        manifest.engines[name] = EngineEntry(f"{name}.plan", "fp32", "10.16", "Fake GPU", "9.0", sha256="0" * 64)
+    manifest.save(out)
+    return manifest

@@ -16,7 +16,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 # The official outputs of the tiny model: the trimmed copy in the repository (tests/parity.py),
 # or a full vector directory such as ../shared/parity/sed_tiny_linear.
-PARITY = Path(os.environ.get("SED_PARITY_DIR", ROOT / "tests" / "data" / "parity" / "sed_tiny_linear"))
+PARITY = Path(
+    os.environ.get("SED_PARITY_DIR") or ROOT / "tests" / "data" / "parity" / "sed_tiny_linear"
+)  # empty: unset
 
 
 # Where a test session may write besides its tmp_path: a fake HOME (OpenVINO's ~/intel, ONNX

@@ -7,12 +7,15 @@ values follow the 10.16 NvInfer.h where we could read them). What real TensorRT 
 the fake refuses the same way (a False or None return, never an exception):
 ``set_timing_cache`` of a cache from another version or GPU, ``add_optimization_profile``
 of an unordered profile, ``set_input_shape`` outside the profile, ``set_tensor_address``
-of an unaligned pointer, ``deserialize_cuda_engine`` of another version's plan. It is
+of an unaligned pointer, ``deserialize_cuda_engine`` of another version's plan, a build
+whose TopK may take K above 3840 (``ITopKLayer``, NvInfer.h: "Values larger than 3840 will
+result in a runtime error"; K bounded by the graph, else by the profile's largest sorted
+axis; the errors are kept in ``ERRORS``). It is
 stricter where sed-trt promised more: execution on the default stream, without device
 memory for a user-managed context or with a tensor unbound fails.
 
 Engines compute by running their ONNX file in ONNX Runtime; inputs are read from and
-outputs written to the bound addresses through a :class:`~runtime.backends.cuda_ops.DeviceMemory`
+outputs written to the bound addresses through a :class:`~sed_trt.runtime.backends.cuda_ops.DeviceMemory`
 (``tests/fake_cuda.HostMemory`` on CPU, the real ``CudaMemory`` on a GPU), so every copy
 and pointer the backend computes is exercised. Knobs for failure tests: ``FAIL``
 (``"context"``, ``"build"``) and the module's ``CALLS`` log.
@@ -63,6 +66,22 @@ V10_BUILDER_FLAGS = {  # TensorRT 10.16 NvInfer.h
 V11_REMOVED = {"FP16", "INT8", "BF16", "FP8", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS"}
 
 
+def _topk_bounds(model: Any) -> list[tuple[str, int | None, tuple[str, int]]]:
+    """Each TopK of the graph: its name, K's constant upper bound (None: none in the graph) and
+    (the graph input it sorts, the axis), to bound K by the profile where the graph does not."""
+    from sed_trt.export.check import _upper_bound
+
+    out = []
+    inputs = {vi.name for vi in model.graph.input}
+    for node in model.graph.node:
+        if node.op_type != "TopK":
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+        data = node.input[0] if node.input[0] in inputs else ""
+        out.append((node.name or "TopK", _upper_bound(node.input[1], model.graph), (data, axis)))
+    return out
+
+
 def make(version: str = "11.4.0.106") -> types.ModuleType:
     """A fake ``tensorrt`` module of the given version."""
     major = int(version.split(".")[0])
@@ -72,6 +91,8 @@ def make(version: str = "11.4.0.106") -> types.ModuleType:
     trt.FAIL = set()  # "build", "context": make that step return None
     trt.MEMORY = None  # the DeviceMemory engines read and write (set by use_memory)
     calls: list[tuple] = trt.CALLS
+    logger_errors: list[str] = []  # what a build that returned None would have logged
+    trt.ERRORS = logger_errors
 
     flags = dict(V10_BUILDER_FLAGS)
     if major >= 11:
@@ -168,6 +189,7 @@ def make(version: str = "11.4.0.106") -> types.ModuleType:
                 shape = tuple(d.dim_value if not d.dim_param else -1 for d in tt.shape.dim)
                 self.network.inputs.append(_Input(vi.name, shape, getattr(trt.DataType, ONNX_TO_DTYPE[tt.elem_type])))
             self.network.onnx_path = path
+            self.network.topk = _topk_bounds(model)
             return True
 
         @property
@@ -281,6 +303,14 @@ def make(version: str = "11.4.0.106") -> types.ModuleType:
                     s not in (-1, a) or (s != -1 and a != b) for s, a, b in zip(inp.shape, lo, hi)
                 ):
                     return None  # the profile contradicts a static dimension
+            # ITopKLayer (NvInfer.h): "Values larger than 3840 will result in a runtime error" (K).
+            # A K with no constant bound is as large as the sorted axis: the profile's largest T.
+            for node_name, bound, (data_input, axis) in getattr(network, "topk", []):
+                if bound is None and data_input in profile:
+                    bound = profile[data_input][2][axis]
+                if bound is None or bound > 3840:
+                    logger_errors.append(f"{node_name}: TopK K up to {bound}, above TensorRT's 3840")
+                    return None
             if config.cache is not None:
                 config.cache.d["gpu"], config.cache.d["entries"] = GPU["name"], config.cache.d["entries"] + 1
             strongly_typed = major >= 11 or network.get_flag(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)

@@ -25,6 +25,13 @@ SPEC = BackendSpec(
             "onnxruntime: its CPU memory arena (default on: faster; --no-ort-arena saves memory)",
             kind="toggle",
         ),
+        Option(
+            "spin",
+            "--ort-spin",
+            "onnxruntime: let its threads spin-wait between runs (default off: the graphs run one after "
+            "another, each session with its own threads, and spinning ones steal the cores from the next)",
+            kind="toggle",
+        ),
     ),
     probe="probe",
 )
@@ -63,6 +70,7 @@ class OnnxRuntimeBackend(EngineDirBackend):
         providers: list[str] | None = None,
         threads: int | None = None,
         mem_arena: bool = True,
+        spin: bool = False,
         precision: str = "fp32",
         backbone: str | None = None,
     ) -> None:
@@ -74,6 +82,7 @@ class OnnxRuntimeBackend(EngineDirBackend):
         # ONNX Runtime's CPU arena: faster, with chunk-sized buffers kept between runs (the
         # benchmark docs give the measured cost); mem_arena=False for the leanest run.
         self.mem_arena = mem_arena
+        self.spin = spin
         self.ops = NumpyOps()
         self.providers = providers or ["CPUExecutionProvider"]
         self.threads = threads
@@ -96,6 +105,13 @@ class OnnxRuntimeBackend(EngineDirBackend):
         self._options.enable_cpu_mem_arena = self.mem_arena
         if self.threads:
             self._options.intra_op_num_threads = self.threads
+        # Spin-waiting off (ONNX Runtime's session config keys, onnxruntime_session_options_config_keys.h):
+        # every graph is its own session with its own threads, run one after another; threads left
+        # spinning after a run took the cores from the next session (measured: decoder stages 2x
+        # slower than torch on 2 cores; with spinning off, about equal).
+        if not self.spin:
+            self._options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self._options.add_session_config_entry("session.inter_op.allow_spinning", "0")
 
     def _load(self, graph: str, path: Path, data: bytes) -> Any:
         import onnxruntime as ort

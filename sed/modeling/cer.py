@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import torch
 
-from sed_trt.runtime.cer import keeps_all
+from sed_trt.runtime.cer import MAX_CER_TOPK, keeps_all
 
 
 def cer_keep(aux_logits: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
     """sed_trt.runtime.cer's rule: (T,) 1.0 for the classes whose logit reaches the per-pixel k-th
     largest (``rank`` (1,) int64 = k - 1) at some pixel of some image of (B, T, s, s).
 
-    A full sort over T (TopK with K = T, which TensorRT takes for T < 3840) and a gather at
-    a run-time rank, so one exported graph serves every k.
+    The largest ``min(T, MAX_CER_TOPK)`` per pixel (TopK with a K bounded by a constant: TensorRT
+    caps K at 3840, so a K = T sort would fail for large vocabularies; also far less work than a
+    full sort) and a gather at a run-time rank, so one exported graph serves every k up to
+    MAX_CER_TOPK.
     """
-    ordered = aux_logits.topk(aux_logits.shape[1], dim=1).values  # B T s s, descending
+    ordered = aux_logits.topk(min(aux_logits.shape[1], MAX_CER_TOPK), dim=1).values  # B K s s, descending
     kth = ordered.index_select(1, rank)  # B 1 s s
     return (aux_logits >= kth).float().amax(dim=(0, 2, 3))  # T
 

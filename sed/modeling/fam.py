@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sed_trt.sed.modeling.precision import fp32_island
+
 
 class ChannelsLastLayerNorm(nn.Module):
     """LayerNorm over the last axis, as the official decoder's own (non-``nn.LayerNorm``) module.
@@ -132,14 +134,17 @@ class LinearAttention(nn.Module):
 
         Equals :meth:`forward` over the whole vocabulary up to float rounding: the official
         (q (k^T v / T)) z T with z = 1 / (q . sum_t k + eps) is computed as (q kv) z, the
-        numerator and the normaliser from one matmul.
+        numerator and the normaliser from one matmul. The summaries add over the whole vocabulary
+        (no 1/T), so they grow with T: the product and the ratio are an fp32 island (under fp16
+        they would pass 65504 near 2000 classes); the ratio itself is bounded.
         """
         n, t, c = x.shape
         h = self.num_heads
         q = (F.elu(self.q(x.reshape(n * t, c))) + 1).reshape(n, t, h, c // h).transpose(1, 2)  # -> N H T D
-        y = q @ kv  # N H T (D 1)
-        out = y[..., : c // h] / (y[..., c // h :] + self.eps)  # N H T D
-        return out.transpose(1, 2).reshape(n, t, c)  # N H T D -> N T (H D)
+        with fp32_island(q):
+            y = q.float() @ kv.float()  # N H T (D 1)
+            out = y[..., : c // h] / (y[..., c // h :] + self.eps)  # N H T D
+        return out.to(q.dtype).transpose(1, 2).reshape(n, t, c)  # N H T D -> N T (H D)
 
 
 class ClassFusion(nn.Module):

@@ -40,24 +40,23 @@ class HelpFormatter(argparse.HelpFormatter):
         return text
 
 
-def positive_int(text: str) -> int:
+def whole_number(text: str, minimum: int) -> int:
+    """A flag's whole number of at least ``minimum`` (argparse turns the refusal into one line)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return whole_number(text, 1)
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+    return whole_number(text, 0)
 
 
 def unit_float(text: str) -> float:

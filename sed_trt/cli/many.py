@@ -66,9 +66,8 @@ class Outputs:
 
     def write(self, outcome: Outcome) -> list[Path]:
         """Overlay, arrays and label map of one image (a writer thread); atomic, each one."""
-        from PIL import Image
 
-        from sed_trt.runtime.visualize import overlay
+        from sed_trt.runtime.visualize import overlay, save_picture
 
         name, pred, image, probs = outcome.source.name, outcome.prediction, outcome.image, outcome.probs
         assert image is not None and (probs is not None or not self.npz)
@@ -79,8 +78,7 @@ class Outputs:
             image, pred.labels, self.classes, alpha=self.alpha, banner=self.banner, side_by_side=self.side_by_side
         )
         fmt = FORMATS[self.suffix[1:]]
-        options: dict[str, Any] = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
-        written.append(atomic_write(overlay_path, lambda tmp: Image.fromarray(vis).save(tmp, format=fmt, **options)))
+        written.append(atomic_write(overlay_path, lambda tmp: save_picture(vis, tmp, fmt)))
         if self.npz:
             arrays = {
                 "labels": pred.labels.astype(np.int32),
@@ -101,16 +99,12 @@ class Outputs:
 def label_png(labels: np.ndarray, num_classes: int, path: str) -> None:
     """The label map as an indexed PNG whose palette is the overlay's colours (up to 256
     classes; more: a 16-bit grayscale PNG of the class ids)."""
-    from PIL import Image
-
-    from sed_trt.runtime.visualize import palette
+    from sed_trt.runtime.visualize import palette, save_picture
 
     if num_classes <= 256:
-        im = Image.fromarray(labels.astype(np.uint8), mode="P")
-        im.putpalette(palette(num_classes).reshape(-1).tolist())
+        save_picture(labels.astype(np.uint8), path, "PNG", palette=palette(num_classes).reshape(-1).tolist())
     else:
-        im = Image.fromarray(labels.astype(np.uint16))
-    im.save(path, format="PNG")
+        save_picture(labels.astype(np.uint16), path, "PNG")
 
 
 def run_many(args: argparse.Namespace, deployment: Deployment, classes: list[str]) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -57,15 +56,12 @@ def write_results(
             arrays["probs"] = probs.astype(np.float32)
         written.append(atomic_write(args.save_npz, lambda tmp: write_npz(tmp, arrays)))
     if args.out:
-        from PIL import Image
-
-        from sed_trt.runtime.visualize import overlay
+        from sed_trt.runtime.visualize import overlay, save_picture
 
         banner = "RANDOM WEIGHTS: this segmentation is meaningless (no --weights)" if random_weights else None
         vis = overlay(image, labels, classes, alpha=args.alpha, banner=banner, side_by_side=args.side_by_side)
         fmt = image_format(args.out)
-        options: dict[str, Any] = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
-        written.append(atomic_write(args.out, lambda tmp: Image.fromarray(vis).save(tmp, format=fmt, **options)))
+        written.append(atomic_write(args.out, lambda tmp: save_picture(vis, tmp, fmt)))
     return written
 
 

@@ -123,7 +123,10 @@ def stored_deployment(settings: Deployment, *, engine_path: str | None = None) -
 
     changes: dict[str, Any] = {}
     if settings.engine_dir is not None:
-        limit = Manifest.load(settings.engine_dir).limits.max_batch
+        manifest = Manifest.load(settings.engine_dir)
+        if settings.backend_label.startswith("tensorrt") or settings.backend == BLS_LABEL:
+            check_tensorrt_version(manifest, settings.engine_dir)
+        limit = manifest.limits.max_batch
         if settings.batch_size is not None and settings.batch_size > limit:
             raise ConfigError(
                 f"--max-batch {settings.batch_size}: the engines in {settings.engine_dir!r} were exported for batches of up to {limit} (sed-trt export --max-batch)"
@@ -139,6 +142,24 @@ def stored_deployment(settings: Deployment, *, engine_path: str | None = None) -
     if settings.cache not in (CACHE_DEFAULT, CACHE_OFF):
         changes["cache"] = str(Path(settings.cache).resolve())
     return settings.replace(**changes)
+
+
+def check_tensorrt_version(manifest: Any, engine_dir: str) -> None:
+    """A plan runs only on the TensorRT that built it: where TensorRT is importable (NVIDIA's
+    container, a GPU machine), refuse engines built by another version in one line."""
+    try:
+        import tensorrt
+    except ImportError:
+        return
+    here = str(tensorrt.__version__)
+    built = sorted({e.tensorrt_version for e in manifest.engines.values()})
+    if not built:
+        raise ConfigError(f"{engine_dir!r} has no TensorRT engines: build them here first (make engine)")
+    if built != [here]:
+        raise ConfigError(
+            f"the engines in {engine_dir!r} were built with TensorRT {', '.join(built)}; this machine has {here}: "
+            "rebuild them with this TensorRT (make engine here, or in the serving container)"
+        )
 
 
 def write_repository(

@@ -134,3 +134,19 @@ def test_fp16_graphs_keep_fp32_io_and_fp32_sums(parity_engine_dir):
             assert convs and all(weights[n.input[1]] == onnx.TensorProto.FLOAT for n in convs), name
     with pytest.raises(ConfigError, match="no fp16 graphs"):
         Manifest(**{**manifest.__dict__, "fp16_graphs": {}}).graphs_for("fp16")
+
+
+def test_fp16_fuse_graphs_keep_the_class_attention_in_fp32(parity_engine_dir):
+    """The summaries add over the whole vocabulary (no 1/T): at a few thousand classes they pass
+    fp16's 65504. The fp16 fuse graphs read them in fp32 up to the normalised ratio, so a
+    summary of that size still gives finite outputs (it gave inf/NaN with the product in fp16)."""
+    import onnxruntime as ort
+
+    manifest = Manifest.load(parity_engine_dir)
+    for graph in ("decoder_stage1_fuse", "decoder_stage2_fuse", "decoder_stage3_fuse"):
+        spec = manifest.specs[graph]
+        feeds = example_inputs(spec, {"B": 1, "T": 3, "N": 3})
+        feeds["class_kv"] = np.abs(feeds["class_kv"]) * 1e6 + 1e5  # sums over ~10^4 classes
+        session = ort.InferenceSession(str(parity_engine_dir / manifest.fp16_graphs[graph]))
+        for name, out in zip(spec.output_names, session.run(spec.output_names, feeds)):
+            assert np.isfinite(out).all(), (graph, name)

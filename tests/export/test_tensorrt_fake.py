@@ -273,3 +273,42 @@ def test_fp16_engines_are_built_from_the_mixed_precision_graphs(trt, trt_dir, pa
     out = pred.predict(parity_image)
     np.testing.assert_array_equal(out.kept, parity["expected"]["cer_k2_kept"])
     assert 0 < np.abs(trim("cer_k2_probs", out.probs) - parity["expected"]["cer_k2_probs"]).max() < 2e-3
+
+
+def test_cer_graphs_for_5000_classes_bound_topk_and_build(trt, small_model, tmp_path):
+    """An export for 5000 classes: the CER graphs' TopK K is bounded by a constant (MAX_CER_TOPK),
+    so TensorRT's 3840 cap holds at any T and the engines build; a K = T sort would not (the fake
+    refuses what ITopKLayer refuses), and a --topk above the bound is one line."""
+    import onnx
+    from onnx import helper
+
+    from sed_trt.export.check import check_trt_compatible
+    from sed_trt.export.onnx_export import run_export
+    from sed_trt.runtime.cer import MAX_CER_TOPK
+    from sed_trt.runtime.errors import ConfigError
+    from sed_trt.runtime.io_spec import ExportLimits
+
+    out = tmp_path / "big"
+    limits = ExportLimits(max_classes=5000)
+    run_export(
+        small_model, out, backbone="sed_tiny_linear", weights=None, limits=limits, validate=False, progress=False
+    )
+    manifest = Manifest.load(out)
+    for graph in ("cer1", "cer2", "cer3"):
+        assert not check_trt_compatible(out / manifest.graphs[graph]), graph
+        build_engine(out / manifest.graphs[graph], manifest.specs[graph], manifest.limits, trt=trt)
+    # The same graph with K = T (the full sort of release 0.2): refused by the check and the build.
+    model = onnx.load(str(out / manifest.graphs["cer1"]))
+    topk = next(n for n in model.graph.node if n.op_type == "TopK")
+    shape = helper.make_node("Shape", [topk.input[0]], ["t_shape"], start=1, end=2)
+    model.graph.node.insert(0, shape)
+    topk.input[1] = "t_shape"
+    full_sort = tmp_path / "full_sort.onnx"
+    onnx.save(model, str(full_sort))
+    assert any("K has no constant upper bound" in v.reason for v in check_trt_compatible(full_sort))
+    with pytest.raises(ExportError, match="could not build"):
+        build_engine(full_sort, manifest.specs["cer1"], manifest.limits, trt=trt)
+    assert any("above TensorRT's 3840" in e for e in trt.ERRORS)
+    backend = create_backend("onnxruntime", engine_dir=out).activate()
+    with pytest.raises(ConfigError, match=f"k from 1 to {MAX_CER_TOPK}"):
+        Predictor(backend, topk=MAX_CER_TOPK + 1)

@@ -74,3 +74,19 @@ def test_cer_rule_is_the_same_on_tensors_and_arrays_and_keeps_ties():
     tied[:, 0] = 1  # class 0 first everywhere, classes 1-3 tied second: top-2 keeps all of them
     assert topk_union(tied, 2).tolist() == [0, 1, 2, 3]
     assert np.flatnonzero(cer_keep(torch.from_numpy(tied), torch.tensor([1])).numpy()).tolist() == [0, 1, 2, 3]
+
+
+def test_class_attention_is_an_fp32_island_under_fp16():
+    """Summaries of a large vocabulary pass fp16's 65504; attend reads them in fp32 (they used to
+    overflow to inf and give NaN under --precision fp16)."""
+    from sed_trt.sed.modeling.fam import LinearAttention
+
+    torch.manual_seed(0)
+    attention = LinearAttention(32, num_heads=4)
+    x = torch.randn(2, 5, 32)
+    kv = torch.rand(2, 4, 8, 9) * 1e6 + 1e5  # (N, H, D, D + 1), sums over ~10^4 classes
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = attention.attend(x, kv)
+    reference = attention.attend(x, kv)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), reference, atol=2e-2, rtol=2e-2)

@@ -357,7 +357,7 @@ def test_small_faults_are_one_line(parity_dir, parity_engine_dir, small_model, t
     _write_jpeg_with_corrupt_exif(bad_exif)
     with warnings.catch_warnings(record=True) as escaped:  # none may reach Python's warnings (stderr)
         warnings.simplefilter("always")
-        assert main([*args, "--image", str(bad_exif)]) == 0
+        assert main([*args, "--classes", "sky", "--image", str(bad_exif)]) == 0
     assert not escaped, [str(w.message) for w in escaped]
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("[sed-trt] WARNING: image") and "Corrupt EXIF data" in err[0], err

@@ -388,8 +388,8 @@ def test_repository_configs_parse_as_triton_model_configs(engine_dir, tmp_path):
     from tritonclient.grpc import model_config_pb2
 
     from sed_trt.runtime.deployment import Deployment
-    from sed_trt.runtime.manifest import EngineEntry, Manifest
     from sed_trt.serve.repository import BLS_PREFIX, InstanceConfig, write_repository
+    from tests.checks import fake_plans
 
     written = write_repository(tmp_path / "python", Deployment(engine_dir=str(engine_dir)), InstanceConfig(instances=2))
     config = text_format.Parse(
@@ -404,15 +404,8 @@ def test_repository_configs_parse_as_triton_model_configs(engine_dir, tmp_path):
         write_repository(tmp_path / "big", Deployment(engine_dir=str(engine_dir), batch_size=8))
     with pytest.raises(ConfigError, match="needs TensorRT engines"):
         write_repository(tmp_path / "bls0", Deployment(engine_dir=str(engine_dir)), form="bls")
-    fake = tmp_path / "fake_engines"  # plans are opaque to the writer: fake entries make the bls form writable here
-    import shutil
-
-    shutil.copytree(engine_dir, fake)
-    manifest = Manifest.load(fake)
-    for name in manifest.graphs:
-        (fake / f"{name}.plan").write_bytes(b"plan")
-        manifest.engines[name] = EngineEntry(f"{name}.plan", "fp32", "10.16", "Fake GPU", "9.0", sha256="0" * 64)
-    manifest.save(fake)
+    fake = tmp_path / "fake_engines"
+    manifest = fake_plans(engine_dir, fake)
     write_repository(tmp_path / "bls", Deployment(engine_dir=str(fake)), form="bls")
     for name, spec in manifest.specs.items():
         plan = text_format.Parse(

@@ -68,20 +68,13 @@ def test_the_fake_refuses_what_the_stub_refuses(parity_engine_dir):
 def test_the_bls_form_loads_and_answers_like_predict(parity_engine_dir, parity, parity_image, tmp_path, monkeypatch):
     """The bls form's sed model initializes without BLS (no warm-up there) and answers in execute
     with the labels sed-trt predict gives."""
-    import shutil
-
     from sed_trt.runtime.deployment import Deployment
-    from sed_trt.runtime.manifest import EngineEntry
     from sed_trt.serve.repository import BLS_PREFIX, write_repository
     from sed_trt.serve.triton_model import STATE_DIR_ENV, TritonPythonModel
+    from tests.checks import fake_plans
 
-    fake = tmp_path / "engines"  # plans are opaque to the writer: fake entries make the bls form writable
-    shutil.copytree(parity_engine_dir, fake)
-    manifest = Manifest.load(fake)
-    for name in manifest.graphs:
-        (fake / f"{name}.plan").write_bytes(b"plan")
-        manifest.engines[name] = EngineEntry(f"{name}.plan", "fp32", "10.16", "Fake GPU", "9.0", sha256="0" * 64)
-    manifest.save(fake)
+    fake = tmp_path / "engines"
+    manifest = fake_plans(parity_engine_dir, fake)
     write_repository(tmp_path / "repo", Deployment(engine_dir=str(fake), topk=2), form="bls")
     pb = fake_triton.make({g: parity_engine_dir / f for g, f in manifest.graphs.items()}, prefix=BLS_PREFIX)
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
