@@ -427,3 +427,27 @@ def test_load_test_counts_answers_that_differ():
     tally = Tally(answers={(1, 0): {a}, (1, 2): {a}, (0, 0): {a, b}})
     assert tally.mismatches({0: a, 2: a}) == 1  # (0, 0) answered two ways
     assert tally.mismatches({0: b, 2: a}) == 2  # and (1, 0) differs from the answer served alone
+
+
+def test_repositories_the_stub_cannot_load_are_refused_before_triton_starts(engine_dir, tmp_path):
+    """A path with a space (Triton's Python stub would never start: the server used to wait 15
+    minutes), a missing sed/1/model.py, a settings file that is not a deployment: one line each."""
+    from sed_trt.runtime.deployment import Deployment
+    from sed_trt.serve.repository import check_repository, write_repository
+
+    with pytest.raises(ConfigError, match="cannot load a model from a path with ' '"):
+        write_repository(tmp_path / "my repo", Deployment(engine_dir=str(engine_dir)))
+    assert not (tmp_path / "my repo").exists()
+    repo = tmp_path / "repo"
+    write_repository(repo, Deployment(engine_dir=str(engine_dir)))
+    check_repository(repo)  # a good one passes
+    (repo / "sed" / "1" / "model.py").unlink()
+    with pytest.raises(ConfigError, match="model.py is missing"):
+        check_repository(repo)
+    (repo / "sed" / "1" / "model.py").write_text("")
+    (repo / "sed" / "settings.json").write_text('{"engine_dir": 3}')
+    with pytest.raises(ConfigError, match="engine_dir"):
+        check_repository(repo)
+    (repo / "sed" / "settings.json").write_text("[" * 100000)
+    with pytest.raises(ConfigError, match="nested deeper"):
+        check_repository(repo)
