@@ -193,6 +193,27 @@ def test_cer_requests_alone_equal_predict(server, local):
     np.testing.assert_array_equal(result.kept, want.kept)
 
 
+def test_concurrent_cer_requests_batched_together_answer_as_alone(server, local):
+    """6 clients at once, one vocabulary, CER top-1, max batch 4: the dynamic batcher puts them
+    in batches, and each still gets exactly the answer it gets alone (CER per image: a batch-mate
+    neither adds classes to an answer nor leaks into it)."""
+    rng = np.random.default_rng(11)
+    images = [rng.integers(0, 255, (48 + 4 * i, 64, 3), dtype=np.uint8) for i in range(6)]
+    images[1][:] = 128  # flat photos keep other classes than noisy ones
+    images[4][:, :32] = 20
+    alone = [local(im, VOCABULARIES[2], 1) for im in images]
+    assert len({tuple(a.kept) for a in alone}) > 1, "every photo keeps the same classes: no batch-mate could matter"
+    before = _metrics(server.metrics)
+    results = _send(server.url, [(im, VOCABULARIES[2], 1) for im in images])
+    after = _metrics(server.metrics)
+    requests = after["nv_inference_count"] - before["nv_inference_count"]
+    executions = after["nv_inference_exec_count"] - before["nv_inference_exec_count"]
+    assert requests == 6 and executions < requests, (requests, executions)  # some were batched
+    for i, want in enumerate(alone):
+        np.testing.assert_array_equal(results[i].kept, want.kept)
+        np.testing.assert_array_equal(results[i].labels, want.labels)
+
+
 def test_bad_requests_get_one_line_errors_and_the_server_keeps_serving(server, local):
     import tritonclient.http as http
 
