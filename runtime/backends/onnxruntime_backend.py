@@ -22,7 +22,7 @@ SPEC = BackendSpec(
         Option(
             "mem_arena",
             "--ort-arena",
-            "onnxruntime: its CPU memory arena (default on: faster; --no-ort-arena saves memory)",
+            "onnxruntime: one CPU memory arena shared by its graphs' sessions (default on: faster; --no-ort-arena saves memory)",
             kind="toggle",
         ),
         Option(
@@ -109,6 +109,9 @@ class OnnxRuntimeBackend(EngineDirBackend):
         # every graph is its own session with its own threads, run one after another; threads left
         # spinning after a run took the cores from the next session (measured: decoder stages 2x
         # slower than torch on 2 cores; with spinning off, about equal).
+        if self.mem_arena:  # one arena for all the graphs' sessions (see _register_shared_arena)
+            _register_shared_arena(ort)
+            self._options.add_session_config_entry("session.use_env_allocators", "1")
         if not self.spin:
             self._options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._options.add_session_config_entry("session.inter_op.allow_spinning", "0")
@@ -127,3 +130,20 @@ class OnnxRuntimeBackend(EngineDirBackend):
         spec = self.specs[graph]
         outs = self._runners[graph].run(spec.output_names, {n: feeds[n] for n in spec.input_names})
         return dict(zip(spec.output_names, outs))
+
+
+_SHARED_ARENA: list[bool] = []
+
+
+def _register_shared_arena(ort: Any) -> None:
+    """One CPU arena for every session of the process, grown by what each request needs
+    (kSameAsRequested, not the default's doubling). Each graph is its own session, and with an
+    arena each (release 0.2) every one kept its own high-water buffers: measured on 2-core AMD EPYC,
+    folder mode over 20 photos took 565 MB instead of 813 MB at the same speed, and 200 photos
+    6.7 % more than 20 (per-session arenas: +12 %, still growing past 20)."""
+    if _SHARED_ARENA:
+        return
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    cfg = ort.OrtArenaCfg({"arena_extend_strategy": 1})  # kSameAsRequested
+    ort.create_and_register_allocator(info, cfg)
+    _SHARED_ARENA.append(True)
