@@ -1,0 +1,75 @@
+"""The third hostile-input battery's small items, each a typed one-line refusal or a right answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import sed_trt
+from sed_trt.runtime.errors import ConfigError, ImageError
+
+
+def test_server_urls_are_checked_in_one_line():
+    from sed_trt.serve.client import parse_url
+
+    assert parse_url("localhost:8000") == ("http", "localhost:8000")
+    assert parse_url("grpc://10.0.0.1:8001") == ("grpc", "10.0.0.1:8001")
+    assert parse_url("http://[::1]:8000/") == ("http", "[::1]:8000")
+    for bad in ("localhost:abc", "https://host:1", "localhost", "host:99999", "host:8000/v2"):
+        with pytest.raises(ConfigError, match="--url"):
+            parse_url(bad)
+
+
+def test_gpu_lists_and_printable_names():
+    from sed_trt.cli.serve import parse_gpus
+    from sed_trt.runtime.vocab import printable
+
+    assert parse_gpus("0,1") == (0, 1) and parse_gpus(None) == ()
+    with pytest.raises(ConfigError, match="--gpus 'a,b'"):
+        parse_gpus("a,b")
+    assert printable("sky\x1b[2J\nsed-trt: error: x") == "sky\\x1b[2J\\nsed-trt: error: x"
+
+
+def test_pil_images_and_overlays_of_another_size_are_image_errors(tmp_path):
+    from sed_trt.api import Segmentation, read_image
+
+    path = tmp_path / "x.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+    closed = Image.open(path)
+    closed.close()
+    with pytest.raises(ImageError, match="cannot read the PIL image"):
+        read_image(closed)
+    result = Segmentation(labels=np.zeros((8, 8), np.uint8), classes=("sky",), kept=np.ones(1, bool))
+    with pytest.raises(ImageError, match="expected the segmented image's 8x8"):
+        result.overlay(np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ImageError, match="above the limit"):
+        read_image(np.zeros((20, 20, 3), np.uint8), max_pixels=100)
+
+
+def test_a_multi_page_tiff_is_read_at_its_largest_page(tmp_path):
+    from sed_trt.runtime.image import load_image
+
+    thumb = Image.fromarray(np.full((8, 10, 3), 50, np.uint8))
+    full = Image.fromarray(np.full((40, 60, 3), 200, np.uint8))
+    thumb.save(tmp_path / "pages.tif", save_all=True, append_images=[full])
+    assert load_image(tmp_path / "pages.tif").shape == (40, 60, 3)
+
+
+def test_each_instance_counts_in_flight_through_its_own_file(tmp_path, monkeypatch):
+    from sed_trt.serve.triton_model import STATE_DIR_ENV, InFlight
+
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path))
+    counter = InFlight()
+    with counter:
+        assert counter.path is not None and counter.path.read_text() == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [counter.path.name]  # no shared inflight.tmp left
+
+
+def test_topk_beyond_the_cer_bound_and_errors_are_importable():
+    from sed_trt.runtime.cer import MAX_CER_TOPK, check_topk
+
+    check_topk(MAX_CER_TOPK)
+    with pytest.raises(ConfigError, match="k from 1 to"):
+        check_topk(MAX_CER_TOPK + 1)
+    assert issubclass(sed_trt.WriteError, sed_trt.SedTrtError)
