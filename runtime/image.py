@@ -30,6 +30,9 @@ CLIP_PIXEL_STD = (68.5005327, 66.6321579, 70.3231630)
 # Largest image accepted by default (w * h): 250 megapixels, ~750 MB decoded. Pillow's own
 # decompression-bomb limit (179 MP) is replaced by this explicit, adjustable one.
 DEFAULT_MAX_PIXELS = 250_000_000
+# A served image's default limit: 50 MP (a 8660x5770 photo). A server refuses larger ones per row,
+# before any copy or work (sed-trt serve --max-pixels raises it).
+DEFAULT_SERVE_MAX_PIXELS = 50_000_000
 
 _PIL_LIMIT_LOCK = threading.Lock()
 MAX_PIPE_BYTES = 1 << 30  # an image read from a pipe (<(...), /dev/stdin) is read whole, up to this

@@ -90,10 +90,6 @@ class _Group:
 LABEL_BLOCK_BYTES = 256 << 20
 
 
-def _check_topk(topk: int | None) -> None:
-    check_topk(topk)
-
-
 class Timer:
     """Wall time of named steps in ms. With ``synchronize`` each step waits for the device
     (queued work counts: per-part timings); without, only the total is recorded and no step
@@ -161,7 +157,7 @@ class Predictor:
             class_chunk: classes per decoder-graph run (default: the engines' largest).
             profile: time every part (each waits for the device); default: the total only.
         """
-        _check_topk(topk)
+        check_topk(topk)
         limit = backend.class_chunk if backend.limits is not None else None
         if class_chunk is not None and (class_chunk < 1 or (limit is not None and class_chunk > limit)):
             raise ConfigError(
@@ -405,7 +401,7 @@ class Predictor:
         """
         if self._text is None:
             raise StateError("no vocabulary: call set_classes() first")
-        _check_topk(topk)
+        check_topk(topk)
         topk = self.topk if topk is None else topk
         batch = len(images)
         limit = self.backend.limits.max_batch if self.backend.limits is not None else None

@@ -30,6 +30,11 @@ class InputFile:
     video: bool = False
 
 
+def _is_pattern(arg: str) -> bool:
+    """A glob to expand (a file whose name merely holds a wildcard is a file)."""
+    return glob.has_magic(arg) and not Path(arg).exists()
+
+
 def is_video(path: str | Path) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
@@ -108,7 +113,7 @@ def expand_inputs(args: list[str]) -> list[InputFile]:
             if not files:
                 raise ConfigError(f"--image {arg}: the directory holds no image or video")
             out += [InputFile(p, _stem(p, path), is_video(p)) for p in files]
-        elif glob.has_magic(arg) and not path.exists():
+        elif _is_pattern(arg):
             root = _glob_root(arg)
             files = sorted(Path(p) for p in glob.glob(arg, recursive=True) if Path(p).is_file())
             if not files:
@@ -133,6 +138,4 @@ def is_many(args: list[str]) -> bool:
     if len(args) != 1:
         return True
     arg = args[0]
-    return (
-        arg.startswith("@") or Path(arg).is_dir() or (glob.has_magic(arg) and not Path(arg).exists()) or is_video(arg)
-    )
+    return arg.startswith("@") or Path(arg).is_dir() or _is_pattern(arg) or is_video(arg)

@@ -195,6 +195,13 @@ def run_stream(
         summary.seconds = time.perf_counter() - start
 
 
+def batch_size_for(backend: Any, wanted: int | None) -> int:
+    """Images per model call: ``wanted`` (default 1), at most the engines' max batch (1 where
+    the backend records no limit)."""
+    limit = backend.limits.max_batch if backend.limits is not None else 1
+    return min(wanted or 1, limit)
+
+
 def _done(value: Any) -> Future:
     future: Future = Future()
     future.set_result(value)

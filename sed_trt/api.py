@@ -31,6 +31,7 @@ import numpy as np
 
 import sed_trt.sed  # noqa: F401  (registers the torch backend; torch itself loads only when used)
 from sed_trt.runtime.backends import Backend
+from sed_trt.runtime.cer import check_topk
 from sed_trt.runtime.deployment import Deployment
 from sed_trt.runtime.errors import ConfigError, ImageError, SedTrtError, StateError, VocabularyError
 from sed_trt.runtime.fsutil import default_cache_dir
@@ -276,14 +277,18 @@ class Segmenter:
             if not self.predictor.classes:
                 raise StateError("no vocabulary: pass classes= or call set_vocabulary() first")
             pred: Prediction = self.predictor.predict(array, topk=topk)
-            return Segmentation(
-                labels=pred.labels,
-                classes=self.classes,
-                kept=pred.kept,
-                probs=pred.probs if probs else None,
-                timings=pred.timings,
-                random_weights=self.backend.random_weights,
-            )
+            return self._result(pred, pred.probs if probs else None)
+
+    def _result(self, pred: Prediction, probs: np.ndarray | None) -> Segmentation:
+        """The result of one prediction over the current vocabulary."""
+        return Segmentation(
+            labels=pred.labels,
+            classes=self.classes,
+            kept=pred.kept,
+            probs=probs,
+            timings=pred.timings,
+            random_weights=self.backend.random_weights,
+        )
 
     @property
     def max_pixels(self) -> int:
@@ -309,7 +314,7 @@ class Segmenter:
         (``errors="raise"``), or is yielded in its place as the error (``errors="yield"``), the
         run going on. The Segmenter is held for the whole iteration (other threads wait).
         """
-        from sed_trt.runtime.stream import Source, run_stream
+        from sed_trt.runtime.stream import Source, batch_size_for, run_stream
 
         if errors not in ("raise", "yield"):
             raise ConfigError(f"errors={errors!r}: 'raise' or 'yield'")
@@ -319,9 +324,9 @@ class Segmenter:
                 self.set_vocabulary(classes)
             if not self.predictor.classes:
                 raise StateError("no vocabulary: pass classes= or call set_vocabulary() first")
-            vocabulary = self.classes
-            limit = self.backend.limits.max_batch if self.backend.limits is not None else 1
-            batch = min(batch_size or (self.deployment.batch_size if self.deployment else None) or 1, limit)
+            batch = batch_size_for(
+                self.backend, batch_size or (self.deployment.batch_size if self.deployment else None)
+            )
             sources = (Source(index=i, name=str(i), path=x) for i, x in enumerate(inputs))
             for outcome in run_stream(
                 self.predictor,
@@ -340,15 +345,7 @@ class Segmenter:
                         raise exc
                     yield exc
                     continue
-                pred = outcome.prediction
-                yield Segmentation(
-                    labels=pred.labels,
-                    classes=vocabulary,
-                    kept=pred.kept,
-                    probs=outcome.probs if probs else None,
-                    timings=pred.timings,
-                    random_weights=self.backend.random_weights,
-                )
+                yield self._result(outcome.prediction, outcome.probs if probs else None)
 
     def segment_video(
         self, path: str | Path, classes: str | Sequence[str] | None = None, *, topk: int | None = None, stride: int = 1
@@ -409,9 +406,11 @@ def segment(
 
 
 def _check_topk(topk: Any) -> int | None:
-    """CER's k: None or a whole number >= 1 (a string or a float is refused, not coerced)."""
+    """CER's k from a caller: None or a whole number (a string or a float is refused, not
+    coerced), in the range :func:`sed_trt.runtime.cer.check_topk` allows."""
     if topk is None:
         return None
-    if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
+    if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)):
         raise ConfigError(f"topk | got {topk!r} | expected None or a whole number >= 1")
+    check_topk(int(topk))
     return int(topk)

@@ -23,11 +23,22 @@ from sed_trt.runtime.deployment import Deployment
 from sed_trt.runtime.errors import ConfigError
 from sed_trt.runtime.fsutil import atomic_write, check_writable_dir, write_npz
 from sed_trt.runtime.sources import InputFile, expand_inputs
-from sed_trt.runtime.stream import Outcome, Source, Summary, run_stream
+from sed_trt.runtime.stream import Outcome, Source, Summary, batch_size_for, run_stream
 from sed_trt.runtime.vocab import printable
 
 FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 RANDOM_BANNER = "RANDOM WEIGHTS: this segmentation is meaningless (no --weights)"
+
+
+def result_arrays(
+    labels: np.ndarray, kept: np.ndarray, classes: list[str], probs: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """What ``--save-npz`` holds for one image: labels (H0, W0) int32, kept (T,), classes (T,) and,
+    when given, probs (T, h, w) float32 (one image or a folder alike)."""
+    arrays = {"labels": labels.astype(np.int32), "kept": kept, "classes": np.array(classes, dtype=str)}
+    if probs is not None:
+        arrays["probs"] = np.asarray(probs, dtype=np.float32)
+    return arrays
 
 
 class Outputs:
@@ -80,12 +91,7 @@ class Outputs:
         fmt = FORMATS[self.suffix[1:]]
         written.append(atomic_write(overlay_path, lambda tmp: save_picture(vis, tmp, fmt)))
         if self.npz:
-            arrays = {
-                "labels": pred.labels.astype(np.int32),
-                "kept": pred.kept,
-                "classes": np.array(self.classes, dtype=str),
-                "probs": np.asarray(probs, dtype=np.float32),
-            }
+            arrays = result_arrays(pred.labels, pred.kept, self.classes, probs)
             written.append(atomic_write(self.root / f"{name}.npz", lambda tmp: write_npz(tmp, arrays)))
         if self.labels:
             written.append(
@@ -109,8 +115,6 @@ def label_png(labels: np.ndarray, num_classes: int, path: str) -> None:
 
 def run_many(args: argparse.Namespace, deployment: Deployment, classes: list[str]) -> int:
     """Segment every input ``--image`` names into ``--out-dir``; exit 2 if any failed."""
-    from sed_trt.runtime.image import load_image
-
     if not args.out_dir:
         raise ConfigError("several inputs (or a directory, glob, list or video) need --out-dir DIR")
     if args.out:
@@ -131,11 +135,10 @@ def run_many(args: argparse.Namespace, deployment: Deployment, classes: list[str
         predictor.set_classes(classes)
         predictor.progress = False  # the run's own bar counts images
         outputs = Outputs(args, classes, backend.random_weights)
-        limit = backend.limits.max_batch if backend.limits is not None else 1
-        batch = min(deployment.batch_size or 1, limit)
+        batch = batch_size_for(backend, deployment.batch_size)
         images = [i for i in inputs if not i.video]
         if images:
-            _run_images(args, predictor, images, outputs, batch, summary, load_image)
+            _run_images(args, predictor, images, outputs, batch, summary)
         for item in (i for i in inputs if i.video):
             _run_video(args, predictor, item, outputs, batch, summary)
     print(summary.line())
@@ -150,8 +153,9 @@ def _run_images(
     outputs: Outputs,
     batch: int,
     summary: Summary,
-    load_image: Any,
 ) -> None:
+    from sed_trt.runtime.image import load_image
+
     sources = [Source(index=i, name=item.name, path=item.path) for i, item in enumerate(images)]
     stream = run_stream(
         predictor,

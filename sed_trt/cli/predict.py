@@ -18,7 +18,7 @@ from sed_trt.cli.args import (
     positive_int,
     unit_float,
 )
-from sed_trt.cli.many import FORMATS
+from sed_trt.cli.many import FORMATS, RANDOM_BANNER, result_arrays
 from sed_trt.runtime.errors import ConfigError
 from sed_trt.runtime.fsutil import atomic_write, check_outputs, write_npz
 from sed_trt.runtime.postprocess import label_areas
@@ -51,14 +51,12 @@ def write_results(
     """Write ``--save-npz`` and ``--out`` (overlay) as asked; returns the paths written."""
     written: list[object] = []
     if args.save_npz:
-        arrays = {"labels": labels.astype(np.int32), "kept": kept, "classes": np.array(classes, dtype=str)}
-        if probs is not None:
-            arrays["probs"] = probs.astype(np.float32)
+        arrays = result_arrays(labels, kept, classes, probs)
         written.append(atomic_write(args.save_npz, lambda tmp: write_npz(tmp, arrays)))
     if args.out:
         from sed_trt.runtime.visualize import overlay, save_picture
 
-        banner = "RANDOM WEIGHTS: this segmentation is meaningless (no --weights)" if random_weights else None
+        banner = RANDOM_BANNER if random_weights else None
         vis = overlay(image, labels, classes, alpha=args.alpha, banner=banner, side_by_side=args.side_by_side)
         fmt = image_format(args.out)
         written.append(atomic_write(args.out, lambda tmp: save_picture(vis, tmp, fmt)))

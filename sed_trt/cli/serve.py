@@ -21,7 +21,7 @@ from sed_trt.cli.args import (
 from sed_trt.cli.predict import add_output_args, read_request, summary, write_results, wrote_line
 from sed_trt.runtime.backends.registry import parse_label
 from sed_trt.runtime.errors import ConfigError
-from sed_trt.serve.service import DEFAULT_SERVE_MAX_PIXELS
+from sed_trt.runtime.image import DEFAULT_SERVE_MAX_PIXELS
 
 
 def repository_settings(args: argparse.Namespace) -> tuple[Any, Any]:

@@ -217,7 +217,7 @@ def write_repository(
     return written
 
 
-def check_servable_path(path: Path) -> None:
+def check_servable_path(path: Path, flag: str = "--out") -> None:
     """Refuse a repository path Triton's Python stub cannot start from: the backend passes the
     model's path to the stub on a command line split at spaces, so a path with whitespace (or a
     character outside printable ASCII) makes the stub fail to start and the server wait."""
@@ -225,7 +225,7 @@ def check_servable_path(path: Path) -> None:
     bad = sorted({c for c in text if c.isspace() or not (c.isascii() and c.isprintable())})
     if bad:
         raise ConfigError(
-            f"--out {text!r}: Triton's Python backend cannot load a model from a path with {', '.join(repr(c) for c in bad)}; choose another directory"
+            f"{flag} {text!r}: Triton's Python backend cannot load a model from a path with {', '.join(repr(c) for c in bad)}; choose another directory"
         )
 
 
@@ -250,7 +250,4 @@ def check_repository(repository: Path) -> None:
         raise ConfigError(
             f"--repository {str(repository)!r}: its engine directory {deployment.engine_dir!r} holds no manifest.json"
         )
-    try:
-        check_servable_path(repository)
-    except ConfigError as exc:
-        raise ConfigError(str(exc).replace("--out", "--repository", 1)) from None
+    check_servable_path(repository, "--repository")

@@ -26,7 +26,7 @@ import numpy as np
 
 from sed_trt.runtime.backends.base import Backend
 from sed_trt.runtime.errors import InputError, SedTrtError
-from sed_trt.runtime.image import check_image, check_pixels
+from sed_trt.runtime.image import DEFAULT_SERVE_MAX_PIXELS, check_image, check_pixels
 from sed_trt.runtime.predictor import Prediction, Predictor
 from sed_trt.runtime.text_cache import TextFeatureCache
 from sed_trt.runtime.vocab import validate_vocabulary
@@ -34,9 +34,6 @@ from sed_trt.runtime.vocab import validate_vocabulary
 log = logging.getLogger("sed_trt")
 
 MODEL_NAME = "sed"
-# A served image's default pixel limit (width x height): 50 MP, a 8660x5770 photo. A server refuses
-# larger ones per row, before any copy or work (--max-pixels raises it).
-DEFAULT_SERVE_MAX_PIXELS = 50_000_000
 
 
 @dataclass(frozen=True)
