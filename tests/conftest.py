@@ -135,6 +135,28 @@ def small_engine_dir(tmp_path_factory: pytest.TempPathFactory, small_model) -> P
     return out
 
 
+@pytest.fixture(scope="session")
+def wide_engine_dir(tmp_path_factory: pytest.TempPathFactory, small_model) -> Path:
+    """The small model exported for 5000 classes with class-attention pooling 2: large vocabularies
+    (CER's bounded TopK) and a pooling other than the default, in one export."""
+    from sed_trt.export.onnx_export import run_export
+    from sed_trt.runtime.io_spec import ExportLimits
+
+    out = tmp_path_factory.mktemp("engine_wide") / "engines"
+    limits = ExportLimits(max_classes=5000)
+    run_export(
+        small_model,
+        out,
+        backbone="sed_tiny_linear",
+        weights=None,
+        pooling=2,
+        limits=limits,
+        validate=False,
+        progress=False,
+    )
+    return out
+
+
 @pytest.fixture
 def toy_backend(monkeypatch):
     """The toy backend plug-in (tests/toy_backend.py) registered for one test, as a user would register theirs."""

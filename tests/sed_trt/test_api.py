@@ -111,26 +111,16 @@ def test_a_segmenter_shared_by_threads_answers_each_as_alone(parity_engine_dir, 
             np.testing.assert_array_equal(got.kept, alone[i].kept)
 
 
-def test_one_deployment_opens_through_every_front_door(small_model, tmp_path):
+def test_one_deployment_opens_through_every_front_door(wide_engine_dir, tmp_path):
     """An engine directory exported with --pooling 2 opens from the Python API (engine dir and
     deployment), the CLI and the Triton model's settings, with the export's pooling."""
     from sed_trt.cli import main
-    from sed_trt.export.onnx_export import run_export
     from sed_trt.runtime.deployment import Deployment
-    from sed_trt.runtime.io_spec import ExportLimits
+    from sed_trt.runtime.manifest import Manifest
     from sed_trt.serve.triton_model import open_service
 
-    engines = tmp_path / "pool2"
-    run_export(
-        small_model,
-        engines,
-        backbone="sed_tiny_linear",
-        weights=None,
-        pooling=2,
-        limits=ExportLimits(max_classes=64),
-        validate=False,
-        progress=False,
-    )
+    engines = wide_engine_dir
+    assert Manifest.load(engines).pooling == 2
     image = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
     with sed_trt.Segmenter.from_engine_dir(engines) as seg:
         want = seg.segment(image, ["sky", "tree", "road"])
