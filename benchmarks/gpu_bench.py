@@ -1,13 +1,15 @@
 """``make gpu-bench``: the torch backend on one GPU at the paper's setting, in one prepared run.
 
 ConvNeXt-B at 768 px (``--weights`` for a checkpoint, e.g. one from ``synth_weights.py``; else
-random weights), ADE-150 and ADE-847, no CER and top-8, fp32 and bf16, with and without CUDA
-graphs. Per configuration: end-to-end ms/image (no per-part synchronisation), per-part
-medians (a profiled run: every part waits for the device), peak device memory, CER
-survivors, and against the fp32 eager run of the same vocabulary and k: labels equal, max
-|dprob| and whether the kept set is the same. It also reports whether ONNX Runtime's CUDA
-provider exists (and runs it when ``--engine-dir`` names exported graphs). Writes
-``gpu_bench.json`` and ``gpu_bench.md``; sized to finish in under 6 minutes on an H100/H200.
+random weights), ADE-150 and ADE-847, no CER and top-8, fp32, bf16 and fp16, with and without
+CUDA graphs. Per configuration: end-to-end ms/image (no per-part synchronisation), per-part
+medians (a profiled run: every part waits for the device), peak device memory of ``--device``,
+CER survivors; against an explicit reference, the fp32 eager run of the same vocabulary and k
+made first whatever the flags select: labels equal, max |dprob| and whether the kept set is the
+same; and for CUDA-graph rows, labels equal to the eager row of the same precision. It also
+reports whether ONNX Runtime's CUDA provider exists (and runs it when ``--engine-dir`` names
+exported graphs). Writes ``gpu_bench.json`` and ``gpu_bench.md``; sized to finish in under 6
+minutes on an H100/H200.
 """
 
 from __future__ import annotations
@@ -58,12 +60,13 @@ def measure(
     fast.set_classes(classes)
     profiled = Predictor(backend, topk=topk, cache=cache, profile=True)
     profiled.set_text_features(classes, fast.text_features)  # type: ignore[arg-type]
-    cuda = torch.cuda.is_available() and backend.ops.device.type == "cuda"
+    device = backend.ops.device
+    cuda = torch.cuda.is_available() and device.type == "cuda"
     for _ in range(2):  # warm-up: cuDNN algorithm search, CUDA-graph captures of every chunk shape
         fast.predict(image)
     if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
     totals = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -75,7 +78,7 @@ def measure(
         "e2e_min_ms": min(totals),
         **parts,
         "model_ms": parts["image_encoder_ms"] + parts["decoder_ms"],
-        "peak_device_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+        "peak_device_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
         "survivors": pred.survivors,
     }
     return row, pred
@@ -123,6 +126,7 @@ def onnxruntime_cuda(engine_dir: str | None, classes: list[str], image: np.ndarr
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from sed_trt.runtime.predictor import Predictor
     from sed_trt.runtime.text_cache import TextFeatureCache
     from sed_trt.runtime.vocab import load_vocabulary
     from sed_trt.sed.backend import TorchBackend
@@ -141,8 +145,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     vocabularies = {name: load_vocabulary(name) for name in args.classes}
     rows: list[dict[str, Any]] = []
     refs: dict[tuple[str, int | None], Any] = {}
+    eager: dict[tuple[str, str, int | None], Any] = {}  # (precision, vocabulary, k) -> its eager prediction
     started = time.perf_counter()
-    model = None
+    # The reference of every row, made first: fp32, no CUDA graphs, whatever --precisions says.
+    backend = TorchBackend(None, backbone=backbone, weights=args.weights, device=device, precision="fp32")
+    with backend:
+        model = backend.model  # loaded once, shared by every configuration
+        for vocab, classes in vocabularies.items():
+            for topk in args.topk:
+                ref = Predictor(backend, topk=topk, cache=cache)
+                ref.set_classes(classes)
+                refs[(vocab, topk)] = ref.predict(image)
+                refs[(vocab, topk)].probs  # noqa: B018 (read while the backend is active: kept on the host)
+                step(f"fp32 eager reference {vocab} topk={topk}: survivors {refs[(vocab, topk)].survivors}")
     for precision in args.precisions:
         for graphs in args.cuda_graphs if cuda else (False,):
             backend = TorchBackend(
@@ -159,8 +174,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     for topk in args.topk:
                         row, pred = measure(backend, classes, topk, image, args.repeats, cache)
                         key = (vocab, topk)
-                        if key not in refs:
-                            refs[key] = pred
+                        if not graphs:
+                            eager[(precision, vocab, topk)] = pred.labels
+                        same = eager.get((precision, vocab, topk)) if graphs else None
                         row = {
                             "precision": precision,
                             "cuda_graphs": graphs,
@@ -169,6 +185,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             "topk": topk,
                             **row,
                             **compare(pred, refs[key]),
+                            "labels_equal_eager": None if same is None else float((pred.labels == same).mean()),
                         }
                         rows.append(row)
                         step(
@@ -211,17 +228,19 @@ def markdown(result: dict[str, Any]) -> str:
         f"{s['image']}; medians of {s['repeats']}.",
         "",
         "| precision | CUDA graphs | classes | top-k | end to end ms | encoder ms | decoder ms | CER ms | post ms "
-        "| end to end / model | peak MB | survivors | labels = fp32 | max dprob | kept = fp32 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| end to end / model | peak MB | survivors | labels = fp32 | max dprob | kept = fp32 | labels = eager |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         peak = f"{r['peak_device_mb']:.0f}" if r["peak_device_mb"] is not None else "-"
+        same = "-" if r.get("labels_equal_eager") is None else f"{100 * r['labels_equal_eager']:.2f} %"
         lines.append(
             f"| {r['precision']} | {'on' if r['cuda_graphs'] else 'off'} | {r['classes']} | {r['topk'] or '-'} "
             f"| {r['e2e_ms']:.1f} | {r['image_encoder_ms']:.1f} | {r['decoder_ms']:.1f} | {r['cer_ms']:.1f} "
             f"| {r['postprocess_ms']:.1f} | {r['e2e_ms'] / max(r['model_ms'], 1e-9):.2f} | {peak} "
             f"| {'/'.join(map(str, r['survivors']))} | {100 * r['labels_equal']:.2f} % | {r['max_dprob']:.1e} "
-            f"| {'yes' if r['kept_same'] else 'NO'} |"
+            f"| {'yes' if r['kept_same'] else 'NO'} "
+            f"| {same} |"
         )
     by = {(r["precision"], r["cuda_graphs"], r["T"], r["topk"]): r["e2e_ms"] for r in result["rows"]}
     sizes = sorted({r["T"] for r in result["rows"]})
@@ -248,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=None, help="network input side (default: the config's, 768)")
     p.add_argument("--classes", nargs="+", default=["ade150", "ade847"])
     p.add_argument("--topk", nargs="+", type=lambda v: None if v == "none" else int(v), default=[None, 8])
-    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "fp16"])
     p.add_argument("--cuda-graphs", nargs="+", type=lambda v: v == "on", default=[False, True])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--engine-dir", default=None, help="exported graphs for the ONNX Runtime CUDA row")

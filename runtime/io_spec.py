@@ -204,7 +204,7 @@ class ExportLimits:
     min_image_side: int = 32
     opt_image_hw: tuple[int, int] = (640, 853)
     max_image_side: int = 2560
-    label_rows: int = 64  # the largest band of label-map rows one labels-graph run computes (axis R)
+    label_rows: int = 256  # the largest band of label-map rows one labels-graph run computes (axis R)
     label_cols: int = 4096  # ... and of columns (axis X); wider photos run in tiles
 
     def range_of(self, axis: str) -> DynamicRange:

@@ -88,6 +88,9 @@ class _Group:
 # Device memory one labels-graph run may use per intermediate (N, R, X) array, where the
 # engines set no bound (the torch backend on a GPU).
 LABEL_BLOCK_BYTES = 256 << 20
+# Bands of label rows start at multiples of this many rows when there are several, so their
+# views of the int64/float32 row tables stay 256-byte aligned (TensorRT binds no other address).
+LABEL_ROW_ALIGN = 64
 
 
 class Timer:
@@ -340,12 +343,20 @@ class Predictor:
 
     def _device_labels(self, probs: Array, kept: np.ndarray, out_hw: tuple[int, int], dtype: np.dtype) -> np.ndarray:
         """The labels graph over bands of rows, tiles of columns and chunks of classes; one
-        download per tile. A chunk carries the best value and label into the next."""
+        download per tile. A chunk carries the best value and label into the next.
+
+        Every run of one tile has one shape, so engines never switch shapes inside a photo and
+        CUDA graphs replay: the last band is padded (its extra rows read a valid source row and
+        are cropped), and the last class chunk overlaps the one before instead of being short
+        (re-seen classes never beat the running maximum: it takes only a strictly larger value,
+        so ties keep the lower class, as argmax does). The row and column tables go up once per
+        tile; bands are views of them."""
         ops = self.backend.ops
         t, side = int(probs.shape[1]), int(probs.shape[-1])
         h0, w0 = out_hw
         limits = self.backend.limits
         chunk = min(t, self.class_chunk) if limits is not None else t
+        starts = list(range(0, t - chunk, chunk)) + [t - chunk]  # the last chunk ends at t (overlapping)
         cols_max = limits.label_cols if limits is not None else w0
         iy, ly = source_positions(h0, side)
         ix, lx = source_positions(w0, side)
@@ -356,7 +367,13 @@ class Predictor:
             rows_max = max(1, LABEL_BLOCK_BYTES // (4 * chunk * (x1 - x0)))
             if limits is not None:
                 rows_max = min(rows_max, limits.label_rows)
+            if rows_max < h0 and rows_max >= LABEL_ROW_ALIGN:  # bands start at aligned table offsets
+                rows_max -= rows_max % LABEL_ROW_ALIGN
             rows_max = min(rows_max, h0)
+            padded = -(-h0 // rows_max) * rows_max
+            pad = padded - h0  # the last band's extra rows read the last row's sources, then are dropped
+            rows = ops.from_numpy(np.concatenate([iy, np.repeat(iy[-1:], pad, axis=0)]))
+            row_weights = ops.from_numpy(np.concatenate([ly, np.repeat(ly[-1:], pad)]).astype(np.float32))
             cols = ops.from_numpy(ix[x0:x1])
             col_weights = ops.from_numpy(lx[x0:x1])
             start = ops.from_numpy(np.full((rows_max, x1 - x0), -1, dtype=np.float32))  # below every probability
@@ -367,20 +384,24 @@ class Predictor:
             for y0 in range(0, h0, rows_max):
                 y1 = min(y0 + rows_max, h0)
                 feeds = {
-                    "rows": ops.from_numpy(iy[y0:y1]),
-                    "row_weights": ops.from_numpy(ly[y0:y1]),
+                    "rows": ops.narrow(rows, 0, y0, y0 + rows_max),
+                    "row_weights": ops.narrow(row_weights, 0, y0, y0 + rows_max),
                     "cols": cols,
                     "col_weights": col_weights,
-                    "best_in": ops.narrow(start, 0, 0, y1 - y0),
-                    "labels_in": ops.narrow(first, 0, 0, y1 - y0),
+                    "best_in": start,
+                    "labels_in": first,
                 }
-                for a in range(0, t, chunk):
-                    b = min(a + chunk, t)
+                for a in starts:
                     res = self.backend.run(
-                        LABELS, {**feeds, "probs": ops.narrow(probs, 1, a, b), "class_ids": ops.narrow(ids, 0, a, b)}
+                        LABELS,
+                        {
+                            **feeds,
+                            "probs": ops.narrow(probs, 1, a, a + chunk),
+                            "class_ids": ops.narrow(ids, 0, a, a + chunk),
+                        },
                     )
                     feeds["best_in"], feeds["labels_in"] = res["best"], res["labels"]
-                ops.write(tile, 0, y0, feeds["labels_in"])
+                ops.write(tile, 0, y0, ops.narrow(feeds["labels_in"], 0, 0, y1 - y0))
             out[:, x0:x1] = ops.to_numpy(tile)
         return out
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sed_trt.runtime.backends.base import ArrayOps, Backend
-from sed_trt.runtime.backends.registry import BackendSpec, Option
+from sed_trt.runtime.backends.registry import CUDA_GRAPHS_OPTION, BackendSpec
 from sed_trt.runtime.errors import BackendUnavailableError, ConfigError, StateError, install_hint
 from sed_trt.runtime.io_spec import CER_GRAPHS, DECODER_GRAPHS, IMAGE_ENCODER, LABELS, TEXT_ENCODER
 
@@ -31,7 +31,7 @@ SPEC = BackendSpec(
     loads="checkpoint",
     placement="device",
     precisions=("fp32", "bf16", "fp16"),
-    options=(Option("cuda_graphs", "--cuda-graphs", "torch on a GPU: replay captured CUDA graphs (opt-in)"),),
+    options=(CUDA_GRAPHS_OPTION,),
     probe="probe",
 )
 

@@ -18,7 +18,19 @@ Engines compute by running their ONNX file in ONNX Runtime; inputs are read from
 outputs written to the bound addresses through a :class:`~sed_trt.runtime.backends.cuda_ops.DeviceMemory`
 (``tests/fake_cuda.HostMemory`` on CPU, the real ``CudaMemory`` on a GPU), so every copy
 and pointer the backend computes is exercised. Knobs for failure tests: ``FAIL``
-(``"context"``, ``"build"``) and the module's ``CALLS`` log.
+(``"context"``, ``"build"``, ``"capture"``) and the module's ``CALLS`` log.
+
+Execution follows TensorRT's rules for streams and CUDA graphs. An engine lives on the device
+current when it was deserialized; an enqueue on a stream of another device, or from a thread
+whose current device is another, returns False (CUDA: a stream is usable only on its device).
+Under stream capture (``tests/fake_cuda.HostMemory``), an enqueue is recorded for replay with
+the shapes and addresses it had; it returns False when the context's input shapes or device
+memory changed since its last plain enqueue (the first enqueue after a change does lazy set-up
+that may not be captured: trtexec enqueues once before capturing, "Avoid capturing
+initialization calls", TensorRT samples/common/sampleInference.cpp) and, with
+``FAIL = {"capture"}``, always (an engine with "operations that are not permitted under CUDA
+graph capture mode", where "the enqueue call may return false"). Over real device memory the
+fake computes on the host, so it cannot be captured: it refuses every capture there.
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ import numpy as np
 import onnx
 
 from sed_trt.runtime.backends.cuda_ops import DeviceMemory
+from tests import fake_cuda
 
 ONNX_TO_DTYPE = {
     onnx.TensorProto.FLOAT: "FLOAT",
@@ -88,7 +101,7 @@ def make(version: str = "11.4.0.106") -> types.ModuleType:
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     trt.CALLS = []  # (event, details) in call order
-    trt.FAIL = set()  # "build", "context": make that step return None
+    trt.FAIL = set()  # "build", "context": make that step return None; "capture": enqueues under capture fail
     trt.MEMORY = None  # the DeviceMemory engines read and write (set by use_memory)
     calls: list[tuple] = trt.CALLS
     logger_errors: list[str] = []  # what a build that returned None would have logged
@@ -330,6 +343,7 @@ def make(version: str = "11.4.0.106") -> types.ModuleType:
             import onnxruntime as ort
 
             self.plan = plan
+            self.device = fake_cuda.current_device()  # where TensorRT put the engine
             model = onnx.load(plan["onnx"])
             self.session = ort.InferenceSession(plan["onnx"], providers=["CPUExecutionProvider"])
             self.inputs = list(model.graph.input)
@@ -384,17 +398,21 @@ def make(version: str = "11.4.0.106") -> types.ModuleType:
             self.shapes: dict[str, tuple] = {}
             self.addresses: dict[str, int] = {}
             self.executions = 0
+            self.dirty = True  # shapes or device memory changed since the last plain enqueue
 
         def set_device_memory(self, ptr: int, size: int) -> None:
             if size < self.engine.device_memory_size_v2 or ptr % 256:
                 raise RuntimeError("device memory too small or unaligned")
             self.device_memory = (ptr, size)
+            self.dirty = True
 
         def set_input_shape(self, name: str, shape: Any) -> bool:
             lo, _, hi = self.engine.get_tensor_profile_shape(name, 0)
             shape = tuple(shape)
             if len(shape) != len(lo) or not all(a <= s <= b for a, s, b in zip(lo, shape, hi)):
                 return False
+            if self.shapes.get(name) != shape:
+                self.dirty = True
             self.shapes[name] = shape
             return True
 
@@ -424,6 +442,12 @@ def make(version: str = "11.4.0.106") -> types.ModuleType:
         def execute_async_v3(self, stream: int) -> bool:
             unset = [i.name for i in self.engine.inputs if i.name not in self.shapes]
             unbound = [t.name for t in self.engine.io if t.name not in self.addresses]
+            memory: DeviceMemory = trt.MEMORY
+            host = isinstance(memory, fake_cuda.HostMemory)
+            capturing = bool(getattr(memory, "capturing", False))
+            wrong_device = host and {fake_cuda.stream_device(stream), fake_cuda.current_device()} != {
+                self.engine.device
+            }
             problem = (
                 "default stream"
                 if not stream
@@ -433,28 +457,41 @@ def make(version: str = "11.4.0.106") -> types.ModuleType:
                 if unbound
                 else "no device memory for a user-managed context"
                 if self.user_managed and self.device_memory is None
+                else f"a stream or current device other than the engine's device {self.engine.device}"
+                if wrong_device
+                else "operations not permitted under CUDA graph capture"
+                if capturing and ("capture" in trt.FAIL or not host)
+                else "the first enqueue after a shape or memory change inside a capture"
+                if capturing and self.dirty
                 else None
             )
             if problem:
                 calls.append(("execute_failed", problem))
                 return False
-            memory: DeviceMemory = trt.MEMORY
+            shapes, addresses = dict(self.shapes), dict(self.addresses)
+            if capturing:
+                calls.append(("capture", tuple(sorted(shapes.items())), stream))
+                memory.record(lambda: self._compute(memory, shapes, addresses, "replay", stream))  # type: ignore[attr-defined]
+                return True
+            self._compute(memory, shapes, addresses, "execute", stream)
+            self.dirty = False
+            return True
+
+        def _compute(self, memory: DeviceMemory, shapes: dict, addresses: dict, event: str, stream: int) -> None:
             feeds = {}
             for vi in self.engine.inputs:
                 dtype = NUMPY[self.engine.dtypes[vi.name]]
-                feeds[vi.name] = np.empty(self.shapes[vi.name], dtype=dtype)
+                feeds[vi.name] = np.empty(shapes[vi.name], dtype=dtype)
                 # the engine's own reads and writes happen on the device: not host transfers
-                getattr(memory, "engine_read", memory.download)(feeds[vi.name], self.addresses[vi.name])
+                getattr(memory, "engine_read", memory.download)(feeds[vi.name], addresses[vi.name])
             outs = self.engine.session.run([o.name for o in self.engine.outputs], feeds)
             for vi, arr in zip(self.engine.outputs, outs):
-                assert tuple(arr.shape) == self.get_tensor_shape(vi.name)
                 getattr(memory, "engine_write", memory.upload)(
-                    self.addresses[vi.name], np.ascontiguousarray(arr, dtype=NUMPY[self.engine.dtypes[vi.name]])
+                    addresses[vi.name], np.ascontiguousarray(arr, dtype=NUMPY[self.engine.dtypes[vi.name]])
                 )
             memory.synchronize()
             self.executions += 1
-            calls.append(("execute", tuple(sorted(self.shapes.items())), stream))
-            return True
+            calls.append((event, tuple(sorted(shapes.items())), stream))
 
     class Runtime:
         def __init__(self, logger: Logger) -> None:

@@ -97,13 +97,15 @@ def test_release_floor_states_the_rate_each_target_needs(parity_engine_dir, monk
 
 
 def test_gpu_bench_writes_its_tables(tmp_path):
-    """The GPU bench's one prepared run, here on the CPU with a 64 px tiny model (no CUDA-graph rows)."""
+    """The GPU bench's one prepared run, here on the CPU with a 64 px tiny model (no CUDA-graph rows).
+    Every row is compared with an fp32 eager reference made first, not with whichever
+    configuration the flags list first (bf16 here)."""
     from sed_trt.benchmarks.gpu_bench import main as gpu_bench
 
     args = ["--backbone", "sed_tiny_linear", "--image-size", "64", "--device", "cpu", "--classes", "voc20"]
     assert (
         gpu_bench(
-            [*args, "--topk", "none", "2", "--precisions", "fp32", "bf16", "--repeats", "2", "--out-dir", str(tmp_path)]
+            [*args, "--topk", "none", "2", "--precisions", "bf16", "fp32", "--repeats", "2", "--out-dir", str(tmp_path)]
         )
         == 0
     )
@@ -112,6 +114,7 @@ def test_gpu_bench_writes_its_tables(tmp_path):
     assert set(rows) == {("fp32", None), ("fp32", 2), ("bf16", None), ("bf16", 2)}
     assert rows["fp32", None]["labels_equal"] == 1.0 and rows["fp32", None]["max_dprob"] == 0.0
     assert 0 < rows["bf16", 2]["max_dprob"] < 2e-2 and rows["bf16", 2]["kept_same"]
+    assert rows["bf16", None]["max_dprob"] > 0 and rows["bf16", None]["labels_equal_eager"] is None
     assert rows["fp32", 2]["survivors"][0] < 20 and all(r["e2e_ms"] > 0 for r in rows.values())
     assert result["onnxruntime_cuda"]["available"] is False
     md = (tmp_path / "gpu_bench.md").read_text()

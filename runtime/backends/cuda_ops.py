@@ -79,6 +79,27 @@ class DeviceMemory(abc.ABC):
     def close(self) -> None:  # noqa: B027 (nothing to release by default)
         """Release the stream (buffers free themselves)."""
 
+    # CUDA graphs (stream capture). Between begin_capture and end_capture nothing may wait for the
+    # device or copy from host memory (CUDA refuses both while a stream captures), and sed-trt
+    # allocates nothing: a capture records copies and engine launches over fixed addresses.
+    def begin_capture(self) -> None:
+        """Start recording the work queued on the stream (thread-local capture mode)."""
+        raise DeviceError("this device memory cannot capture CUDA graphs")
+
+    def end_capture(self) -> Any:
+        """Stop recording; the instantiated graph (raises DeviceError when the capture failed)."""
+        raise DeviceError("this device memory cannot capture CUDA graphs")
+
+    def abort_capture(self) -> None:  # noqa: B027 (nothing to abort by default)
+        """End a capture that failed, discarding what it recorded and clearing the error."""
+
+    def launch(self, graph: Any) -> None:
+        """Queue one replay of an instantiated graph on the stream."""
+        raise DeviceError("this device memory cannot launch CUDA graphs")
+
+    def destroy_graph(self, graph: Any) -> None:  # noqa: B027 (nothing to destroy by default)
+        """Release an instantiated graph (after the work queued so far)."""
+
 
 class DeviceArray:
     """A C-contiguous float32/int32/int64 array in device memory: ``shape``, ``dtype``, ``ptr``.
@@ -304,6 +325,33 @@ class CudaMemory(DeviceMemory):
     def synchronize(self) -> None:
         self._call("cudaStreamSynchronize", self._stream)
         self._keep.clear()
+
+    def begin_capture(self) -> None:
+        # Thread-local mode, as trtexec captures: other threads' CUDA calls are not checked
+        # against this capture (the server's other threads keep running).
+        mode = self.cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        self._call("cudaStreamBeginCapture", self._stream, mode)
+
+    def end_capture(self) -> Any:
+        graph = self._call("cudaStreamEndCapture", self._stream)
+        try:
+            return self._call("cudaGraphInstantiate", graph, 0)
+        finally:
+            self._call("cudaGraphDestroy", graph)
+
+    def abort_capture(self) -> None:
+        with contextlib.suppress(Exception):  # the capture is invalid: end it, drop its graph, clear the error
+            err, graph = self.cudart.cudaStreamEndCapture(self._stream)
+            if err == self.cudart.cudaError_t.cudaSuccess and graph is not None:
+                self.cudart.cudaGraphDestroy(graph)
+        with contextlib.suppress(Exception):
+            self.cudart.cudaGetLastError()
+
+    def launch(self, graph: Any) -> None:
+        self._call("cudaGraphLaunch", graph, self._stream)
+
+    def destroy_graph(self, graph: Any) -> None:
+        self._call("cudaGraphExecDestroy", graph)
 
     def close(self) -> None:
         if self._stream is not None:

@@ -47,6 +47,12 @@ class Option:
     type: Callable[[str], Any] | None = None
 
 
+# Declared once: the torch and tensorrt backends share the flag.
+CUDA_GRAPHS_OPTION = Option(
+    "cuda_graphs", "--cuda-graphs", "torch or tensorrt on a GPU: replay captured CUDA graphs per shape (opt-in)"
+)
+
+
 @dataclass(frozen=True)
 class BackendSpec:
     """What a backend is, for the tools that open it (see the module docstring)."""

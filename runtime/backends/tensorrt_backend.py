@@ -11,20 +11,36 @@ per backend), so one backend may serve several threads; for parallel execution o
 backend per thread or GPU. Written from ../shared/spec/tensorrt_facts.md and tested in CI
 against a fake of the TensorRT API over host memory; the CUDA layer ran on an H200, real
 TensorRT has not run yet.
+
+``cuda_graphs`` (opt-in, ``--cuda-graphs``) replays CUDA graphs per shape bucket, as trtexec's
+``--useCudaGraph`` does (TensorRT samples/common/sampleInference.cpp): a bucket (a graph and
+its input shapes) gets its own execution context with those shapes fixed (sharing the one
+device-memory block) and its own input and output buffers; its first call copies the inputs
+in, enqueues once and waits (lazy initialisation stays out of the capture), then captures one
+enqueue; later calls copy the inputs in, replay, and copy the outputs out (callers keep
+outputs across replays). A capture TensorRT refuses (an engine with operations not permitted
+under capture: the enqueue returns False) leaves that bucket on plain enqueues, with one
+warning. Buckets beyond ``graph_memory_mb`` of buffers evict the least recently used. Tested
+against the fake's capture rules; not yet run on real TensorRT.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from sed_trt.runtime.backends.base import EngineDirBackend
 from sed_trt.runtime.backends.cuda_ops import ALIGNMENT, CudaMemory, CudaOps, DeviceArray, DeviceMemory
-from sed_trt.runtime.backends.registry import BackendSpec
-from sed_trt.runtime.errors import BackendUnavailableError, ConfigError, EngineError, install_hint
+from sed_trt.runtime.backends.registry import CUDA_GRAPHS_OPTION, BackendSpec
+from sed_trt.runtime.errors import BackendUnavailableError, ConfigError, DeviceError, EngineError, install_hint
 from sed_trt.runtime.io_spec import DECODER_STAGE0, GRAPH_NAMES
+
+log = logging.getLogger("sed_trt")
 
 SPEC = BackendSpec(
     name="tensorrt",
@@ -33,8 +49,10 @@ SPEC = BackendSpec(
     loads="engine_dir",
     placement="gpu",
     precisions=("fp32", "fp16"),  # the engines' own: sed-trt build-engines --precision
+    options=(CUDA_GRAPHS_OPTION,),
     probe="probe",
 )
+GRAPH_MEMORY_MB = 4096  # the default bound on the buffers of captured buckets (least recently used evicted)
 TRT_DTYPES = {"float32": "FLOAT", "int32": "INT32", "int64": "INT64"}  # spec dtype -> trt.DataType member
 _LOGGERS: dict[int, Any] = {}  # one logger per TensorRT module: TensorRT keeps the first it is given
 
@@ -89,6 +107,8 @@ class TensorRTBackend(EngineDirBackend):
         device: str | int = "cuda",
         trt_module: ModuleType | None = None,
         memory: DeviceMemory | None = None,
+        cuda_graphs: bool = False,
+        graph_memory_mb: int = GRAPH_MEMORY_MB,
     ) -> None:
         super().__init__(engine_dir, backbone=backbone)
         missing = [g for g in GRAPH_NAMES if g not in self.manifest.engines]
@@ -107,13 +127,19 @@ class TensorRTBackend(EngineDirBackend):
         self._workspace: DeviceArray | None = None
         self._lock = threading.Lock()
         self.calls: int = 0
+        self.cuda_graphs = cuda_graphs
+        self.graph_memory_bytes = int(graph_memory_mb) << 20
+        self._buckets: OrderedDict[tuple[Any, ...], _Bucket] = OrderedDict()  # least recently used first
+        self._uncapturable: set[tuple[Any, ...]] = set()
+        self.graph_stats = {"captures": 0, "replays": 0, "plain": 0, "failed_captures": 0, "evictions": 0}
 
     @classmethod
     def from_request(cls, request: Any) -> TensorRTBackend:
         device = request.device if str(request.device).startswith("cuda") else "cuda"  # cpu (the default): GPU 0
         if request.threads is not None:
             raise ConfigError("--threads does not apply to --backend tensorrt (it runs on the GPU)")
-        backend = cls(request.engine_dir, backbone=request.backbone, device=device)
+        cuda_graphs = bool(request.options.get("cuda_graphs", False))
+        backend = cls(request.engine_dir, backbone=request.backbone, device=device, cuda_graphs=cuda_graphs)
         built = backend.engine_precision
         if built != request.precision:
             raise ConfigError(
@@ -176,6 +202,7 @@ class TensorRTBackend(EngineDirBackend):
         trt = self._trt
         self.verify()
         memory = self._given_memory or CudaMemory(self.device_index)
+        memory.bind()  # TensorRT puts engines on the thread's current device
         gpu = memory.properties()
         for graph in GRAPH_NAMES:
             self._check_entry(graph, trt, gpu)
@@ -213,6 +240,11 @@ class TensorRTBackend(EngineDirBackend):
         return self
 
     def deactivate(self) -> None:
+        with self._lock:
+            for bucket in self._buckets.values():
+                self._release(bucket)
+            self._buckets.clear()
+            self._uncapturable.clear()
         self._contexts.clear()
         self._engines.clear()
         self._workspace = None
@@ -223,8 +255,22 @@ class TensorRTBackend(EngineDirBackend):
 
     def _run(self, graph: str, feeds: dict[str, Any]) -> dict[str, DeviceArray]:
         assert isinstance(self.ops, CudaOps)
+        if self.cuda_graphs:
+            inputs = {name: self.ops.device_array(feeds[name]) for name in self.specs[graph].input_names}
+            key = (graph, *((name, x.shape) for name, x in inputs.items()))
+            with self._lock:
+                self.ops.memory.bind()
+                if key not in self._uncapturable:
+                    return self._run_bucket(graph, key, inputs)
+        return self._run_plain(graph, feeds)
+
+    def _run_plain(self, graph: str, feeds: dict[str, Any]) -> dict[str, DeviceArray]:
+        assert isinstance(self.ops, CudaOps)
         ops = self.ops
         with self._lock:
+            ops.memory.bind()
+            if self.cuda_graphs:
+                self.graph_stats["plain"] += 1
             engine, ctx = self._engines[graph], self._contexts[graph]
             spec = self.specs[graph]
             bound = []  # inputs stay referenced until enqueued (frees are stream-ordered after that)
@@ -255,6 +301,130 @@ class TensorRTBackend(EngineDirBackend):
             self.calls += 1
             del bound
         return outputs
+
+    @property
+    def _memory(self) -> DeviceMemory:
+        if self.memory is None:
+            raise EngineError("the tensorrt backend is not active")
+        return self.memory
+
+    def _run_bucket(self, graph: str, key: tuple[Any, ...], inputs: dict[str, DeviceArray]) -> dict[str, DeviceArray]:
+        """One call through the bucket's CUDA graph (captured on its first call). Holds the lock."""
+        memory = self._memory
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._new_bucket(graph, inputs)
+            self._copy_in(bucket, inputs)
+            if not bucket.context.execute_async_v3(memory.stream_handle):  # outside the capture: lazy set-up
+                raise EngineError(f"TensorRT execution of {graph} failed (see the TensorRT log above)")
+            memory.synchronize()
+            memory.begin_capture()
+            try:
+                captured = bucket.context.execute_async_v3(memory.stream_handle)
+            except Exception:
+                memory.abort_capture()
+                raise
+            if captured:
+                try:
+                    bucket.graph = memory.end_capture()
+                except DeviceError as exc:
+                    memory.abort_capture()
+                    captured, why = False, str(exc)
+            else:
+                memory.abort_capture()
+                why = "TensorRT refused to enqueue under stream capture"
+            self.calls += 1
+            outputs = self._copy_out(bucket)
+            if not captured:  # trtexec's fallback: plain enqueues for this shape from now on
+                self.graph_stats["failed_captures"] += 1
+                self._uncapturable.add(key)
+                if self.graph_stats["failed_captures"] == 1:
+                    log.warning("CUDA graphs: %s for %s %s; that shape runs without a graph", why, graph, key[1:])
+                self._release(bucket)
+                return outputs
+            self.graph_stats["captures"] += 1
+            self._buckets[key] = bucket
+            self._evict()
+            return outputs
+        self._buckets.move_to_end(key)
+        self._copy_in(bucket, inputs)
+        memory.launch(bucket.graph)
+        self.graph_stats["replays"] += 1
+        self.calls += 1
+        return self._copy_out(bucket)
+
+    def _new_bucket(self, graph: str, inputs: dict[str, DeviceArray]) -> _Bucket:
+        """A context of ``graph``'s engine with ``inputs``' shapes fixed and its own I/O buffers."""
+        trt, engine, spec = self._trt, self._engines[graph], self.specs[graph]
+        assert trt is not None and self.memory is not None
+        strategy = getattr(trt, "ExecutionContextAllocationStrategy", None)
+        ctx = (
+            engine.create_execution_context(strategy.USER_MANAGED)
+            if strategy is not None
+            else engine.create_execution_context()
+        )
+        if ctx is None:
+            raise EngineError(f"TensorRT could not create an execution context for {graph} (out of device memory?)")
+        if self._workspace is not None:
+            ctx.set_device_memory(self._workspace.ptr, self._workspace.nbytes)
+        bucket = _Bucket(ctx)
+        for name, x in inputs.items():
+            if not ctx.set_input_shape(name, x.shape):
+                lo, _, hi = engine.get_tensor_profile_shape(name, 0)
+                raise EngineError(
+                    f"{graph}: input {name!r} shape {x.shape} is outside the engine profile [{tuple(lo)} .. {tuple(hi)}]"
+                )
+            bucket.inputs[name] = DeviceArray.empty(self.memory, x.shape, x.dtype)
+            _set_address(ctx, graph, name, bucket.inputs[name].ptr)
+        for t in spec.outputs:
+            shape = tuple(int(d) for d in ctx.get_tensor_shape(t.name))
+            if any(d < 0 for d in shape):
+                raise EngineError(f"{graph}: output {t.name!r} has unresolved shape {shape}")
+            bucket.outputs[t.name] = DeviceArray.empty(self.memory, shape, t.dtype)
+            _set_address(ctx, graph, t.name, bucket.outputs[t.name].ptr)
+        return bucket
+
+    def _copy_in(self, bucket: _Bucket, inputs: dict[str, DeviceArray]) -> None:
+        for name, x in inputs.items():
+            dst = bucket.inputs[name]
+            self._memory.copy2d(dst.ptr, dst.nbytes, x.ptr, x.nbytes, x.nbytes, 1)
+
+    def _copy_out(self, bucket: _Bucket) -> dict[str, DeviceArray]:
+        """Fresh copies of the bucket's outputs: the next replay overwrites its buffers."""
+        out = {}
+        for name, src in bucket.outputs.items():
+            dst = DeviceArray.empty(self._memory, src.shape, src.dtype)
+            self._memory.copy2d(dst.ptr, dst.nbytes, src.ptr, src.nbytes, src.nbytes, 1)
+            out[name] = dst
+        return out
+
+    def _evict(self) -> None:
+        """Release least recently used buckets while their buffers exceed the bound (keeps the newest)."""
+        while len(self._buckets) > 1 and sum(b.nbytes for b in self._buckets.values()) > self.graph_memory_bytes:
+            _, old = self._buckets.popitem(last=False)
+            self._release(old)
+            self.graph_stats["evictions"] += 1
+
+    def _release(self, bucket: _Bucket) -> None:
+        if bucket.graph is not None and self.memory is not None:
+            self.memory.destroy_graph(bucket.graph)
+        bucket.graph = None
+        bucket.inputs.clear()
+        bucket.outputs.clear()
+
+
+@dataclass
+class _Bucket:
+    """One captured shape of one graph: its context, fixed I/O buffers and instantiated CUDA graph."""
+
+    context: Any
+    inputs: dict[str, DeviceArray] = field(default_factory=dict)
+    outputs: dict[str, DeviceArray] = field(default_factory=dict)
+    graph: Any = None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (*self.inputs.values(), *self.outputs.values()))
 
 
 def _device_memory_size(engine: Any) -> int:

@@ -307,3 +307,109 @@ def test_cer_graphs_for_5000_classes_bound_topk_and_build(trt, wide_engine_dir, 
     backend = create_backend("onnxruntime", engine_dir=out).activate()
     with pytest.raises(ConfigError, match=f"k from 1 to {MAX_CER_TOPK}"):
         Predictor(backend, topk=MAX_CER_TOPK + 1)
+
+
+@pytest.mark.parametrize("topk", [None, 2])
+def test_cuda_graphs_capture_per_shape_and_replay_the_official_outputs(trt, trt_dir, parity, parity_image, topk):
+    """--cuda-graphs: each (graph, input shapes) is enqueued once, captured, then replayed with
+    the inputs copied in and the outputs copied out; the answers are the plain enqueue's, bit
+    for bit, on the first photo (captures) and the next (replays)."""
+    plain = Predictor(_backend(trt_dir, trt).activate(), topk=topk)
+    plain.set_classes(parity["classes"])
+    want = plain.predict(parity_image)
+    memory, start = HostMemory(), len(trt.CALLS)
+    backend = _backend(trt_dir, trt, memory, cuda_graphs=True).activate()
+    pred = Predictor(backend, topk=topk)
+    pred.set_classes(parity["classes"])
+    first = pred.predict(parity_image)
+    stats = dict(backend.graph_stats)
+    assert stats["captures"] > 0 and stats["failed_captures"] == 0 and stats["plain"] == 0
+    second = pred.predict(parity_image)
+    assert backend.graph_stats["captures"] == stats["captures"]  # every shape of the second photo was seen
+    assert backend.graph_stats["replays"] > stats["replays"] and memory.launches == backend.graph_stats["replays"]
+    for out in (first, second):
+        check_official(out, parity, topk)
+        np.testing.assert_array_equal(out.probs, want.probs)
+        np.testing.assert_array_equal(out.labels, want.labels)
+    captured = [c for c in trt.CALLS[start:] if c[0] == "capture"]
+    assert len(captured) == stats["captures"]
+    assert all(stream == memory.stream_handle for *_, stream in captured)
+    backend.deactivate()
+    del pred, backend, first, second
+    gc.collect()
+    assert memory.live_bytes == 0, "graph buckets leaked device buffers"
+
+
+def test_cuda_graphs_fall_back_when_capture_is_refused_and_evict_within_their_memory(
+    trt, trt_dir, parity, parity_image, monkeypatch, caplog
+):
+    """An engine TensorRT will not capture (its enqueue returns False under capture) runs that
+    shape with plain enqueues from then on, with one warning, as trtexec does; with no memory
+    for graphs, buckets are evicted and re-captured and the answers do not change."""
+    monkeypatch.setattr(logging.getLogger("sed_trt"), "propagate", True)
+    monkeypatch.setattr(trt, "FAIL", {"capture"})
+    memory = HostMemory()
+    backend = _backend(trt_dir, trt, memory, cuda_graphs=True).activate()
+    pred = Predictor(backend, topk=2)
+    pred.set_classes(parity["classes"])
+    for _ in range(2):
+        check_official(pred.predict(parity_image), parity, 2)
+    stats = backend.graph_stats
+    assert stats["captures"] == 0 and stats["failed_captures"] > 0 and stats["plain"] > 0 and memory.launches == 0
+    assert not memory.capturing
+    assert caplog.text.count("CUDA graphs:") == 1 and "runs without a graph" in caplog.text
+    backend.deactivate()
+    monkeypatch.setattr(trt, "FAIL", set())
+    backend = _backend(trt_dir, trt, HostMemory(), cuda_graphs=True, graph_memory_mb=0).activate()
+    pred = Predictor(backend, topk=2)
+    pred.set_classes(parity["classes"])
+    for _ in range(2):
+        check_official(pred.predict(parity_image), parity, 2)
+    assert backend.graph_stats["evictions"] > 0 and len(backend._buckets) == 1
+    backend.deactivate()
+
+
+def test_the_fakes_refuse_what_cuda_and_tensorrt_refuse_under_capture(trt, trt_dir):
+    """The rules the CUDA-graph path is tested against: no synchronisation or pageable upload
+    while capturing (the capture is invalidated), no capture of a context's first enqueue after
+    a shape change, no enqueue on a stream of another device."""
+    from sed_trt.runtime.errors import DeviceError
+
+    memory = HostMemory()
+    memory.begin_capture()
+    with pytest.raises(DeviceError, match="cudaErrorStreamCaptureUnsupported"):
+        memory.synchronize()
+    with pytest.raises(DeviceError, match="invalidated"):
+        memory.end_capture()
+    memory.begin_capture()
+    with pytest.raises(DeviceError, match="pageable"):
+        memory.upload(0, np.zeros(1, np.float32))
+    memory.abort_capture()
+
+    backend = _backend(trt_dir, trt, memory).activate()
+    engine = backend._engines["cer1"]
+    ctx = engine.create_execution_context()
+    lo = engine.get_tensor_profile_shape("aux_logits", 0)[0]
+    shape = (1, 3, *lo[2:])
+    assert ctx.set_input_shape("aux_logits", shape) and ctx.set_input_shape("rank", (1,))
+    bufs = [memory.alloc(4 * int(np.prod(shape))), memory.alloc(8), memory.alloc(12)]
+    for name, ptr in zip(("aux_logits", "rank", "keep"), bufs):
+        ctx.set_tensor_address(name, ptr)
+    memory.memset0(bufs[1], 8)
+    memory.begin_capture()
+    assert not ctx.execute_async_v3(memory.stream_handle)  # not enqueued since the shape was set
+    memory.abort_capture()
+    assert ctx.execute_async_v3(memory.stream_handle)
+    memory.begin_capture()
+    assert ctx.execute_async_v3(memory.stream_handle)  # warmed up: captured
+    graph = memory.end_capture()
+    memory.launch(graph)
+    memory.destroy_graph(graph)
+    assert not ctx.execute_async_v3(HostMemory(device_index=1).stream_handle)  # a stream of GPU 1
+    assert trt.CALLS[-1] == ("execute_failed", "a stream or current device other than the engine's device 0")
+    HostMemory(device_index=1).bind()  # this thread's current device is now 1
+    try:
+        assert not ctx.execute_async_v3(memory.stream_handle)
+    finally:
+        memory.bind()
+    backend.deactivate()

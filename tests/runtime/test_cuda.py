@@ -79,3 +79,62 @@ def test_backend_on_device_memory_reproduces_the_official_outputs(parity_engine_
         fake_tensorrt.reset_polygraphy()
         gc.collect()
         memory.close()
+
+
+def test_cuda_graph_of_copies_replays_over_its_captured_addresses(memory):
+    """The CUDA-graph layer the tensorrt backend's --cuda-graphs uses, on a real stream: a captured
+    device-to-device copy replays over the captured addresses; a synchronisation inside a capture
+    is refused and the failed capture is cleared (the stream works afterwards)."""
+    from sed_trt.runtime.backends.cuda_ops import CudaOps
+    from sed_trt.runtime.errors import DeviceError
+
+    ops = CudaOps(memory)
+    src, dst = ops.from_numpy(np.arange(64, dtype=np.float32)), ops.empty((64,))
+    memory.synchronize()
+    memory.begin_capture()
+    memory.copy2d(dst.ptr, dst.nbytes, src.ptr, src.nbytes, src.nbytes, 1)
+    graph = memory.end_capture()
+    memory.launch(graph)
+    np.testing.assert_array_equal(ops.to_numpy(dst), np.arange(64))
+    memory.upload(src.ptr, np.full(64, 7, np.float32))
+    memory.launch(graph)
+    np.testing.assert_array_equal(ops.to_numpy(dst), np.full(64, 7))
+    memory.destroy_graph(graph)
+    memory.begin_capture()
+    with pytest.raises(DeviceError):
+        memory.synchronize()
+    memory.abort_capture()
+    np.testing.assert_array_equal(ops.to_numpy(src), np.full(64, 7))  # the stream is usable again
+
+
+def test_tensorrt_backend_cuda_graphs_fall_back_over_device_memory(parity_engine_dir, parity, parity_image, tmp_path):
+    """--cuda-graphs with the fake TensorRT over real device memory: the fake computes on the host,
+    so it refuses every capture; the backend falls back to plain enqueues and still answers."""
+    from sed_trt.export.trt_build import build_engines
+    from sed_trt.runtime.backends import create_backend
+    from sed_trt.runtime.backends.cuda_ops import CudaMemory
+    from sed_trt.runtime.predictor import Predictor
+    from tests import fake_tensorrt
+
+    memory = CudaMemory(0)
+    trt = fake_tensorrt.make()
+    mp = pytest.MonkeyPatch()
+    fake_tensorrt.install(trt, mp)
+    try:
+        work = tmp_path / "engines"
+        shutil.copytree(parity_engine_dir, work)
+        build_engines(work, trt=trt, gpu=memory.properties(), progress=False)
+        fake_tensorrt.use_memory(trt, memory)
+        backend = create_backend(
+            "tensorrt", engine_dir=work, trt_module=trt, memory=memory, cuda_graphs=True
+        ).activate()
+        pred = Predictor(backend, topk=2)
+        pred.set_classes(parity["classes"])
+        check_official(pred.predict(parity_image), parity, 2)
+        assert backend.graph_stats["failed_captures"] > 0 and backend.graph_stats["captures"] == 0
+        backend.deactivate()
+    finally:
+        mp.undo()
+        fake_tensorrt.reset_polygraphy()
+        gc.collect()
+        memory.close()

@@ -159,3 +159,28 @@ def test_a_nan_probability_gives_a_kept_class_not_garbage():
     for got in (_device_labels(probs, ids, (60, 50), limits), labels_from_probs(probs, (60, 50), ids)):
         assert set(np.unique(got)) <= set(ids.tolist())
         assert (got[:15] == ids[0]).all()  # rows whose every source value is NaN
+
+
+def test_labels_graph_runs_at_one_shape_per_tile_and_ties_keep_the_lower_class():
+    """The last band is padded and the last class chunk overlaps the one before, so every run
+    of a tile has the same input shapes (engines never switch shapes inside a photo; CUDA
+    graphs replay) and there are ceil(h / R) x ceil(T / N) runs; the overlap re-sees classes
+    without changing a label, ties included (argmax's lower class)."""
+    rng = np.random.default_rng(9)
+    probs = rng.random((21, 24, 24), dtype=np.float32)
+    probs[20] = probs[3]  # a tie across the overlap: class 3 (first chunk) must keep it
+    probs[9] = probs[13]  # a tie inside the overlapping chunk
+    ids = np.arange(100, 121)
+    limits = ExportLimits(class_chunk=8, label_rows=16, label_cols=64)
+    backend = LabelsBackend(24, limits)
+    shapes = []
+    run = backend._run
+    backend._run = lambda graph, feeds: (
+        shapes.append({k: tuple(v.shape) for k, v in feeds.items()}) or run(graph, feeds)
+    )
+    got = Predictor(backend, class_chunk=8).labels(torch.from_numpy(probs)[None], ids, (50, 40), 1000)
+    assert len(shapes) == 4 * 3  # bands of 16 rows over 50, chunks [0, 8) [8, 16) [13, 21)
+    assert all(s == shapes[0] for s in shapes), {str(s) for s in shapes}
+    assert shapes[0]["probs"][1] == 8 and shapes[0]["rows"] == (16,)
+    assert (got == labels_from_probs(probs, (50, 40), ids)).all()  # the host kernel: same ties, same rounding
+    assert (got == ids[_brute(probs, (50, 40))]).mean() >= 0.99

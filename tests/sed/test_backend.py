@@ -90,3 +90,31 @@ def test_class_attention_is_an_fp32_island_under_fp16():
     reference = attention.attend(x, kv)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out.float(), reference, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parity
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)")
+@pytest.mark.parametrize("topk", [None, 2])
+def test_torch_on_cuda_reproduces_the_official_outputs_and_cuda_graphs_agree(parity_model, parity, parity_image, topk):
+    """On a GPU (make gpu-check): fp32 eager gives the official outputs; --cuda-graphs gives the
+    eager labels and kept sets on the first photo (captures) and the next (replays)."""
+    import copy
+
+    from tests.checks import check_official
+
+    model = copy.deepcopy(parity_model)  # the backend moves it to the GPU
+    with create_backend("torch", model=model, device="cuda") as backend:
+        pred = Predictor(backend, topk=topk)
+        pred.set_classes(parity["classes"])
+        want = pred.predict(parity_image)
+        check_official(want, parity, topk)
+        want_probs, want_labels = want.probs, want.labels
+    with create_backend("torch", model=model, device="cuda", cuda_graphs=True) as backend:
+        pred = Predictor(backend, topk=topk)
+        pred.set_classes(parity["classes"])
+        for _ in range(2):
+            out = pred.predict(parity_image)
+            np.testing.assert_array_equal(out.labels, want_labels)
+            np.testing.assert_array_equal(out.kept, want.kept)
+            np.testing.assert_allclose(out.probs, want_probs, atol=1e-5)
