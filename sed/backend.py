@@ -167,6 +167,7 @@ FP32_GRAPHS = (TEXT_ENCODER, *CER_GRAPHS, LABELS)
 # What --cuda-graphs captures: the graphs run per image at fixed shapes (CER's and the labels
 # graph's shapes follow the survivors and the photo; the text encoder runs per vocabulary).
 CAPTURED_GRAPHS = (IMAGE_ENCODER, *DECODER_GRAPHS)
+CANVAS_ENCODER = "image_encoder:canvas"  # the image encoder after its resize, as --cuda-graphs captures it
 
 
 class TorchBackend(Backend):
@@ -295,9 +296,10 @@ class TorchBackend(Backend):
         self._model.eval()
         if self.precision != "fp32" and not self._hooks:
             self._hooks = fp32_norms(self._model, (nn.LayerNorm, nn.GroupNorm, ChannelsLastLayerNorm))
+        self.active = True
         if self.cuda_graphs and self._graphs is None:
             self._graphs = CudaGraphs(self.device)
-        self.active = True
+            self.capture_encoder()  # out of the request path: the one encoder shape every photo size uses
         return self
 
     def deactivate(self) -> None:
@@ -320,9 +322,32 @@ class TorchBackend(Backend):
         import torch
 
         with torch.no_grad(), fp32_math(self.allow_tf32), self._autocast(graph):
+            if self._graphs is not None and graph == IMAGE_ENCODER:
+                # The resize runs eagerly; the encoder is captured per canvas (batch size), not per photo size.
+                image, *positions = (feeds[n] for n in self.specs[graph].input_names)
+                canvas = self.model.to_canvas(image, positions)
+                return self._graphs.run(CANVAS_ENCODER, {"canvas": canvas}, self._run_canvas)
             if self._graphs is not None and graph in CAPTURED_GRAPHS:
                 return self._graphs.run(graph, feeds, lambda f: self._run_graph(graph, f))
             return self._run_graph(graph, feeds)
+
+    def _run_canvas(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from sed_trt.sed.graphs import encode_canvas
+
+        outs = encode_canvas(self.model, feeds["canvas"])
+        return {n: o.float() for n, o in zip(self.specs[IMAGE_ENCODER].output_names, outs)}
+
+    def capture_encoder(self, batch: int = 1) -> None:
+        """Capture the image encoder's CUDA graph for ``batch`` photos now (activation does it for
+        one), instead of in the first request."""
+        import torch
+
+        if self._graphs is None:
+            return
+        size = self.model.cfg.image_size
+        canvas = torch.zeros((batch, 3, size, size), device=self.device)
+        with torch.no_grad(), fp32_math(self.allow_tf32), self._autocast(IMAGE_ENCODER):
+            self._graphs.run(CANVAS_ENCODER, {"canvas": canvas}, self._run_canvas)
 
     def _run_graph(self, graph: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         from sed_trt.sed.graphs import graph_outputs

@@ -66,6 +66,13 @@ def band_labels(
     return torch.where(better, best, best_in), torch.where(better, class_ids[index], labels_in)
 
 
+def encode_canvas(model: SED, canvas: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The image encoder graph after the resize: canvas (B, 3, S, S) -> clip_dense and the guidance
+    terms (the torch backend's CUDA graphs capture this part once per batch size, whatever the photo's size)."""
+    enc = model.encode_canvas(canvas)
+    return (enc.clip_dense, *model.transformer.guidance_terms(enc.guidance))
+
+
 def graph_outputs(
     model: SED, graph: str, inputs: Sequence[torch.Tensor], *, pooling: int, channels_first: bool = False
 ) -> tuple[torch.Tensor, ...]:
@@ -83,8 +90,7 @@ def graph_outputs(
     dec = model.transformer
     if graph == IMAGE_ENCODER:
         image, *positions = inputs
-        enc = model.encode_image(image, positions=positions)
-        return (enc.clip_dense, *dec.guidance_terms(enc.guidance))
+        return encode_canvas(model, model.to_canvas(image, positions))
     if graph == TEXT_ENCODER:
         (tokens,) = inputs
         return (model.encode_text(tokens),)

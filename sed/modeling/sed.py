@@ -123,7 +123,11 @@ class SED(nn.Module):
     ) -> EncodedImage:
         """Raw RGB image (B, 3, H, W), H and W dynamic (``positions``: see :meth:`to_canvas`) ->
         dense CLIP embedding and decoder guidance."""
-        feats = encode_image_dense(self.visual, self.to_canvas(image, positions))
+        return self.encode_canvas(self.to_canvas(image, positions), keep_features=keep_features)
+
+    def encode_canvas(self, canvas: torch.Tensor, *, keep_features: bool = False) -> EncodedImage:
+        """A normalised canvas (B, 3, S, S) (see :meth:`to_canvas`) -> dense CLIP embedding and guidance."""
+        feats = encode_image_dense(self.visual, canvas)
         guidance = self.transformer.project_guidance(feats.res4, feats.res3, feats.res2)
         return EncodedImage(clip_dense=feats.clip_dense, guidance=guidance, features=feats if keep_features else None)
 

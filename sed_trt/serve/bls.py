@@ -27,6 +27,7 @@ class TritonBLSBackend(EngineDirBackend):
     name = "triton-bls"
     device_resident = True  # CER and the labels run as plan models too: only their results come back
     verify_kinds = ()  # Triton loads (and owns) the plans
+    text_file_kind = "engine"  # the text_encoder plan computes the features: the cache keys on its digest
 
     def __init__(self, engine_dir: str | Path, *, pb_utils: Any = None, prefix: str = BLS_PREFIX) -> None:
         super().__init__(engine_dir)

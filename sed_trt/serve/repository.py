@@ -94,9 +94,34 @@ def _spec_block(t: TensorSpec) -> str:
     return f'  {{ name: "{t.name}" data_type: {TRITON_TYPES[t.dtype]} dims: {_dims(t.shape)} }}'
 
 
-def plan_config(name: str, spec: GraphSpec, instances: InstanceConfig) -> str:
-    """``config.pbtxt`` of one graph as a ``tensorrt_plan`` model (shapes from the I/O spec)."""
+def graph_shapes(spec: GraphSpec, sizes: dict[str, int]) -> dict[str, tuple[int, ...]] | None:
+    """Every input's shape with the named axes set to ``sizes``; None when an axis stays free."""
+    shapes = {}
+    for t in spec.inputs:
+        dims = [d if isinstance(d, int) else sizes.get(d) for d in t.shape]
+        if any(d is None for d in dims):
+            return None
+        shapes[t.name] = tuple(int(d) for d in dims if d is not None)
+    return shapes
+
+
+def plan_config(
+    name: str, spec: GraphSpec, instances: InstanceConfig, *, graph_sizes: dict[str, int] | None = None
+) -> str:
+    """``config.pbtxt`` of one graph as a ``tensorrt_plan`` model (shapes from the I/O spec).
+
+    ``graph_sizes`` (CUDA graphs asked for): Triton's TensorRT backend captures a CUDA graph for
+    the one shape those axis sizes fix (``optimization.cuda.graph_spec``, batch_size 0 as
+    ``max_batch_size: 0`` requires; other shapes run without one). Graphs with an axis the sizes
+    leave free (the photo's, the label band's width) get none."""
     gpus = f" gpus: [ {', '.join(map(str, instances.gpus))} ]" if instances.gpus else ""
+    optimization = []
+    shapes = graph_shapes(spec, graph_sizes) if graph_sizes is not None else None
+    if shapes is not None:
+        inputs = " ".join(
+            f'input {{ key: "{n}" value {{ dim: [ {", ".join(map(str, d))} ] }} }}' for n, d in shapes.items()
+        )
+        optimization = [f"optimization {{ cuda {{ graphs: true graph_spec [ {{ batch_size: 0 {inputs} }} ] }} }}"]
     return "\n".join(
         [
             f'name: "{name}"',
@@ -109,6 +134,7 @@ def plan_config(name: str, spec: GraphSpec, instances: InstanceConfig) -> str:
             ",\n".join(_spec_block(t) for t in spec.outputs),
             "]",
             f"instance_group [ {{ kind: KIND_GPU count: 1{gpus} }} ]",
+            *optimization,
             "version_policy: { latest: { num_versions: 1 } }",
             "",
         ]
@@ -203,8 +229,11 @@ def write_repository(
                     f"--form bls needs TensorRT engines for every graph; {settings.engine_dir!r} has none for {missing}"
                 )
             gpu = InstanceConfig(kind="KIND_GPU", gpus=instances.gpus)
+            # CUDA graphs for the shape most runs have: one photo, a full chunk of classes
+            sizes = {"B": 1, "N": manifest.limits.class_chunk} if settings.options.get("cuda_graphs") else None
             for graph, spec in manifest.specs.items():
-                write(f"{BLS_PREFIX}{graph}/config.pbtxt", plan_config(f"{BLS_PREFIX}{graph}", spec, gpu))
+                config = plan_config(f"{BLS_PREFIX}{graph}", spec, gpu, graph_sizes=sizes)
+                write(f"{BLS_PREFIX}{graph}/config.pbtxt", config)
                 plan = stage / f"{BLS_PREFIX}{graph}" / "1" / "model.plan"
                 plan.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(Path(settings.engine_dir) / manifest.engines[graph].file, plan)

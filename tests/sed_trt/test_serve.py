@@ -409,6 +409,7 @@ def test_repository_configs_parse_as_triton_model_configs(engine_dir, tmp_path):
     from tritonclient.grpc import model_config_pb2
 
     from sed_trt.runtime.deployment import Deployment
+    from sed_trt.runtime.io_spec import DECODER_GRAPHS
     from sed_trt.serve.repository import BLS_PREFIX, InstanceConfig, write_repository
     from tests.checks import fake_plans
 
@@ -437,6 +438,22 @@ def test_repository_configs_parse_as_triton_model_configs(engine_dir, tmp_path):
             [d if isinstance(d, int) else -1 for d in t.shape] for t in spec.inputs
         ]
     assert json.loads((tmp_path / "bls" / "sed" / "settings.json").read_text())["backend"] == "triton-bls"
+    # --cuda-graphs: Triton captures the full-chunk shape of every graph that shape fixes
+    write_repository(tmp_path / "bls_g", Deployment(engine_dir=str(fake), options={"cuda_graphs": True}), form="bls")
+    chunk, captured = manifest.limits.class_chunk, set()
+    for name, spec in manifest.specs.items():
+        plan = text_format.Parse(
+            (tmp_path / "bls_g" / f"{BLS_PREFIX}{name}" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+        )
+        if plan.optimization.cuda.graphs:
+            (graph,) = plan.optimization.cuda.graph_spec
+            assert graph.batch_size == 0 and set(graph.input) == set(spec.input_names)
+            dims = {n: list(graph.input[n].dim) for n in spec.input_names}
+            for t in spec.inputs:
+                want = [{"B": 1, "N": chunk}.get(d, d) if isinstance(d, str) else d for d in t.shape]
+                assert dims[t.name] == want, (name, t.name)
+            captured.add(name)
+    assert set(DECODER_GRAPHS) <= captured and "image_encoder" not in captured and "labels" not in captured
 
 
 def test_load_test_counts_answers_that_differ():

@@ -128,3 +128,16 @@ def test_sed_model_serves_a_python_repository(parity_engine_dir, parity, parity_
     assert not set(model.service.backend._runners) & set(DEVICE_GRAPHS)
     model.finalize()
     assert not list(tmp_path.glob("inflight.*"))
+
+
+def test_bls_text_features_are_keyed_on_the_plan_that_computes_them(parity_engine_dir, tmp_path):
+    """The bls form's text encoder is a TensorRT plan: a rebuilt plan (another TensorRT, fp16)
+    must not reuse features cached for the old one, though the ONNX graph is the same."""
+    from tests.checks import fake_plans
+
+    manifest = fake_plans(parity_engine_dir, tmp_path / "plans")
+    before = TritonBLSBackend(tmp_path / "plans").text_fingerprint
+    manifest.engines["text_encoder"].sha256 = "ab" * 32
+    manifest.save(tmp_path / "plans")
+    after = TritonBLSBackend(tmp_path / "plans").text_fingerprint
+    assert ":engine:" in before and before != after and after.endswith("ab" * 8)
