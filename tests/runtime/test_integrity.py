@@ -489,3 +489,37 @@ def test_overlay_legend_says_how_many_it_left_out():
     assert vis.shape[0] == 12 * 18 + 8 < full.shape[0]  # title, 10 entries and the "+30 more" line
     both = overlay(np.zeros((20, 20, 3), np.uint8), labels, classes, max_legend=10, side_by_side=True, alpha=1.0)
     assert both.shape[1] == vis.shape[1] + 20 and (both[:20, :20] == 0).all() and (both[:20, 20:40] != 0).any()
+
+
+@pytest.mark.parametrize("backend_name", ["onnxruntime", "openvino"])
+def test_a_graph_swapped_after_verification_is_never_loaded(
+    parity_engine_dir, small_engine_dir, tmp_path, backend_name
+):
+    """Activation loads each graph from the bytes it verified: an export that replaces a file
+    between the check and the load is refused in one line, never run as a mix of two exports
+    (release 0.2 verified by path, then opened by path again)."""
+    from sed_trt.runtime.backends import create_backend
+    from sed_trt.runtime.backends.base import EngineDirBackend
+    from sed_trt.runtime.errors import EngineError
+    from sed_trt.runtime.manifest import Manifest
+
+    pytest.importorskip(backend_name)
+    work = tmp_path / "engine"
+    shutil.copytree(parity_engine_dir, work)
+    rel = Manifest.load(work).graphs["decoder_stage1_fuse"]
+    other = small_engine_dir / Manifest.load(small_engine_dir).graphs["decoder_stage1_fuse"]
+    verify = EngineDirBackend.verify
+    loaded: list[bytes] = []
+
+    def verify_then_swap(self):
+        verify(self)
+        shutil.copyfile(other, work / rel)  # another export lands between the check and the load
+
+    backend = create_backend(backend_name, engine_dir=work)
+    load = backend._load
+    backend._load = lambda graph, path, data: loaded.append(data) or load(graph, path, data)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(EngineDirBackend, "verify", verify_then_swap)
+        with pytest.raises(EngineError, match="does not match its sha256"):
+            backend.activate()
+    assert other.read_bytes() not in loaded

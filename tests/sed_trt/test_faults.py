@@ -223,6 +223,14 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(parity_dir, parity_engine_di
     assert main(tiny_export(full_disk / "e", "--no-validate", "--quiet")) == 2
     _error(capsys, "No space left on device")
     assert not [p for p in full_disk.iterdir() if p.name.startswith(".e.")]
+    # a Triton repository on a disk with no room left: one line, no partial repository
+    with open(full_disk / "filler", "ab", buffering=0) as f, pytest.raises(OSError):
+        while True:
+            f.write(b"\0" * 1024)
+    repo = full_disk / "repo"
+    assert main(["triton-repo", "--engine-dir", str(parity_engine_dir), "--out", str(repo), "--quiet"]) == 2
+    assert "internal error" not in _error(capsys, "No space left on device")
+    assert not [p.name for p in full_disk.iterdir() if "repo" in p.name]  # nor its staging directory
 
 
 # 8. A malformed or edited manifest is refused before use, and never costs a good cache entry.

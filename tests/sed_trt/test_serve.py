@@ -489,3 +489,28 @@ def test_repositories_the_stub_cannot_load_are_refused_before_triton_starts(engi
     (repo / "sed" / "settings.json").write_text("[" * 100000)
     with pytest.raises(ConfigError, match="nested deeper"):
         check_repository(repo)
+
+
+def test_a_multi_row_request_gives_probabilities_to_every_row_that_asks(engine_dir, local):
+    """Row 0 no longer decides the probabilities of every row: a row 0 that does not ask, or is
+    refused, leaves a valid row 1 that asked with its (T, h, w) maps (release 0.2 gave it a
+    (1, 1, 1) zero array and no error)."""
+    from sed_trt.runtime.text_cache import TextFeatureCache
+
+    service = SegmentationService(
+        create_backend("onnxruntime", engine_dir=engine_dir), cache=TextFeatureCache(None), max_batch=4
+    )
+    image = _images()[0]
+    names = [c.encode() for c in VOCABULARIES[0]]
+    want = local(image, VOCABULARIES[0])
+    for row0 in (names, [b""] * len(names)):  # valid without asking; refused (an empty vocabulary)
+        request = {
+            "image": np.stack([image, image]),
+            "classes": np.array([row0, names], dtype=object),
+            "want_probs": np.array([[False], [True]]),
+        }
+        (out,) = service([request])
+        assert (out["error"][0, 0].decode() == "") == (row0 is names) and out["error"][1, 0].decode() == ""
+        assert out["probs"].shape[1:] == want.probs.shape, out["probs"].shape
+        np.testing.assert_allclose(out["probs"][1], want.probs, atol=1e-4)
+        assert not out["probs"][0].any()  # row 0 did not ask

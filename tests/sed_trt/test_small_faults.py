@@ -73,3 +73,69 @@ def test_topk_beyond_the_cer_bound_and_errors_are_importable():
     with pytest.raises(ConfigError, match="k from 1 to"):
         check_topk(MAX_CER_TOPK + 1)
     assert issubclass(sed_trt.WriteError, sed_trt.SedTrtError)
+
+
+def test_export_into_a_linked_engine_directory_writes_the_target(small_engine_dir, tmp_path, capsys):
+    """`current -> v2`: an export to `current` re-exports v2 in place and keeps the link (release
+    0.2 replaced the link, moved the user's files out of v2 and left a hidden .current.old-*)."""
+    import shutil
+
+    from sed_trt.cli import main
+    from sed_trt.runtime.manifest import Manifest
+    from tests.checks import tiny_export
+
+    v2 = tmp_path / "v2"
+    shutil.copytree(small_engine_dir, v2)
+    (v2 / "notes.txt").write_text("mine")
+    before = (v2 / "manifest.json").stat().st_mtime_ns
+    (tmp_path / "current").symlink_to("v2")
+    assert main(tiny_export(tmp_path / "current", "--no-validate", "--quiet")) == 0
+    capsys.readouterr()
+    assert (tmp_path / "current").is_symlink() and (tmp_path / "current").resolve() == v2.resolve()
+    assert (v2 / "notes.txt").read_text() == "mine" and (v2 / "manifest.json").is_file()
+    assert (v2 / "manifest.json").stat().st_mtime_ns > before and Manifest.load(v2).dims.image_size == 64
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "v2"]  # no hidden staging or .old-* left
+
+
+def test_export_refuses_an_opset_it_cannot_write(tmp_path, capsys):
+    """--opset 17 is refused before any work (torch's exporter writes 18 and later; release 0.2
+    wrote opset 18 under a manifest saying 17, with three tracebacks)."""
+    from sed_trt.cli import main
+    from tests.checks import tiny_export
+
+    with pytest.raises(SystemExit) as exit_:
+        main(tiny_export(tmp_path / "e", "--opset", "17", "--quiet"))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--opset" in err[0] and "17" in err[0] and "Traceback" not in err[0], err
+    assert not (tmp_path / "e").exists()
+
+
+def test_numba_that_cannot_start_is_one_line(parity_dir, parity_engine_dir):
+    """NUMBA_NUM_THREADS=0 makes numba refuse to import: predict says so in one line, exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.checks import onnxruntime_predict
+
+    args = [*onnxruntime_predict(parity_engine_dir, parity_dir / "image.png"), "--classes", "sky; tree", "--quiet"]
+    env = {**os.environ, "NUMBA_NUM_THREADS": "0"}
+    out = subprocess.run([sys.executable, "-m", "sed_trt", *args], capture_output=True, text=True, env=env)
+    err = [ln for ln in out.stderr.strip().splitlines() if "WARNING" not in ln]
+    assert out.returncode == 2 and len(err) == 1 and "numba cannot start" in err[0], out.stderr[-2000:]
+
+
+def test_an_empty_parity_dir_variable_means_the_bundled_vector():
+    """SED_PARITY_DIR= (empty) is the default vector, not the current directory."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = "import tests.conftest as c; print(c.PARITY)"
+    env = {**os.environ, "SED_PARITY_DIR": ""}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-1000:]
+    assert out.stdout.strip() == str(ROOT / "tests" / "data" / "parity" / "sed_tiny_linear")
