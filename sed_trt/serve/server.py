@@ -125,6 +125,43 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
 
 
+STATE_PREFIX = "sed-trt-serve-"  # + pid + "-": the state directory of one `sed-trt serve` process
+SHM_PREFIX = "sed-trt-"  # + pid + "-": the Python backend's shared-memory regions of its Triton
+SHM_DIR = Path("/dev/shm")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def sweep_stale(temp_dir: Path | None = None, shm_dir: Path = SHM_DIR) -> list[Path]:
+    """Remove what killed servers left (SIGKILL runs no clean-up): state directories and the
+    Python backend's shared-memory regions named after a process that no longer exists. Returns
+    what it removed. A live server's (or another user's) files are never touched."""
+    removed = []
+    for folder, prefix in ((Path(temp_dir or tempfile.gettempdir()), STATE_PREFIX), (shm_dir, SHM_PREFIX)):
+        with contextlib.suppress(OSError):
+            for path in folder.glob(f"{prefix}*-*"):
+                pid = path.name[len(prefix) :].split("-", 1)[0]
+                if not pid.isdigit() or _alive(int(pid)):
+                    continue
+                with contextlib.suppress(OSError):
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink()
+                    removed.append(path)
+    if removed:
+        log.info("removed %d files of servers that were killed: %s", len(removed), ", ".join(p.name for p in removed))
+    return removed
+
+
 def ready(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as r:
@@ -150,7 +187,8 @@ def serve_repository(repository: str | Path, config: ServerConfig, *, on_ready: 
     check_repository(repository)  # what would make the stub fail to start: one line now, not a wait
     check_ports(config)
     check_shm()
-    state_dir = Path(tempfile.mkdtemp(prefix="sed-trt-serve-"))
+    sweep_stale()
+    state_dir = Path(tempfile.mkdtemp(prefix=f"{STATE_PREFIX}{os.getpid()}-"))
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     proc: subprocess.Popen | None = None
@@ -165,6 +203,8 @@ def serve_repository(repository: str | Path, config: ServerConfig, *, on_ready: 
             f"--exit-timeout-secs={config.exit_timeout_s}",
             "--strict-readiness=true",
             "--model-control-mode=none",
+            # Regions named after this process, so the next server removes them if this one is killed
+            f"--backend-config=python,shm-region-prefix-name={SHM_PREFIX}{os.getpid()}-",
         ]
         proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)
         start = time.monotonic()

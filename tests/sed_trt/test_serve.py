@@ -514,3 +514,45 @@ def test_a_multi_row_request_gives_probabilities_to_every_row_that_asks(engine_d
         assert out["probs"].shape[1:] == want.probs.shape, out["probs"].shape
         np.testing.assert_allclose(out["probs"][1], want.probs, atol=1e-4)
         assert not out["probs"][0].any()  # row 0 did not ask
+
+
+def test_a_killed_server_leaves_no_triton_and_the_next_one_sweeps_its_files(engine_dir, tmp_path):
+    """SIGKILL runs no clean-up: Triton dies with its parent (PR_SET_PDEATHSIG), and the next
+    server removes the killed one's state directory and the Python backend's shared-memory
+    regions (named after the killed process), never a live server's."""
+    from sed_trt.serve.server import SHM_DIR, STATE_PREFIX, sweep_stale
+
+    killed = Server(
+        ["--backend", "onnxruntime", "--engine-dir", str(engine_dir), "--no-cache", "--quiet"], tmp_path / "k.log"
+    )
+    killed.wait_ready()
+    pid = killed.proc.pid
+    states = list(Path(tempfile.gettempdir()).glob(f"{STATE_PREFIX}{pid}-*"))
+    regions = list(SHM_DIR.glob(f"sed-trt-{pid}-*"))
+    assert len(states) == 1 and regions, (states, regions)
+    triton = [p for p in Path("/proc").glob("[0-9]*") if _cmdline_has(p, str(states[0]))]
+    assert triton, "no tritonserver found for the server"
+    killed.proc.kill()
+    killed.proc.wait()
+    deadline = time.time() + 60
+    while any(p.exists() for p in triton) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(p.exists() for p in triton), "tritonserver outlived its killed parent"
+    live = Path(tempfile.gettempdir()) / f"{STATE_PREFIX}{os.getpid()}-live"  # this live process's: kept
+    live.mkdir()
+    shm = tmp_path / "shm"  # stands for /dev/shm: a region Triton could not remove (it was killed too)
+    shm.mkdir()
+    (shm / f"sed-trt-{pid}-region").write_bytes(b"x")
+    (shm / f"sed-trt-{os.getpid()}-region").write_bytes(b"x")
+    removed = sweep_stale(shm_dir=shm)
+    assert not states[0].exists() and live.exists() and states[0] in removed
+    assert sorted(p.name for p in shm.iterdir()) == [f"sed-trt-{os.getpid()}-region"]
+    assert not any(r.exists() for r in regions)  # Triton's own, gone with it
+    live.rmdir()
+
+
+def _cmdline_has(proc: Path, text: str) -> bool:
+    try:
+        return text in (proc / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
