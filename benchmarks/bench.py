@@ -48,7 +48,7 @@ class BenchConfig:
 def _stats(xs: list[float]) -> dict[str, float]:
     xs = sorted(xs)
     p90 = xs[min(len(xs) - 1, int(round(0.9 * (len(xs) - 1))))]
-    return {"median": statistics.median(xs), "p90": p90, "min": xs[0]}
+    return {"median": statistics.median(xs), "p90": p90, "min": xs[0], "max": xs[-1]}
 
 
 def _image(seed: int = 0) -> np.ndarray:
@@ -298,53 +298,79 @@ def _has_engines(engine_dir: Path) -> bool:
     return bool(Manifest.load(engine_dir).engines)
 
 
-def _time_predict(
-    pred: Any, image: np.ndarray, repeats: int, warmup: int
-) -> tuple[list[float], dict[str, list[float]], list[int]]:
-    for _ in range(warmup):
-        pred.predict(image)
-    totals: list[float] = []
-    parts: dict[str, list[float]] = {}
-    survivors: list[int] = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        r = pred.predict(image)
-        totals.append((time.perf_counter() - start) * 1e3)
-        for k, v in r.timings.items():
-            parts.setdefault(k, []).append(v)
-        survivors = r.survivors
-    return totals, parts, survivors
+def _rotation(items: list[Any], round_: int) -> list[Any]:
+    """``items`` starting at position ``round_`` (mod len): who goes first changes every round."""
+    k = round_ % len(items) if items else 0
+    return items[k:] + items[:k]
 
 
-def _time_fixed_survivors(
-    backend: Any, text: np.ndarray, image: np.ndarray, survivors: int, repeats: int
-) -> dict[str, float]:
-    """Decoder stages 1-3 on exactly ``survivors`` classes (the controlled CER setting)."""
-    from sed_trt.runtime.image import preprocess
-    from sed_trt.runtime.predictor import Predictor
+def _time_predicts(
+    preds: dict[Any, Any], image: np.ndarray, repeats: int, warmup: int
+) -> dict[Any, tuple[list[float], dict[str, list[float]], list[int]]]:
+    """Every predictor ``repeats`` times, interleaved: round r runs each once, in an order rotated
+    by r, so load that comes and goes on the machine falls on every backend alike."""
+    for pred in preds.values():
+        for _ in range(warmup):
+            pred.predict(image)
+    out: dict[Any, tuple[list[float], dict[str, list[float]], list[int]]] = {k: ([], {}, []) for k in preds}
+    for r in range(repeats):
+        for key in _rotation(list(preds), r):
+            totals, parts, survivors = out[key]
+            start = time.perf_counter()
+            res = preds[key].predict(image)
+            totals.append((time.perf_counter() - start) * 1e3)
+            for k, v in res.timings.items():
+                parts.setdefault(k, []).append(v)
+            survivors[:] = res.survivors
+    return out
 
-    ops = backend.ops
-    pred = Predictor(backend)
-    keep = min(survivors, text.shape[0])
-    pred.set_text_features([f"c{i}" for i in range(keep)], text[:keep])
-    enc = pred.encode_image({k: ops.from_numpy(v) for k, v in preprocess([image], backend.dims.image_size).items()})
-    first = pred.decode_stage0(enc)
-    times = []
-    for _ in range(repeats + 1):
-        ops.synchronize()
+
+class _FixedSurvivors:
+    """Decoder stages 1-3 of one backend on exactly ``survivors`` classes (the controlled CER setting)."""
+
+    def __init__(self, backend: Any, text: np.ndarray, image: np.ndarray, survivors: int) -> None:
+        from sed_trt.runtime.image import preprocess
+        from sed_trt.runtime.predictor import Predictor
+
+        self.ops = backend.ops
+        self.pred = Predictor(backend)
+        self.keep = min(survivors, text.shape[0])
+        self.pred.set_text_features([f"c{i}" for i in range(self.keep)], text[: self.keep])
+        feeds = {k: self.ops.from_numpy(v) for k, v in preprocess([image], backend.dims.image_size).items()}
+        self.enc = self.pred.encode_image(feeds)
+        self.first = self.pred.decode_stage0(self.enc)
+
+    def __call__(self) -> float:
+        self.ops.synchronize()
         start = time.perf_counter()
         out = dataclasses.replace(
-            first, features=ops.take(first.features, ops.index(np.arange(keep)), 1)
+            self.first, features=self.ops.take(self.first.features, self.ops.index(np.arange(self.keep)), 1)
         )  # stage 1 works in place
         for k in (1, 2, 3):
-            out = pred.decode_stage(k, out, enc)
-        ops.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return _stats(times[1:])
+            out = self.pred.decode_stage(k, out, self.enc)
+        self.ops.synchronize()
+        return (time.perf_counter() - start) * 1e3
+
+
+def _interleaved(fns: dict[Any, Callable[[], float]], repeats: int) -> dict[Any, dict[str, float]]:
+    """``repeats`` rounds (after one warm-up) of every timed function, rotated as in :func:`_time_predicts`."""
+    times: dict[Any, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()
+    for r in range(repeats):
+        for key in _rotation(list(fns), r):
+            times[key].append(fns[key]())
+    return {k: _stats(v) for k, v in times.items()}
 
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
-    """Measure every configuration; write bench.json, bench.md and the figures under ``cfg.out_dir``."""
+    """Measure every configuration; write bench.json, bench.md and the figures under ``cfg.out_dir``.
+
+    Times are interleaved: all backends are open together and each repetition runs every backend
+    once, in an order that rotates, so a machine's changing load lands on all of them alike and
+    the rows of one run compare. Peak memory is then measured backend by backend, each alone
+    (one prediction per configuration), as a deployment would hold it.
+    """
     import dataclasses as dc
 
     import torch
@@ -371,68 +397,85 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 exported.append(_engine_dir(cfg, size, model))
             return exported[0]
 
-        backends = _backends(cfg, model, engine_dir)
-        total = len(backends) * len(cfg.vocab_sizes) * (len(cfg.topks) + 1)
-        bar = Progress(total, f"bench {size}px")
-        for backend in backends:
+        active = []
+        for backend in _backends(cfg, model, engine_dir):
             try:
                 backend.activate()
             except SedTrtError as exc:
                 step(f"{backend.label} rows skipped: {exc}")
-                bar.update(len(cfg.vocab_sizes) * (len(cfg.topks) + 1))
                 continue
-            pred = Predictor(backend, profile=True)
-            tokens = pred.tokenizer(["a photo of a cat."] * 80)
-            times = []
-            for _ in range(cfg.repeats + 1):
-                start = time.perf_counter()
-                pred.encode_text(tokens[:, :8])
-                times.append((time.perf_counter() - start) * 1e3)
-            text_rows.append({"backend": backend.label, "image_size": size, "prompts": 80, "ms": _stats(times[1:])})
-            for vocab in cfg.vocab_sizes:
-                text = _text(vocab, backend.dims)
-                for topk in cfg.topks:
-                    pred = Predictor(backend, topk=topk, profile=True)
-                    pred.set_text_features([f"c{i}" for i in range(vocab)], text)
-                    with MemoryMonitor() as mem:
-                        totals, parts, survivors = _time_predict(pred, image, cfg.repeats, cfg.warmup)
-                    rows.append(
-                        {
-                            "backend": backend.label,
-                            "image_size": size,
-                            "vocab": vocab,
-                            "topk": topk,
-                            "setting": "cer" if topk else "no_cer",
-                            "ms": _stats(totals),
-                            "parts_ms": {k: statistics.median(v) for k, v in parts.items()},
-                            "survivors": survivors,
-                            "efficiency": efficiency(
-                                {k: statistics.median(v) for k, v in parts.items()}, survivors, vocab, flops, peak
-                            ),
-                            **backend.placement(),
-                            **mem.result(),
-                        }
-                    )
-                    bar.update(extra=f"{backend.label} T={vocab} topk={topk}: {statistics.median(totals):.0f} ms")
-                with MemoryMonitor() as mem:
-                    fixed = _time_fixed_survivors(backend, text, image, cfg.fixed_survivors, cfg.repeats)
-                rows.append(
-                    {
-                        "backend": backend.label,
-                        "image_size": size,
-                        "vocab": vocab,
-                        "topk": None,
+            active.append(backend)
+        configs = [(vocab, topk) for vocab in cfg.vocab_sizes for topk in (*cfg.topks, "fixed")]
+        bar = Progress(len(configs) + 1, f"bench {size}px, {len(active)} backends interleaved")
+        encoders = {b: Predictor(b, profile=True) for b in active}
+        tokens = next(iter(encoders.values())).tokenizer(["a photo of a cat."] * 80)[:, :8] if active else None
+
+        def encode(pred: Any, tokens: Any = tokens) -> Callable[[], float]:
+            return lambda: _timed(lambda: pred.encode_text(tokens)) * 1e3
+
+        text_ms = _interleaved({b: encode(p) for b, p in encoders.items()}, cfg.repeats)
+        text_rows += [{"backend": b.label, "image_size": size, "prompts": 80, "ms": text_ms[b]} for b in active]
+        bar.update(1, "text encoder")
+        measured: dict[tuple[Any, int, Any], dict[str, Any]] = {}
+        for vocab, topk in configs:
+            text = _text(vocab, model.io_dims())
+            if topk == "fixed":
+                fixed = _interleaved(
+                    {b: _FixedSurvivors(b, text, image, cfg.fixed_survivors) for b in active}, cfg.repeats
+                )
+                for b in active:
+                    measured[(b, vocab, topk)] = {
                         "setting": f"fixed_{cfg.fixed_survivors}",
-                        "ms": fixed,
+                        "topk": None,
+                        "ms": fixed[b],
                         "parts_ms": {},
                         "survivors": [min(cfg.fixed_survivors, vocab)] * 3,
-                        **backend.placement(),
+                    }
+            else:
+                k = topk if isinstance(topk, int) else None
+                preds = {}
+                for b in active:
+                    preds[b] = Predictor(b, topk=k, profile=True)
+                    preds[b].set_text_features([f"c{i}" for i in range(vocab)], text)
+                for b, (totals, parts, survivors) in _time_predicts(preds, image, cfg.repeats, cfg.warmup).items():
+                    medians = {k: statistics.median(v) for k, v in parts.items()}
+                    measured[(b, vocab, topk)] = {
+                        "setting": "cer" if topk else "no_cer",
+                        "topk": topk,
+                        "ms": _stats(totals),
+                        "parts_ms": medians,
+                        "survivors": survivors,
+                        "efficiency": efficiency(medians, survivors, vocab, flops, peak),
+                    }
+            line = ", ".join(f"{b.label} {measured[(b, vocab, topk)]['ms']['median']:.0f}" for b in active)
+            bar.update(1, f"T={vocab} {'stages 1-3 fixed' if topk == 'fixed' else f'topk={topk}'}: {line} ms")
+        del encoders
+        for b in active:
+            b.deactivate()
+        gc.collect()
+        for b in active:  # memory, each backend alone
+            b.activate()
+            for vocab, topk in configs:
+                text = _text(vocab, model.io_dims())
+                with MemoryMonitor() as mem:
+                    if topk == "fixed":
+                        _FixedSurvivors(b, text, image, cfg.fixed_survivors)()
+                    else:
+                        pred = Predictor(b, topk=topk if isinstance(topk, int) else None)
+                        pred.set_text_features([f"c{i}" for i in range(vocab)], text)
+                        pred.predict(image)
+                rows.append(
+                    {
+                        "backend": b.label,
+                        "image_size": size,
+                        "vocab": vocab,
+                        **measured[(b, vocab, topk)],
+                        **b.placement(),
                         **mem.result(),
                     }
                 )
-                bar.update()
-            backend.deactivate()
-            gc.collect()  # drop the sessions now, before the next backend's rows
+            b.deactivate()
+            gc.collect()  # drop the sessions now, before the next backend's memory
     machine = {
         "platform": platform.platform(),
         "processor": _cpu_model(),
@@ -506,11 +549,11 @@ def markdown_table(result: dict[str, Any]) -> str:
             if any(r["backend"].endswith("bf16") for r in result["rows"])
             else ""
         ),
-        f"Backbone {result['config']['backbone']} ({'random weights' if not result['config']['weights'] else 'trained weights'}); median of {result['config']['repeats']} runs after {result['config']['warmup']} warm-up.",
+        f"Backbone {result['config']['backbone']} ({'random weights' if not result['config']['weights'] else 'trained weights'}); median of {result['config']['repeats']} runs after {result['config']['warmup']} warm-up, the backends interleaved (each round runs every backend once, in a rotating order); peak memory measured with each backend alone.",
         "",
         f"Efficiency: achieved GFLOP/s of matmuls and convolutions (counted on the graphs) and its share of this machine's fp32 GEMM rate, {m.get('fp32_gemm_gflops', float('nan')):.0f} GFLOP/s (torch, 2048^3).",
         "",
-        "| backend | input | classes | setting | median ms | p90 ms | encoder ms | decoder ms | post-processing ms | decoder GFLOP/s (share) | survivors per stage | peak host MB (private) | peak device MB |",
+        "| backend | input | classes | setting | median ms | spread ms (min-max) | encoder ms | decoder ms | post-processing ms | decoder GFLOP/s (share) | survivors per stage | peak host MB (private) | peak device MB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
@@ -524,7 +567,7 @@ def markdown_table(result: dict[str, Any]) -> str:
         dev_text = "-" if dev is None else f"{dev:.0f} (device used {r['device_used_mb']:.0f})"
         post = f"{parts['postprocess_ms']:.0f}" if "postprocess_ms" in parts else "-"
         lines.append(
-            f"| {r['backend']} | {r['image_size']} | {r['vocab']} | {setting} | {r['ms']['median']:.0f} | {r['ms']['p90']:.0f} | {enc} | {dec:.0f} | {post} | {_decoder_rate(r)} | {r['survivors']} | {r['peak_host_mb']:.0f} ({r.get('peak_private_mb', 0):.0f}) | {dev_text} |"
+            f"| {r['backend']} | {r['image_size']} | {r['vocab']} | {setting} | {r['ms']['median']:.0f} | {r['ms']['min']:.0f}-{r['ms'].get('max', r['ms']['p90']):.0f} | {enc} | {dec:.0f} | {post} | {_decoder_rate(r)} | {r['survivors']} | {r['peak_host_mb']:.0f} ({r.get('peak_private_mb', 0):.0f}) | {dev_text} |"
         )
     eff_rows = [r for r in result["rows"] if r.get("efficiency") and r["setting"] == "no_cer"]
     if eff_rows:
