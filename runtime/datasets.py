@@ -87,6 +87,9 @@ def default_data_root() -> Path:
     return Path(os.environ.get("DETECTRON2_DATASETS", "datasets"))
 
 
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")  # what a custom dataset's images may be
+
+
 def read_label(path: str | Path, ignore_label: int, num_classes: int) -> np.ndarray:
     """A label file (8/16-bit png or tif) -> int64 (H, W) with ignored pixels = IGNORE.
 
@@ -126,7 +129,7 @@ class SegDataset:
         *,
         classes: list[str],
         ignore_label: int,
-        image_ext: str = ".jpg",
+        image_ext: str | None = ".jpg",
         label_ext: str = ".png",
         name: str = "custom",
     ) -> None:
@@ -138,19 +141,33 @@ class SegDataset:
         for what, d in (("image", self.image_dir), ("label", self.label_dir)):
             if not d.is_dir():
                 raise DatasetError(f"dataset {name!r}: {what} folder {str(d)!r} does not exist")
-        labels = sorted(p for p in self.label_dir.iterdir() if p.suffix.lower() == label_ext.lower())
+        # A label's name is its image's stem + label_ext, which may have several dots
+        # (`predict --save-labels` writes NAME.labels.png: eval against another backend's labels).
+        labels = sorted(p for p in self.label_dir.iterdir() if p.name.lower().endswith(label_ext.lower()))
         if not labels:
             raise DatasetError(f"dataset {name!r}: no {label_ext} label files in {str(self.label_dir)!r}")
         pairs: list[tuple[Path, Path]] = []
         missing: list[tuple[Path, Path]] = []
         for lab in labels:
-            img = self.image_dir / (lab.stem + image_ext)
+            stem = lab.name[: -len(label_ext)]
+            img = self._image_for(stem, image_ext)
             (pairs if img.is_file() else missing).append((img, lab))
         if missing:
             raise DatasetError(
                 f"dataset {name!r}: {len(missing)} of {len(labels)} labels have no image, e.g. {str(missing[0][0])!r}"
             )
         self.samples: list[tuple[Path, Path]] = pairs
+
+    def _image_for(self, stem: str, image_ext: str | None) -> Path:
+        """The image of a label: ``stem + image_ext``, or (no extension given) the first of the
+        usual photo extensions that exists."""
+        if image_ext is not None:
+            return self.image_dir / (stem + image_ext)
+        for ext in IMAGE_EXTS:
+            for candidate in (self.image_dir / (stem + ext), self.image_dir / (stem + ext.upper())):
+                if candidate.is_file():
+                    return candidate
+        return self.image_dir / (stem + IMAGE_EXTS[0])
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -215,7 +232,7 @@ def open_dataset(
         labels if labels is not None else base / spec.label_dir,  # type: ignore[union-attr]
         classes=load_vocabulary(classes if classes is not None else spec.vocabulary),  # type: ignore[union-attr]
         ignore_label=ignore_label if ignore_label is not None else (spec.ignore_label if spec else 255),
-        image_ext=image_ext or (spec.image_ext if spec else ".jpg"),
+        image_ext=image_ext or (spec.image_ext if spec else None),  # custom: any usual photo extension
         label_ext=label_ext or (spec.label_ext if spec else ".png"),
         name=name or "custom",
     )

@@ -49,3 +49,33 @@ def test_shape_mismatch_and_empty() -> None:
     conf.update(np.zeros((2, 2), int), np.full((2, 2), IGNORE))
     with pytest.raises(ValueError, match="no labelled pixel"):
         compute_metrics(conf)
+
+
+def test_eval_against_another_backends_labels(small_engine_dir, tmp_path, capsys):
+    """A reduced-precision path measured as mIoU against fp32 predictions taken as ground truth:
+    `predict --save-labels` writes NAME.labels.png, and eval reads them with --label-ext
+    .labels.png beside photos of any usual extension. The same backend scores 100 %."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from sed_trt.cli import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i, ext in enumerate((".png", ".jpg", ".png")):
+        Image.fromarray(rng.integers(0, 255, (40 + 8 * i, 56, 3), dtype=np.uint8)).save(photos / f"p{i}{ext}")
+    engine = ["--engine-dir", str(small_engine_dir), "--classes", "voc20", "--quiet"]
+    assert main(["predict", *engine, "--image", str(photos), "--out-dir", str(tmp_path / "ref"), "--save-labels"]) == 0
+    assert sorted(p.name for p in (tmp_path / "ref").glob("*.labels.png")) == [f"p{i}.labels.png" for i in range(3)]
+    rows = {}
+    for backend in ("onnxruntime", "openvino"):
+        out = tmp_path / f"{backend}.json"
+        args = ["eval", "--backend", backend, *engine, "--images", str(photos), "--labels", str(tmp_path / "ref")]
+        assert main([*args, "--label-ext", ".labels.png", "--out-json", str(out)]) == 0
+        rows[backend] = json.loads(out.read_text())
+    capsys.readouterr()
+    assert rows["onnxruntime"]["images"] == 3 and rows["onnxruntime"]["pACC"] == rows["onnxruntime"]["mIoU"] == 100
+    assert 99 <= rows["openvino"]["pACC"] <= 100  # another fp32 runtime: near-ties may flip
