@@ -516,6 +516,7 @@ def test_a_multi_row_request_gives_probabilities_to_every_row_that_asks(engine_d
         assert not out["probs"][0].any()  # row 0 did not ask
 
 
+@pytest.mark.slow
 def test_a_killed_server_leaves_no_triton_and_the_next_one_sweeps_its_files(engine_dir, tmp_path):
     """SIGKILL runs no clean-up: Triton dies with its parent (PR_SET_PDEATHSIG), and the next
     server removes the killed one's state directory and the Python backend's shared-memory

@@ -139,3 +139,29 @@ def test_an_empty_parity_dir_variable_means_the_bundled_vector():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-1000:]
     assert out.stdout.strip() == str(ROOT / "tests" / "data" / "parity" / "sed_tiny_linear")
+
+
+def test_the_next_server_sweeps_only_dead_servers_files(tmp_path):
+    """What a killed `sed-trt serve` leaves (its state directory, the Python backend's shared-memory
+    regions, both named after its pid) is removed by the next one; a live process's never is.
+    (With a real server killed by SIGKILL: tests/sed_trt/test_serve.py, slow.)"""
+    import os
+    import subprocess
+    import sys
+
+    from sed_trt.serve.server import SHM_PREFIX, STATE_PREFIX, sweep_stale
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has exited
+    temp, shm = tmp_path / "tmp", tmp_path / "shm"
+    temp.mkdir()
+    shm.mkdir()
+    (temp / f"{STATE_PREFIX}{pid}-abc" / "backends").mkdir(parents=True)
+    (temp / f"{STATE_PREFIX}{os.getpid()}-live").mkdir()
+    (temp / f"{STATE_PREFIX}x-odd").mkdir()  # not a pid: left alone
+    (shm / f"{SHM_PREFIX}{pid}-region").write_bytes(b"x")
+    (shm / f"{SHM_PREFIX}{os.getpid()}-region").write_bytes(b"x")
+    removed = sweep_stale(temp, shm)
+    assert sorted(p.name for p in removed) == sorted([f"{STATE_PREFIX}{pid}-abc", f"{SHM_PREFIX}{pid}-region"])
+    assert sorted(p.name for p in temp.iterdir()) == [f"{STATE_PREFIX}{os.getpid()}-live", f"{STATE_PREFIX}x-odd"]
+    assert [p.name for p in shm.iterdir()] == [f"{SHM_PREFIX}{os.getpid()}-region"]
