@@ -319,7 +319,40 @@ def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
 
 
 def test_ddp_two_processes_equal_one_process(tmp_path: Path) -> None:
-    """torchrun-style DDP (gloo, 2 x 2 images) trains the same weights as one process with 4."""
+    """torchrun-style DDP (gloo, 2 x 2 images) trains the same weights as one process with 4.
+
+    It runs in a fresh interpreter, as torchrun starts training: in the suite's long-lived process
+    (after every other in-process test) the spawn crashed with a segfault in CPython's type
+    lookup, a heap corruption from some earlier test not yet found (see CHANGELOG); alone it passes."""
+    import os
+    import subprocess
+    import sys
+
+    if os.environ.get("SED_TRT_DDP_INNER") != "1":
+        test = f"{Path(__file__).relative_to(Path(__file__).parents[2])}::test_ddp_two_processes_equal_one_process"
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                test,
+                "--basetemp",
+                str(tmp_path / "inner"),
+            ],
+            env={**os.environ, "SED_TRT_DDP_INNER": "1"},
+            cwd=Path(__file__).parents[2],
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0 and "1 passed" in out.stdout, out.stdout[-3000:] + out.stderr[-2000:]
+        return
+    _ddp_body(tmp_path)
+
+
+def _ddp_body(tmp_path: Path) -> None:
     import socket
 
     import torch.multiprocessing as mp
