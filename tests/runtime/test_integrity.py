@@ -491,7 +491,7 @@ def test_overlay_legend_says_how_many_it_left_out():
     assert both.shape[1] == vis.shape[1] + 20 and (both[:20, :20] == 0).all() and (both[:20, 20:40] != 0).any()
 
 
-@pytest.mark.parametrize("backend_name", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("backend_name", ["onnxruntime"])
 def test_a_graph_swapped_after_verification_is_never_loaded(
     parity_engine_dir, small_engine_dir, tmp_path, backend_name
 ):
