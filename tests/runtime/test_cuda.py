@@ -8,6 +8,7 @@ tests/test_gpu.py).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import shutil
 
@@ -52,11 +53,12 @@ def test_device_copies_match_numpy(memory):
     assert name and capability.count(".") == 1
 
 
-def test_backend_on_device_memory_reproduces_the_official_outputs(parity_engine_dir, parity, parity_image, tmp_path):
+@contextlib.contextmanager
+def _fake_tensorrt_backend(parity_engine_dir, tmp_path, **options):
+    """The TensorRT backend with the fake TensorRT's engines over real device memory (activated)."""
     from sed_trt.export.trt_build import build_engines
     from sed_trt.runtime.backends import create_backend
     from sed_trt.runtime.backends.cuda_ops import CudaMemory
-    from sed_trt.runtime.predictor import Predictor
     from tests import fake_tensorrt
 
     memory = CudaMemory(0)
@@ -68,17 +70,24 @@ def test_backend_on_device_memory_reproduces_the_official_outputs(parity_engine_
         shutil.copytree(parity_engine_dir, work)
         build_engines(work, trt=trt, gpu=memory.properties(), progress=False)
         fake_tensorrt.use_memory(trt, memory)
-        backend = create_backend("tensorrt", engine_dir=work, trt_module=trt, memory=memory).activate()
-        for topk in (None, 2):
-            pred = Predictor(backend, topk=topk)
-            pred.set_classes(parity["classes"])
-            check_official(pred.predict(parity_image), parity, topk)
+        backend = create_backend("tensorrt", engine_dir=work, trt_module=trt, memory=memory, **options).activate()
+        yield backend
         backend.deactivate()
     finally:
         mp.undo()
         fake_tensorrt.reset_polygraphy()
         gc.collect()
         memory.close()
+
+
+def test_backend_on_device_memory_reproduces_the_official_outputs(parity_engine_dir, parity, parity_image, tmp_path):
+    from sed_trt.runtime.predictor import Predictor
+
+    with _fake_tensorrt_backend(parity_engine_dir, tmp_path) as backend:
+        for topk in (None, 2):
+            pred = Predictor(backend, topk=topk)
+            pred.set_classes(parity["classes"])
+            check_official(pred.predict(parity_image), parity, topk)
 
 
 def test_cuda_graph_of_copies_replays_over_its_captured_addresses(memory):
@@ -110,31 +119,10 @@ def test_cuda_graph_of_copies_replays_over_its_captured_addresses(memory):
 def test_tensorrt_backend_cuda_graphs_fall_back_over_device_memory(parity_engine_dir, parity, parity_image, tmp_path):
     """--cuda-graphs with the fake TensorRT over real device memory: the fake computes on the host,
     so it refuses every capture; the backend falls back to plain enqueues and still answers."""
-    from sed_trt.export.trt_build import build_engines
-    from sed_trt.runtime.backends import create_backend
-    from sed_trt.runtime.backends.cuda_ops import CudaMemory
     from sed_trt.runtime.predictor import Predictor
-    from tests import fake_tensorrt
 
-    memory = CudaMemory(0)
-    trt = fake_tensorrt.make()
-    mp = pytest.MonkeyPatch()
-    fake_tensorrt.install(trt, mp)
-    try:
-        work = tmp_path / "engines"
-        shutil.copytree(parity_engine_dir, work)
-        build_engines(work, trt=trt, gpu=memory.properties(), progress=False)
-        fake_tensorrt.use_memory(trt, memory)
-        backend = create_backend(
-            "tensorrt", engine_dir=work, trt_module=trt, memory=memory, cuda_graphs=True
-        ).activate()
+    with _fake_tensorrt_backend(parity_engine_dir, tmp_path, cuda_graphs=True) as backend:
         pred = Predictor(backend, topk=2)
         pred.set_classes(parity["classes"])
         check_official(pred.predict(parity_image), parity, 2)
         assert backend.graph_stats["failed_captures"] > 0 and backend.graph_stats["captures"] == 0
-        backend.deactivate()
-    finally:
-        mp.undo()
-        fake_tensorrt.reset_polygraphy()
-        gc.collect()
-        memory.close()
