@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx.numpy_helper
 from onnx import shape_inference
@@ -35,6 +36,7 @@ TRT_ALLOWED_OPS = frozenset(
         "Conv",
         "ConvTranspose",
         "Cos",
+        "DequantizeLinear",
         "Div",
         "Einsum",
         "Elu",
@@ -71,6 +73,7 @@ TRT_ALLOWED_OPS = frozenset(
         "Or",
         "Pad",
         "Pow",
+        "QuantizeLinear",
         "Range",
         "Reciprocal",
         "ReduceL2",
@@ -152,6 +155,18 @@ def _attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
 _BOUND_PASSTHROUGH = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Identity", "Concat", "Flatten"}
 
 
+def _constant(name: str, graph: onnx.GraphProto) -> np.ndarray:
+    """The value of constant ``name`` (an initializer or a Constant node's output)."""
+    for init in graph.initializer:
+        if init.name == name:
+            return onnx.numpy_helper.to_array(init)
+    for node in graph.node:
+        if node.op_type == "Constant" and name in node.output:
+            value = next(a for a in node.attribute if a.name == "value")
+            return onnx.numpy_helper.to_array(value.t)
+    raise KeyError(name)
+
+
 def _upper_bound(name: str, graph: onnx.GraphProto) -> int | None:
     """A constant upper bound of integer tensor ``name`` where the graph shows one: a constant, a
     ``Min`` with a bounded operand, or shape plumbing over bounded values; else None."""
@@ -227,6 +242,14 @@ def check_trt_compatible(model: onnx.ModelProto | str | Path) -> list[Violation]
                 out.append(Violation(name, op, "only the first output (Y) is supported"))
         elif op.startswith("Reduce") and len(node.input) > 1 and node.input[1] and node.input[1] not in constants:
             out.append(Violation(name, op, "reduction axes must be a constant"))
+        elif op in ("QuantizeLinear", "DequantizeLinear"):
+            # onnx-tensorrt operators.md: "y_zero_point must be 0"; scales and zero points are
+            # build-time constants (explicit quantization reads them into the engine).
+            q = node.input[1:3]
+            if any(i and i not in constants for i in q):
+                out.append(Violation(name, op, "scale and zero point must be constants"))
+            elif len(q) > 1 and q[1] and np.any(_constant(q[1], inferred.graph) != 0):
+                out.append(Violation(name, op, "TensorRT requires a zero point of 0 (symmetric quantization)"))
         elif op == "ScatterND" and _attr(node, "reduction", b"none") not in (b"none", "none"):
             out.append(Violation(name, op, "ScatterND reduction must be 'none'"))
     for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):

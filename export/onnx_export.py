@@ -21,6 +21,7 @@ import onnxscript.optimizer
 import torch
 
 from sed_trt.export.check import check_trt_compatible
+from sed_trt.export.int8 import Int8Request
 from sed_trt.export.trt_build import TIMING_CACHE_GLOB
 from sed_trt.export.wrappers import wrapper_for
 from sed_trt.runtime.errors import ConfigError, EngineError, ExportError
@@ -236,7 +237,11 @@ def _recognised_manifest(directory: Path) -> dict | None:
 
 def _own_names(manifest: dict) -> set[str]:
     """Top-level names an export writes into an engine directory (the rest is the user's)."""
-    files = [*manifest.get("graphs", {}).values(), *manifest.get("fp16_graphs", {}).values()]
+    files = [
+        *manifest.get("graphs", {}).values(),
+        *manifest.get("fp16_graphs", {}).values(),
+        *manifest.get("int8_graphs", {}).values(),
+    ]
     files += [e.get("file", "") for e in manifest.get("engines", {}).values() if isinstance(e, dict)]
     files += [manifest.get("tokenizer_file", BPE_FILENAME), MANIFEST_NAME]
     return {Path(f).parts[0] for f in files if isinstance(f, str) and f}
@@ -332,11 +337,13 @@ def run_export(
     opset: int = DEFAULT_OPSET,
     validate: bool = True,
     fp16: bool = False,
+    int8: Int8Request | None = None,
     progress: bool = True,
 ) -> Manifest:
     """Export every graph of ``model`` into ``out_dir``, check and validate each, write the manifest.
 
-    ``fp16`` also writes mixed-precision graphs (:mod:`export.fp16`) for fp16 TensorRT engines.
+    ``fp16`` also writes mixed-precision graphs (:mod:`export.fp16`) for fp16 TensorRT engines;
+    ``int8`` Q/DQ graphs calibrated on a folder of photos (:mod:`export.int8`).
     """
     limits = limits or ExportLimits()
     model.io_dims().check_pooling(pooling)
@@ -359,6 +366,7 @@ def run_export(
             opset=opset,
             validate=validate,
             fp16=fp16,
+            int8=int8,
             progress=progress,
         )
         for cache in final.glob(TIMING_CACHE_GLOB) if final.is_dir() else ():  # independent of the graphs: kept
@@ -388,6 +396,7 @@ def _export_into(
     opset: int,
     validate: bool,
     fp16: bool,
+    int8: Int8Request | None,
     progress: bool,
 ) -> Manifest:
     dims = model.io_dims()
@@ -444,4 +453,18 @@ def _export_into(
         versions=_versions(),
     )
     manifest.save(out)
+    if int8 is not None:
+        from sed_trt.export.int8 import write_int8_graphs
+
+        int8_files, record = write_int8_graphs(out, int8.calibration, limit=int8.limit, shown=shown, progress=progress)
+        for rel in int8_files.values():
+            problems = check_trt_compatible(out / rel)
+            if problems:
+                raise ExportError(
+                    f"{rel}: {len(problems)} TensorRT-parser problems: " + "; ".join(map(str, problems[:5]))
+                )
+        manifest.int8_graphs = int8_files
+        manifest.int8_sha256 = {n: file_sha256(out / f) for n, f in int8_files.items()}
+        manifest.int8_calibration = record.to_dict()
+        manifest.save(out)
     return manifest

@@ -59,6 +59,11 @@ class Manifest:
     engines: dict[str, EngineEntry] = field(default_factory=dict)
     fp16_graphs: dict[str, str] = field(default_factory=dict)  # mixed-precision graphs (export --fp16)
     fp16_sha256: dict[str, str] = field(default_factory=dict)
+    int8_graphs: dict[str, str] = field(default_factory=dict)  # Q/DQ graphs (export --int8 --calibration)
+    int8_sha256: dict[str, str] = field(default_factory=dict)
+    int8_calibration: dict[str, Any] = field(
+        default_factory=dict
+    )  # what calibrated them (export.int8.CalibrationRecord)
     format: int = MANIFEST_FORMAT
 
     @property
@@ -83,12 +88,13 @@ class Manifest:
         """Every file the manifest vouches for: label -> (relative path, sha256 or '')."""
         out = {f"graph {name}": (rel, self.graph_sha256.get(name, "")) for name, rel in self.graphs.items()}
         out.update({f"graph fp16 {n}": (rel, self.fp16_sha256.get(n, "")) for n, rel in self.fp16_graphs.items()})
+        out.update({f"graph int8 {n}": (rel, self.int8_sha256.get(n, "")) for n, rel in self.int8_graphs.items()})
         out["tokenizer"] = (self.tokenizer_file, self.tokenizer_sha256)
         out.update({f"engine {name}": (e.file, e.sha256) for name, e in self.engines.items()})
         return out
 
     def graphs_for(self, precision: str) -> dict[str, str]:
-        """Graph file of every graph name for fp32, or for fp16 (mixed-precision where exported)."""
+        """Graph file of every graph name for fp32, fp16 (mixed-precision where exported) or int8 (Q/DQ where exported)."""
         if precision == "fp32":
             return dict(self.graphs)
         if precision == "fp16":
@@ -97,7 +103,13 @@ class Manifest:
                     "this engine directory has no fp16 graphs: export it with 'sed-trt export --fp16' (TensorRT 11 takes precision from the ONNX)"
                 )
             return {name: self.fp16_graphs.get(name, rel) for name, rel in self.graphs.items()}
-        raise ConfigError(f"precision {precision!r}: use fp32 or fp16")
+        if precision == "int8":
+            if not self.int8_graphs:
+                raise ConfigError(
+                    "this engine directory has no int8 graphs: export it with 'sed-trt export --int8 --calibration DIR' (a folder of your photos)"
+                )
+            return {name: self.int8_graphs.get(name, rel) for name, rel in self.graphs.items()}
+        raise ConfigError(f"precision {precision!r}: use fp32, fp16 or int8")
 
     def verify_files(self, directory: str | Path, *, which: tuple[str, ...] = ("graph", "tokenizer")) -> float:
         """Check each listed file's sha256 against the manifest; returns the seconds it took.
@@ -197,6 +209,9 @@ class Manifest:
                 engines=engines,
                 fp16_graphs=dict(d.get("fp16_graphs", {})),
                 fp16_sha256=dict(d.get("fp16_sha256", {})),
+                int8_graphs=dict(d.get("int8_graphs", {})),
+                int8_sha256=dict(d.get("int8_sha256", {})),
+                int8_calibration=dict(d.get("int8_calibration", {})),
             )
             m.dims.check_pooling(m.pooling)
         except (KeyError, TypeError, ValueError) as exc:
@@ -221,7 +236,7 @@ class Manifest:
                 or not is_within(directory / rel, directory)
             ):
                 raise EngineError(f"{str(path)!r}: {label} file {rel!r} is outside the engine directory; refusing it")
-        for name, rel in [*m.graphs.items(), *m.fp16_graphs.items()]:
+        for name, rel in [*m.graphs.items(), *m.fp16_graphs.items(), *m.int8_graphs.items()]:
             if not (directory / rel).is_file():
                 raise EngineError(f"engine directory {str(directory)!r} is incomplete: {rel!r} ({name}) is missing")
         return m
@@ -253,6 +268,9 @@ _FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "engines": (dict, False),
     "fp16_graphs": (dict, False),
     "fp16_sha256": (dict, False),
+    "int8_graphs": (dict, False),
+    "int8_sha256": (dict, False),
+    "int8_calibration": (dict, False),
     "io": (dict, True),
 }
 
@@ -271,7 +289,7 @@ def _schema_problem(d: dict[str, Any]) -> str:
             values = value if isinstance(value, list) else [value]
             if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
                 return f"{table}.{key} is {value!r}, not a positive whole number"
-    for table in ("graphs", "fp16_graphs"):
+    for table in ("graphs", "fp16_graphs", "int8_graphs"):
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in d.get(table, {}).items()):
             return f"{table!r} maps names to something other than file names"
     digests = [
@@ -279,6 +297,7 @@ def _schema_problem(d: dict[str, Any]) -> str:
         d["tokenizer_sha256"],
         *d["graph_sha256"].values(),
         *d.get("fp16_sha256", {}).values(),
+        *d.get("int8_sha256", {}).values(),
     ]
     if not all(v is None or (isinstance(v, str) and (v == "" or _HEX64.fullmatch(v))) for v in digests):
         return "a sha256 that is not 64 hexadecimal digits"

@@ -88,9 +88,25 @@ def parity_image(parity_dir: Path) -> np.ndarray:
     return load_image(parity_dir / "image.png")
 
 
+PARITY_CALIBRATION_PHOTOS = 6
+
+
 @pytest.fixture(scope="session")
-def parity_engine_dir(tmp_path_factory: pytest.TempPathFactory, parity_dir: Path, parity_model) -> Path:
-    """The parity model exported to ONNX (768 input, like the real models)."""
+def parity_calibration_dir(tmp_path_factory: pytest.TempPathFactory, parity_dir: Path) -> Path:
+    """Photos for int8 calibration, made from the parity image (tests.synthetic)."""
+    from sed_trt.runtime.image import load_image
+    from tests.synthetic import write_calibration_photos
+
+    out = tmp_path_factory.mktemp("calibration")
+    return write_calibration_photos(load_image(parity_dir / "image.png"), out, PARITY_CALIBRATION_PHOTOS)
+
+
+@pytest.fixture(scope="session")
+def parity_engine_dir(
+    tmp_path_factory: pytest.TempPathFactory, parity_dir: Path, parity_model, parity_calibration_dir: Path
+) -> Path:
+    """The parity model exported to ONNX (768 input, like the real models), with fp16 and int8 graphs."""
+    from sed_trt.export.int8 import Int8Request
     from sed_trt.export.onnx_export import run_export
     from sed_trt.runtime.io_spec import ExportLimits
 
@@ -102,6 +118,7 @@ def parity_engine_dir(tmp_path_factory: pytest.TempPathFactory, parity_dir: Path
         weights=parity_dir / "checkpoint.pth",
         limits=ExportLimits(max_classes=64, class_chunk=4),
         fp16=True,  # the mixed-precision graphs too (fp16 TensorRT engines; their accuracy is tested)
+        int8=Int8Request(parity_calibration_dir),
         progress=False,
     )
     return out

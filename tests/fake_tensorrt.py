@@ -95,6 +95,22 @@ def _topk_bounds(model: Any) -> list[tuple[str, int | None, tuple[str, int]]]:
     return out
 
 
+def _nonzero_zero_points(model: Any) -> list[str]:
+    """The Q/DQ nodes whose zero point is not 0 (TensorRT's parser refuses them: symmetric int8 only)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+        and len(n.input) > 2
+        and n.input[2] in inits
+        and np.any(inits[n.input[2]] != 0)
+    ]
+
+
 def make(version: str = "11.4.0.106") -> types.ModuleType:
     """A fake ``tensorrt`` module of the given version."""
     major = int(version.split(".")[0])
@@ -201,6 +217,10 @@ def make(version: str = "11.4.0.106") -> types.ModuleType:
                 tt = vi.type.tensor_type
                 shape = tuple(d.dim_value if not d.dim_param else -1 for d in tt.shape.dim)
                 self.network.inputs.append(_Input(vi.name, shape, getattr(trt.DataType, ONNX_TO_DTYPE[tt.elem_type])))
+            nonzero = _nonzero_zero_points(model)
+            if nonzero:  # onnx-tensorrt operators.md, QuantizeLinear/DequantizeLinear: "zero_point must be 0"
+                self.errors.append(_ParserError(f"{nonzero[0]}: Assertion failed: zero point must be 0"))
+                return False
             self.network.onnx_path = path
             self.network.topk = _topk_bounds(model)
             return True

@@ -62,3 +62,18 @@ def write_split(
         Image.fromarray(label.astype(label_dtype)).save(root / label_dir / f"{name}{label_ext}")
         stems.append(name)
     return stems
+
+
+def write_calibration_photos(image: np.ndarray, out: Path, n: int, *, seed: int = 0) -> Path:
+    """``n`` photos for int8 calibration made from ``image``: crops of 3/4 of it, mirrored every
+    other one, with brightness changes and pixel noise (names in the order they are taken)."""
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    h, w = image.shape[:2]
+    for k in range(n):
+        y, x = int(rng.integers(0, h // 4 + 1)), int(rng.integers(0, w // 4 + 1))
+        crop = image[y : y + 3 * h // 4, x : x + 3 * w // 4]
+        crop = crop[:, ::-1] if k % 2 else crop
+        crop = np.clip(crop * rng.uniform(0.7, 1.3) + rng.normal(0, 6, crop.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(crop).save(out / f"calib{k:03d}.jpg", quality=92)
+    return out

@@ -17,7 +17,7 @@ SPEC = BackendSpec(
     summary="the exported ONNX graphs in ONNX Runtime on the CPU (numpy only, no torch)",
     loads="engine_dir",
     placement="cpu",
-    precisions=("fp32", "fp16"),  # fp16: the mixed-precision graphs of export --fp16 (their CPU accuracy)
+    precisions=("fp32", "fp16", "int8"),  # fp16/int8: the graphs of export --fp16 / --int8
     options=(
         Option(
             "mem_arena",
@@ -77,7 +77,9 @@ class OnnxRuntimeBackend(EngineDirBackend):
         super().__init__(engine_dir, backbone=backbone)
         # fp16: the mixed-precision graphs of ``export --fp16`` (what fp16 TensorRT engines are built
         # from), to measure their accuracy on the CPU; ONNX Runtime adds casts where it lacks fp16 kernels.
-        self.manifest.graphs_for(precision)  # refuse an export without fp16 graphs now, not at activate
+        # int8: the Q/DQ graphs of ``export --int8`` (ONNX Runtime fuses each pair around a Conv/MatMul
+        # into an int8 kernel).
+        self.manifest.graphs_for(precision)  # refuse an export without those graphs now, not at activate
         self.graph_precision = precision
         # ONNX Runtime's CPU arena: faster, with chunk-sized buffers kept between runs (the
         # benchmark docs give the measured cost); mem_arena=False for the leanest run.

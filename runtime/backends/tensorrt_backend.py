@@ -38,7 +38,7 @@ from sed_trt.runtime.backends.base import EngineDirBackend
 from sed_trt.runtime.backends.cuda_ops import ALIGNMENT, CudaMemory, CudaOps, DeviceArray, DeviceMemory
 from sed_trt.runtime.backends.registry import CUDA_GRAPHS_OPTION, BackendSpec
 from sed_trt.runtime.errors import BackendUnavailableError, ConfigError, DeviceError, EngineError, install_hint
-from sed_trt.runtime.io_spec import DECODER_STAGE0, GRAPH_NAMES
+from sed_trt.runtime.io_spec import GRAPH_NAMES
 
 log = logging.getLogger("sed_trt")
 
@@ -48,7 +48,7 @@ SPEC = BackendSpec(
     summary="TensorRT engines built from the exported graphs, on an NVIDIA GPU (tensorrt + cuda-python, no torch)",
     loads="engine_dir",
     placement="gpu",
-    precisions=("fp32", "fp16"),  # the engines' own: sed-trt build-engines --precision
+    precisions=("fp32", "fp16", "int8"),  # the engines' own: sed-trt build-engines --precision
     options=(CUDA_GRAPHS_OPTION,),
     probe="probe",
 )
@@ -151,8 +151,13 @@ class TensorRTBackend(EngineDirBackend):
 
     @property
     def engine_precision(self) -> str:
-        """fp32 or fp16: what the engines were built from (the text encoder's is fp32 in both)."""
-        return self.manifest.engines[DECODER_STAGE0].precision.split("+")[0]
+        """fp32, fp16 or int8: what the engines were built from (``build-engines --precision``). Graphs
+        without such a version keep their fp32 engine: the text encoder in every set, and all but the
+        image encoder in an int8 set."""
+        reduced = {e.precision.split("+")[0] for e in self.manifest.engines.values()} - {"fp32"}
+        if len(reduced) > 1:
+            raise EngineError(f"the engines in {str(self.engine_dir)!r} mix precisions {sorted(reduced)}: rebuild them")
+        return reduced.pop() if reduced else "fp32"
 
     @property
     def label(self) -> str:

@@ -281,6 +281,45 @@ def test_fp16_engines_are_built_from_the_mixed_precision_graphs(trt, trt_dir, pa
     assert 0 < np.abs(trim("cer_k2_probs", out.probs) - parity["expected"]["cer_k2_probs"]).max() < 2e-3
 
 
+def test_int8_engines_take_the_qdq_image_encoder_and_parser_rules(trt, trt_dir, parity, parity_image, tmp_path, capfd):
+    """build-engines --precision int8: the image encoder's engine from its Q/DQ graph, every other
+    graph's from fp32; the backend reports int8. A Q/DQ graph with a zero point other than 0 is
+    refused by the parser (onnx-tensorrt operators.md), in one line."""
+    import onnx
+    from onnx import numpy_helper
+
+    from tests.export.test_int8 import INT8_MAX_DPROB
+
+    work = tmp_path / "int8"
+    shutil.copytree(trt_dir, work)
+    build_engines(work, precision="int8", trt=trt, gpu=GPU, progress=False)
+    manifest = Manifest.load(work)
+    encoder, stage0 = manifest.engines["image_encoder"], manifest.engines["decoder_stage0"]
+    assert (encoder.precision, encoder.onnx_file) == ("int8", "image_encoder.int8.onnx")
+    assert (stage0.precision, stage0.onnx_file) == ("fp32", "decoder_stage0.onnx")
+    backend = _backend(work, trt).activate()
+    assert backend.label == "tensorrt-int8"
+    pred = Predictor(backend, topk=2)
+    pred.set_classes(parity["classes"])
+    out = pred.predict(parity_image)
+    np.testing.assert_array_equal(out.kept, parity["expected"]["cer_k2_kept"])
+    assert (
+        0
+        < np.abs(trim("cer_k2_probs", out.probs) - parity["expected"]["cer_k2_probs"]).max()
+        < INT8_MAX_DPROB["onnxruntime"] + 1e-4
+    )
+    backend.deactivate()
+    model = onnx.load(str(work / "image_encoder.int8.onnx"))
+    q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear")
+    zp = next(i for i in model.graph.initializer if i.name == q.input[2])
+    zp.CopyFrom(numpy_helper.from_array(np.ones_like(numpy_helper.to_array(zp)), zp.name))
+    onnx.save(model, str(work / "asymmetric.onnx"))
+    capfd.readouterr()
+    with pytest.raises(ExportError, match="could not build asymmetric.onnx: Could not parse ONNX"):
+        build_engine(work / "asymmetric.onnx", manifest.specs["image_encoder"], manifest.limits, trt=trt)
+    assert "zero point must be 0" in capfd.readouterr().out  # Polygraphy logs the parser's errors
+
+
 def test_cer_graphs_for_5000_classes_bound_topk_and_build(trt, wide_engine_dir, tmp_path):
     """An export for 5000 classes: the CER graphs' TopK K is bounded by a constant (MAX_CER_TOPK),
     so TensorRT's 3840 cap holds at any T and the engines build; a K = T sort would not (the fake
