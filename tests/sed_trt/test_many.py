@@ -175,7 +175,8 @@ def test_ray_data_map_batches_equals_predict(small_engine_dir, tmp_path):
     short = tempfile.mkdtemp(prefix="sedray", dir="/tmp")  # Ray's socket paths must stay short
     code = example.replace("ray.init(", f"ray.init(_temp_dir={short!r}, log_to_driver=False, ")
     code = code.replace("for row in ds.take_all():", "rows = ds.take_all()\nfor row in rows:")
-    code += "\nnp.savez(OUT, **{f'labels{i}': r['labels'] for i, r in enumerate(rows)}, kept=np.stack([r['kept'] for r in rows]))\n"
+    # rows come back in any order (Ray Data does not keep it): the example's id column says which photo
+    code += "\nnp.savez(OUT, **{f'labels{r[\"id\"]}': r['labels'] for r in rows}, kept=np.stack([r['kept'] for r in sorted(rows, key=lambda r: r['id'])]))\n"
     out = tmp_path / "rows.npz"
     try:
         scope = {"ENGINE_DIR": str(small_engine_dir), "OUT": str(out)}
