@@ -44,7 +44,7 @@ lint: install-dev ## ruff (lint + format check) and mypy
 test: install-dev lint ## lint, then the CPU test suite (GPU/TensorRT tests skip with a reason; slow ones: test-all)
 	$(PY) -m pytest -q
 
-test-all: install-dev lint ## also run the slow tests (the 200-step training run)
+test-all: install-dev lint ## also run the slow tests (the 200-step training run, DDP, killing a server)
 	$(PY) -m pytest -q -m "slow or not slow"
 
 engine: override EXTRAS := $(call with_extras,torch)

@@ -43,6 +43,7 @@ class BenchConfig:
     device: str = "cpu"  # the torch backend's device (cuda for the PyTorch-on-GPU rows)
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # backend options, each to its backends
     out_dir: str = "results"
+    int8_calibration: str | None = None  # photos for the int8 graphs (export --int8) of -int8 rows
 
 
 def _stats(xs: list[float]) -> dict[str, float]:
@@ -214,6 +215,7 @@ def efficiency(
 
 
 def _engine_dir(cfg: BenchConfig, image_size: int, model: Any) -> Path:
+    from sed_trt.export.int8 import Int8Request
     from sed_trt.export.onnx_export import run_export
     from sed_trt.runtime.errors import EngineError
     from sed_trt.runtime.fsutil import file_sha256
@@ -233,6 +235,7 @@ def _engine_dir(cfg: BenchConfig, image_size: int, model: Any) -> Path:
         and m.dims.image_size == image_size
         and m.checkpoint_sha256 == weights_sha
         and m.limits.max_classes >= max(cfg.vocab_sizes)
+        and (cfg.int8_calibration is None or bool(m.int8_graphs))
     ):
         return out
     step(f"exporting {cfg.backbone} at {image_size}px for the ONNX Runtime/TensorRT rows -> {out}")
@@ -243,6 +246,7 @@ def _engine_dir(cfg: BenchConfig, image_size: int, model: Any) -> Path:
         weights=cfg.weights,
         limits=ExportLimits(max_classes=max(1000, max(cfg.vocab_sizes))),
         validate=False,
+        int8=Int8Request(Path(cfg.int8_calibration)) if cfg.int8_calibration else None,
     )
     return out
 
@@ -537,6 +541,11 @@ def _decoder_rate(row: dict[str, Any]) -> str:
     return f"{gflop / seconds:.0f} ({100 * gflop / share:.0f} %)"
 
 
+def _weights_said(weights: str | None) -> str:
+    """How the table names the weights: random, or the checkpoint's file name (trained or not)."""
+    return "random weights" if not weights else f"weights {Path(weights).name}"
+
+
 def markdown_table(result: dict[str, Any]) -> str:
     """The people-facing table."""
     m = result["machine"]
@@ -545,11 +554,13 @@ def markdown_table(result: dict[str, Any]) -> str:
         f"Threads: torch {m['torch_threads']}, ONNX Runtime / OpenVINO {result['config']['threads'] or 'default (one per physical core)'}; "
         f"ONNX Runtime CPU arena {'off' if result['config'].get('options', {}).get('mem_arena') is False else 'on'}."
         + (
-            " openvino-bf16 rows computed in bf16; every other row in fp32."
-            if any(r["backend"].endswith("bf16") for r in result["rows"])
+            " A row named -bf16, -fp16 or -int8 computes in that precision where its backend does (torch: autocast with"
+            " fp32 islands; openvino-bf16: the decoder, its image encoder in f32; -int8: the image encoder); every"
+            " other row in fp32."
+            if any(r["backend"].rsplit("-", 1)[-1] in ("bf16", "fp16", "int8") for r in result["rows"])
             else ""
         ),
-        f"Backbone {result['config']['backbone']} ({'random weights' if not result['config']['weights'] else 'trained weights'}); median of {result['config']['repeats']} runs after {result['config']['warmup']} warm-up, the backends interleaved (each round runs every backend once, in a rotating order); peak memory measured with each backend alone.",
+        f"Backbone {result['config']['backbone']} ({_weights_said(result['config']['weights'])}); median of {result['config']['repeats']} runs after {result['config']['warmup']} warm-up, the backends interleaved (each round runs every backend once, in a rotating order); peak memory measured with each backend alone.",
         "",
         f"Efficiency: achieved GFLOP/s of matmuls and convolutions (counted on the graphs) and its share of this machine's fp32 GEMM rate, {m.get('fp32_gemm_gflops', float('nan')):.0f} GFLOP/s (torch, 2048^3).",
         "",

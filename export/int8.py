@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 # of the labels equal to fp32 (the encoder's: 83 %) and ran slower in ONNX Runtime (docs/benchmarks.md).
 INT8_GRAPHS = (IMAGE_ENCODER,)
 QUANT_OPS = ("Conv", "MatMul", "Gemm")  # int8 where the weight is a constant (fp32_nodes says the rest)
-DEFAULT_CALIBRATION_LIMIT = 300  # photos taken (sorted order); NVIDIA's docs recommend about 500 for ImageNet
+DEFAULT_CALIBRATION_LIMIT = 300  # photos taken (sorted order); a few hundred of the user's own are recommended
 
 
 @dataclass(frozen=True)

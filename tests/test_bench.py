@@ -154,3 +154,44 @@ def test_bench_interleaves_backends_in_a_rotating_order():
     assert order[:3] == ["a", "b", "c"]  # warm-up
     assert order[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert all(len(out[n][0]) == 3 for n in "abc")
+
+
+def test_bench_int8_rows_run_the_int8_graphs_and_need_their_photos(
+    tmp_path, parity_dir, parity_engine_dir, parity_calibration_dir, capsys
+):
+    """onnxruntime-int8 is a row like any other (the reused export has its int8 graphs); without
+    --int8-calibration, or with an empty folder, an int8 row is refused in one line before any work."""
+    from sed_trt.cli import main
+
+    shutil.copytree(parity_engine_dir, tmp_path / "engines" / "sed_tiny_linear_768")
+    cfg = BenchConfig(
+        backbone="sed_tiny_linear",
+        weights=str(parity_dir / "checkpoint.pth"),
+        image_sizes=(768,),
+        vocab_sizes=(3,),
+        topks=(None,),
+        fixed_survivors=2,
+        backends=("onnxruntime", "onnxruntime-int8"),
+        repeats=1,
+        warmup=0,
+        out_dir=str(tmp_path),
+        int8_calibration=str(parity_calibration_dir),
+    )
+    run_bench(cfg)
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert {r["backend"] for r in rows} == {"onnxruntime", "onnxruntime-int8"}
+    base = [
+        "bench",
+        "--backbone",
+        "sed_tiny_linear",
+        "--out-dir",
+        str(tmp_path / "b"),
+        "--backends",
+        "onnxruntime-int8",
+    ]
+    assert main(base) == 2
+    assert "int8 rows need --int8-calibration DIR" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main([*base, "--int8-calibration", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "holds no photos" in err and len(err.strip().splitlines()) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -236,18 +237,26 @@ class EngineDirBackend(Backend):
         """Verify the files, then load a runner per graph of the manifest."""
         self._prepare()
         self.verify()
-        runners = {}
-        for name, rel in self.manifest.graphs_for(self.graph_precision).items():
-            if name in DEVICE_GRAPHS and not self.device_resident:
-                continue  # CER and the labels run on the host here
-            data = self.manifest.read_verified(self.engine_dir, rel)  # loaded from the bytes verified
-            try:
-                runners[name] = self._load(name, self.engine_dir / rel, data)
-            except SedTrtError:
-                raise
-            except Exception as exc:  # each engine library raises its own types
-                reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-                raise EngineError(f"{self.name} cannot load {rel!r}: {reason}") from None
+        runners: dict[str, Any] = {}
+        try:
+            for name, rel in self.manifest.graphs_for(self.graph_precision).items():
+                if name in DEVICE_GRAPHS and not self.device_resident:
+                    continue  # CER and the labels run on the host here
+                data = self.manifest.read_verified(self.engine_dir, rel)  # loaded from the bytes verified
+                try:
+                    runners[name] = self._load(name, self.engine_dir / rel, data)
+                except SedTrtError:
+                    raise
+                except Exception as exc:  # each engine library raises its own types
+                    reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                    raise EngineError(f"{self.name} cannot load {rel!r}: {reason}") from None
+        except BaseException as exc:
+            # Release what was loaded now, runners before the models they run (deactivate's order),
+            # not whenever the garbage collector reaches the traceback's frames, in any order.
+            traceback.clear_frames(exc.__traceback__)  # the loaders' locals (a model, a request)
+            runners.clear()
+            self.deactivate()
+            raise
         self._runners = runners
         self.active = True
         return self

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import traceback
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,6 +208,23 @@ class TensorRTBackend(EngineDirBackend):
         trt = self._trt
         self.verify()
         memory = self._given_memory or CudaMemory(self.device_index)
+        engines: dict[str, Any] = {}
+        contexts: dict[str, Any] = {}
+        try:
+            return self._activate(trt, memory, engines, contexts)
+        except BaseException as exc:
+            # Destroyed now and in TensorRT's order (contexts, then engines, then their memory), not
+            # whenever the garbage collector reaches the traceback's frames.
+            traceback.clear_frames(exc.__traceback__)  # _activate's locals: the last engine and context
+            contexts.clear()
+            engines.clear()
+            if memory is not self._given_memory and memory is not self.memory:
+                memory.close()
+            raise
+
+    def _activate(
+        self, trt: ModuleType, memory: Any, engines: dict[str, Any], contexts: dict[str, Any]
+    ) -> TensorRTBackend:
         memory.bind()  # TensorRT puts engines on the thread's current device
         gpu = memory.properties()
         for graph in GRAPH_NAMES:
@@ -214,7 +232,6 @@ class TensorRTBackend(EngineDirBackend):
         runtime = trt.Runtime(trt_logger(trt))
         if runtime is None:
             raise EngineError("TensorRT could not create a runtime (see the TensorRT log above)")
-        engines = {}
         for graph in GRAPH_NAMES:
             plan = self.manifest.read_verified(self.engine_dir, self.manifest.engines[graph].file)
             engine = runtime.deserialize_cuda_engine(plan)
@@ -228,7 +245,6 @@ class TensorRTBackend(EngineDirBackend):
         strategy = getattr(trt, "ExecutionContextAllocationStrategy", None)
         size = max(_device_memory_size(e) for e in engines.values()) if strategy is not None else 0
         workspace = DeviceArray.empty(memory, (max(size, 1),), "uint8") if strategy is not None else None
-        contexts = {}
         for graph, engine in engines.items():
             if strategy is not None:
                 ctx = engine.create_execution_context(strategy.USER_MANAGED)

@@ -47,7 +47,20 @@ def run_bench(args: argparse.Namespace) -> int:
         device=args.device,
         options=backend_options(args),
         out_dir=args.out_dir,
+        int8_calibration=args.int8_calibration,
     )
+    if any(b.endswith("-int8") for b in cfg.backends) and cfg.int8_calibration is None:
+        from sed_trt.runtime.errors import ConfigError
+
+        raise ConfigError(
+            "int8 rows need --int8-calibration DIR (a folder of photos the int8 graphs are calibrated on)"
+        )
+    if cfg.int8_calibration is not None:
+        from pathlib import Path
+
+        from sed_trt.export.int8 import Int8Request
+
+        Int8Request(Path(cfg.int8_calibration)).check()  # a missing or empty folder: now, not after the export
     run_bench(cfg)
     return 0
 
@@ -68,6 +81,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_subcommand(sub, "bench", run_bench)
     p.add_argument("--backbone", default="convnext_b", help="convnext_b | convnext_l | a tiny config | PATH.json")
     p.add_argument("--weights", default=None, help="SED checkpoint (default: random weights, fine for speed)")
+    p.add_argument(
+        "--int8-calibration",
+        metavar="DIR",
+        default=None,
+        help="photos to calibrate the int8 graphs on (export --int8) for -int8 rows (onnxruntime-int8, openvino-int8)",
+    )
     p.add_argument(
         "--image-sizes", type=int_list, default=(384,), help="comma list; 768 is the paper's, 384 SED-fast style"
     )

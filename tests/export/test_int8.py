@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -125,23 +123,15 @@ def test_calibration_folder_problems_are_one_line(tmp_path, caplog):
         (["--int8", "--calibration", "MISSING"], "is not a directory of photos"),
     ],
 )
-def test_export_int8_options_are_checked_before_the_model_loads(tmp_path, args, message):
+def test_export_int8_options_are_checked_before_the_model_loads(tmp_path, args, message, capsys, monkeypatch):
+    from sed_trt.cli import main
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model loaded before the options were checked")
+
+    monkeypatch.setattr("sed_trt.sed.build.load_sed", no_model)
     args = [a.replace("MISSING", str(tmp_path / "missing")) for a in args]
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sed_trt",
-            "export",
-            "--backbone",
-            "sed_tiny_linear",
-            "--out-dir",
-            str(tmp_path / "e"),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 2, out.stderr
-    assert message in out.stderr and "Traceback" not in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert main(["export", "--backbone", "sed_tiny_linear", "--out-dir", str(tmp_path / "e"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err

@@ -136,6 +136,7 @@ def test_backend_reproduces_the_official_outputs(trt, trt_dir, parity, parity_im
 
 
 def test_chunks_and_threads_agree(trt, trt_dir, parity, parity_image):
+    _once(trt)  # the backend's runtime path does not differ between TensorRT versions
     backend = _backend(trt_dir, trt).activate()
     results = {}
 
@@ -290,6 +291,7 @@ def test_int8_engines_take_the_qdq_image_encoder_and_parser_rules(trt, trt_dir, 
 
     from tests.export.test_int8 import INT8_MAX_DPROB
 
+    _once(trt)  # the build and runtime path of int8 engines do not differ between TensorRT versions
     work = tmp_path / "int8"
     shutil.copytree(trt_dir, work)
     build_engines(work, precision="int8", trt=trt, gpu=GPU, progress=False)
@@ -404,7 +406,10 @@ def test_cuda_graphs_fall_back_when_capture_is_refused_and_evict_within_their_me
     stats = backend.graph_stats
     assert stats["captures"] == 0 and stats["failed_captures"] > 0 and stats["plain"] > 0 and memory.launches == 0
     assert not memory.capturing
-    assert caplog.text.count("CUDA graphs:") == 1 and "runs without a graph" in caplog.text
+    # one warning: one record (counted by identity: once an in-process CLI run has given the sed_trt
+    # logger its handlers, the same record can reach the capture twice, as seen in one full run)
+    warned = {id(r) for r in caplog.records if r.getMessage().startswith("CUDA graphs:")}
+    assert len(warned) == 1 and "runs without a graph" in caplog.text
     backend.deactivate()
     monkeypatch.setattr(trt, "FAIL", set())
     backend = _backend(trt_dir, trt, HostMemory(), cuda_graphs=True, graph_memory_mb=0).activate()

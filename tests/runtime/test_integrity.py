@@ -491,19 +491,39 @@ def test_overlay_legend_says_how_many_it_left_out():
     assert both.shape[1] == vis.shape[1] + 20 and (both[:20, :20] == 0).all() and (both[:20, 20:40] != 0).any()
 
 
-@pytest.mark.parametrize("backend_name", ["onnxruntime"])
+@pytest.mark.parametrize("backend_name", ["onnxruntime", "openvino"])
 def test_a_graph_swapped_after_verification_is_never_loaded(
     parity_engine_dir, small_engine_dir, tmp_path, backend_name
 ):
     """Activation loads each graph from the bytes it verified: an export that replaces a file
     between the check and the load is refused in one line, never run as a mix of two exports
-    (release 0.2 verified by path, then opened by path again)."""
+    (release 0.2 verified by path, then opened by path again).
+
+    The OpenVINO variant runs in a fresh interpreter: in the suite's process, a later test then
+    died of a heap corruption (SIGSEGV in CPython, reproduced 5 times with tests/runtime +
+    tests/sed, never without this variant; releasing the half-loaded graphs at once and in order
+    did not prevent it). The cause inside OpenVINO is not found."""
+    pytest.importorskip(backend_name)
+    if backend_name == "openvino":
+        code = (
+            "from pathlib import Path; from tests.runtime.test_integrity import _swap_body; "
+            f"_swap_body(Path({str(parity_engine_dir)!r}), Path({str(small_engine_dir)!r}), Path({str(tmp_path)!r}), 'openvino'); "
+            "print('swap ok')"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=Path(__file__).parents[2], capture_output=True, text=True
+        )
+        assert out.returncode == 0 and "swap ok" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
+        return
+    _swap_body(parity_engine_dir, small_engine_dir, tmp_path, backend_name)
+
+
+def _swap_body(parity_engine_dir: Path, small_engine_dir: Path, tmp_path: Path, backend_name: str) -> None:
     from sed_trt.runtime.backends import create_backend
     from sed_trt.runtime.backends.base import EngineDirBackend
     from sed_trt.runtime.errors import EngineError
     from sed_trt.runtime.manifest import Manifest
 
-    pytest.importorskip(backend_name)
     work = tmp_path / "engine"
     shutil.copytree(parity_engine_dir, work)
     rel = Manifest.load(work).graphs["decoder_stage1_fuse"]
@@ -523,3 +543,5 @@ def test_a_graph_swapped_after_verification_is_never_loaded(
         with pytest.raises(EngineError, match="does not match its sha256"):
             backend.activate()
     assert other.read_bytes() not in loaded
+    # nothing half-loaded is left to the garbage collector (the loaded graphs were kept until then)
+    assert loaded and not backend.active and backend._runners == {} and getattr(backend, "_compiled", {}) == {}
