@@ -155,30 +155,32 @@ def _attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
 _BOUND_PASSTHROUGH = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Identity", "Concat", "Flatten"}
 
 
-def _constant(name: str, graph: onnx.GraphProto) -> np.ndarray:
-    """The value of constant ``name`` (an initializer or a Constant node's output)."""
+def _constant(name: str, graph: onnx.GraphProto) -> np.ndarray | None:
+    """The value of ``name`` when it is an initializer or a Constant node's tensor ``value``; else None."""
     for init in graph.initializer:
         if init.name == name:
             return onnx.numpy_helper.to_array(init)
     for node in graph.node:
         if node.op_type == "Constant" and name in node.output:
-            value = next(a for a in node.attribute if a.name == "value")
-            return onnx.numpy_helper.to_array(value.t)
-    raise KeyError(name)
+            value = next((a for a in node.attribute if a.name == "value"), None)
+            return onnx.numpy_helper.to_array(value.t) if value is not None else None
+    return None
+
+
+def _nonzero(value: np.ndarray | None) -> bool:
+    """Whether a zero point is anything but a constant 0 (None: not a readable constant)."""
+    return value is None or bool(np.any(value != 0))
 
 
 def _upper_bound(name: str, graph: onnx.GraphProto) -> int | None:
     """A constant upper bound of integer tensor ``name`` where the graph shows one: a constant, a
     ``Min`` with a bounded operand, or shape plumbing over bounded values; else None."""
-    for init in graph.initializer:
-        if init.name == name:
-            return int(onnx.numpy_helper.to_array(init).max())
+    value = _constant(name, graph)
+    if value is not None:
+        return int(value.max())
     producer = next((n for n in graph.node if name in n.output), None)
     if producer is None:
         return None
-    if producer.op_type == "Constant":
-        value = next((a for a in producer.attribute if a.name == "value"), None)
-        return int(onnx.numpy_helper.to_array(value.t).max()) if value is not None else None
     if producer.op_type == "Min":
         bounds = [b for b in (_upper_bound(i, graph) for i in producer.input if i) if b is not None]
         return min(bounds) if bounds else None
@@ -248,7 +250,7 @@ def check_trt_compatible(model: onnx.ModelProto | str | Path) -> list[Violation]
             q = node.input[1:3]
             if any(i and i not in constants for i in q):
                 out.append(Violation(name, op, "scale and zero point must be constants"))
-            elif len(q) > 1 and q[1] and np.any(_constant(q[1], inferred.graph) != 0):
+            elif len(q) > 1 and q[1] and _nonzero(_constant(q[1], inferred.graph)):
                 out.append(Violation(name, op, "TensorRT requires a zero point of 0 (symmetric quantization)"))
         elif op == "ScatterND" and _attr(node, "reduction", b"none") not in (b"none", "none"):
             out.append(Violation(name, op, "ScatterND reduction must be 'none'"))

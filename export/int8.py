@@ -30,7 +30,6 @@ import hashlib
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -139,15 +138,15 @@ class _Feeds:
 
 def record_feeds(
     image_size: int, images: list[Path], input_names: list[str], into: Path, *, progress: bool = True
-) -> tuple[list[Path], list[str]]:
+) -> tuple[list[Path], list[Path]]:
     """Pre-process each photo as the runtime does (:func:`runtime.image.preprocess`) and save the image
-    encoder's feeds under ``into``; returns the files and the names of the photos that ran. A photo that
-    cannot be read is one warning line and is skipped."""
+    encoder's feeds under ``into``; returns the files and the photos that ran. A photo that cannot be
+    read is one warning line and is skipped."""
     from sed_trt.runtime.image import load_image, preprocess
     from sed_trt.runtime.progress import Progress
 
     files: list[Path] = []
-    ran: list[str] = []
+    ran: list[Path] = []
     with Progress(len(images), "int8 calibration photos", enabled=progress, unit="photo") as bar:
         for path in images:
             try:
@@ -157,7 +156,7 @@ def record_feeds(
             else:
                 files.append(into / f"{len(files):06d}.npz")
                 np.savez(files[-1], **{n: feeds[n] for n in input_names})
-                ran.append(path.name)
+                ran.append(path)
             bar.update()
     if not ran:
         raise ExportError("no calibration photo could be read")
@@ -247,15 +246,5 @@ def write_int8_graphs(
             files[name] = rel
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    ran_set = set(ran)
-    record = CalibrationRecord(
-        images=ran,
-        images_sha256=images_digest([p for p in images if p.name in ran_set]),
-        fp32_nodes=kept,
-    )
+    record = CalibrationRecord(images=[p.name for p in ran], images_sha256=images_digest(ran), fp32_nodes=kept)
     return files, record
-
-
-def iter_qdq(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
-    """The QuantizeLinear nodes of ``model`` (for checks and tests)."""
-    return (n for n in model.graph.node if n.op_type == "QuantizeLinear")
