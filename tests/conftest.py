@@ -153,25 +153,13 @@ def small_engine_dir(tmp_path_factory: pytest.TempPathFactory, small_model) -> P
 
 
 @pytest.fixture(scope="session")
-def wide_engine_dir(tmp_path_factory: pytest.TempPathFactory, small_model) -> Path:
-    """The small model exported for 5000 classes with class-attention pooling 2: large vocabularies
-    (CER's bounded TopK) and a pooling other than the default, in one export."""
-    from sed_trt.export.onnx_export import run_export
-    from sed_trt.runtime.io_spec import ExportLimits
+def trained_run(tmp_path_factory: pytest.TempPathFactory):
+    """`sed-trt train` for 20 steps on synthetic COCO-Stuff, exported with class-attention pooling 2
+    (the training tests check the chain; the front-door tests open an export whose pooling is not
+    the default)."""
+    from tests.training_run import train_and_export
 
-    out = tmp_path_factory.mktemp("engine_wide") / "engines"
-    limits = ExportLimits(max_classes=5000)
-    run_export(
-        small_model,
-        out,
-        backbone="sed_tiny_linear",
-        weights=None,
-        pooling=2,
-        limits=limits,
-        validate=False,
-        progress=False,
-    )
-    return out
+    return train_and_export(tmp_path_factory.mktemp("trained"), iters=20, n_train=8, pooling=2)
 
 
 @pytest.fixture

@@ -108,7 +108,7 @@ def test_onnxruntime_arena_is_on_unless_refused(parity_engine_dir):
 @pytest.mark.parametrize("topk", [None, 2])
 def test_chunked_decoding_matches_the_whole_vocabulary_forward(parity_model, parity, parity_image, topk):
     """The runtime decodes in class chunks (split stages, summed attention summaries); the
-    official forward holds every class at once. Chunks of 1, of sizes that do not divide
+    official forward holds every class at once. Chunks of 1, of a size that does not divide
     T = 24, and one chunk for everything give the same probabilities and kept sets."""
     import torch
 
@@ -116,7 +116,7 @@ def test_chunked_decoding_matches_the_whole_vocabulary_forward(parity_model, par
 
     backend = create_backend("torch", model=parity_model).activate()
     runs = {}
-    for chunk in (1, 5, 7, 24, 100):
+    for chunk in (1, 5, 100):
         pred = Predictor(backend, topk=topk, class_chunk=chunk)
         pred.set_classes(parity["classes"])
         runs[chunk] = pred.predict(parity_image)

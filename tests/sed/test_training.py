@@ -12,14 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sed_trt.runtime.datasets import BUILTIN_DATASETS, IGNORE, open_dataset
+from sed_trt.runtime.datasets import IGNORE, open_dataset
 from sed_trt.sed.build import build_sed
 from sed_trt.sed.config import load_config
 from sed_trt.sed.modeling.fam import ChannelsLastLayerNorm
 from sed_trt.sed.training.augment import AugmentConfig, augment, resize_label_nearest
 from sed_trt.sed.training.loop import TrainConfig, latest_checkpoint, train
 from sed_trt.sed.training.solver import SolverConfig, cosine_factor, freeze_text_tower, param_groups, sed_loss
-from tests.synthetic import COLOURS, make_sample, write_split
+from tests.synthetic import COLOURS, make_sample
+from tests.training_run import FOUR, TrainedRun, synthetic_coco, train_and_export
 
 
 def tiny_model(image_size: int = 64, drop_path: float = 0.0):
@@ -125,12 +126,6 @@ def test_nearest_label_resize() -> None:
     np.testing.assert_array_equal(resize_label_nearest(lab, (4, 6)), np.kron(lab, np.ones((2, 2), int)))
 
 
-def _synthetic_coco(root: Path, n_train: int, n_val: int) -> None:
-    for name, n, seed in (("coco_stuff_train", n_train, 10), ("coco_stuff_val", n_val, 20)):
-        spec = BUILTIN_DATASETS[name]
-        write_split(root, spec.image_dir, spec.label_dir, n, seed=seed, size=(64, 80))
-
-
 def _cfg(out: Path, iters: int, **kw: object) -> TrainConfig:
     period = kw.pop("checkpoint_period", 1000)
     return TrainConfig(
@@ -145,13 +140,8 @@ def _cfg(out: Path, iters: int, **kw: object) -> TrainConfig:
     )
 
 
-# The synthetic sets use COCO-Stuff ids 0..3 only; training on all 171 names costs ~1.7 s a
-# step on 2 CPU cores, so the runs below name just those four classes (a user's --classes).
-FOUR = "person,bicycle,car,motorcycle"
-
-
 def test_resume_continues_the_same_run(tmp_path: Path) -> None:
-    _synthetic_coco(tmp_path / "data", 12, 0)
+    synthetic_coco(tmp_path / "data", 12, 0)
     ds = open_dataset("coco_stuff_train", root=tmp_path / "data", classes=FOUR)
     straight = tiny_model(drop_path=0.5)
     train(straight, ds, _cfg(tmp_path / "a", 10), progress=False)
@@ -175,7 +165,8 @@ def test_resume_continues_the_same_run(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_train_then_eval_learns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """200 CPU steps learn the synthetic classes well above chance; both CPU backends score it alike."""
-    torch_m, log = _train_then_eval(tmp_path, capsys, iters=200, n_train=48, exact=True)
+    run = train_and_export(tmp_path, iters=200, n_train=48)
+    torch_m, log = _train_then_eval(run, capsys, exact=True)
     first, last = log[0]["loss"], log[-1]["loss"]  # means over iterations 1-20 and 181-200
     # measured: final-output BCE 0.56 -> 0.31, total 2.38 -> 1.86 (the 2x2 auxiliary output of
     # a 64 px model cannot fit much)
@@ -185,51 +176,19 @@ def test_train_then_eval_learns(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert torch_m["mIoU"] > 40, torch_m["mIoU"]
 
 
-def test_train_then_eval_torch_and_onnxruntime(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The short version: the whole train -> checkpoint -> export -> eval chain, torch == ONNX Runtime."""
+def test_train_then_eval_torch_and_onnxruntime(trained_run: TrainedRun, capsys: pytest.CaptureFixture[str]) -> None:
+    """The short version: the whole train -> checkpoint -> export -> eval chain, torch == ONNX Runtime
+    (the session's trained run, exported and evaluated with class-attention pooling 2)."""
     # after 20 steps near-ties remain, which fp32 rounding may flip: scores agree to 0.05 mIoU
-    _train_then_eval(tmp_path, capsys, iters=20, n_train=8, exact=False)
+    _train_then_eval(trained_run, capsys, exact=False)
 
 
-def _train_then_eval(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], *, iters: int, n_train: int, exact: bool
-) -> tuple[dict, list[dict]]:
-    """`sed-trt train` on a synthetic COCO-Stuff layout, then `sed-trt eval` with both CPU backends."""
+def _train_then_eval(run: TrainedRun, capsys: pytest.CaptureFixture[str], *, exact: bool) -> tuple[dict, list[dict]]:
+    """Check what `sed-trt train` wrote, then `sed-trt eval` with both CPU backends at the export's pooling."""
     from sed_trt.cli import main
 
-    data, out, eng = tmp_path / "data", tmp_path / "run", tmp_path / "eng"
-    _synthetic_coco(data, n_train, 12)
-    model = ["--backbone", "sed_tiny_linear", "--image-size", "64"]
-    common = [*model, "--data-root", str(data), "--classes", FOUR]
+    iters, out, ckpt = run.iters, run.out, run.checkpoint
     half, period = iters // 2, iters // 10
-    rc = main(
-        [
-            "train",
-            *common,
-            "--out-dir",
-            str(out),
-            "--iters",
-            str(iters),
-            "--lr",
-            "2e-3",
-            "--batch-size",
-            "4",
-            "--workers",
-            "0",
-            "--log-period",
-            str(period),
-            "--checkpoint-period",
-            str(half),
-            "--device",
-            "cpu",
-            "--quiet",
-            "--eval-dataset",
-            "coco_stuff_val",
-            "--eval-period",
-            str(half),
-        ]
-    )
-    assert rc == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     log = [r for r in records if "loss" in r]
     in_training = [r for r in records if "eval" in r]
@@ -237,60 +196,25 @@ def _train_then_eval(
     assert [r["iteration"] for r in log] == list(range(period, iters + 1, period))
     assert log[0]["lr"] > log[-1]["lr"] >= 0 and all(r["grad_norm"] > 0 for r in log)
     assert {p.name for p in out.glob("*.pth")} == {f"model_{half - 1:07d}.pth", "model_final.pth"}
-    ckpt = out / "model_final.pth"
     # the checkpoint is in the official layout and loads with the official-checkpoint loader
     obj = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert all(k.startswith("sem_seg_head.predictor.") for k in obj["model"]) and obj["iteration"] == iters
     # an existing run is never overwritten without --resume
-    assert main(["train", *common, "--out-dir", str(out), "--iters", "10", "--quiet"]) == 2
+    capsys.readouterr()
+    assert main(["train", *run.common, "--out-dir", str(out), "--iters", "10", "--quiet"]) == 2
     assert "already holds a training run" in capsys.readouterr().err
 
-    evals = {}
-    for backend in ("torch", "onnxruntime"):
-        extra = ["--engine-dir", str(eng)] if backend == "onnxruntime" else []
-        if backend == "onnxruntime":
-            assert (
-                main(
-                    [
-                        "export",
-                        *model,
-                        "--weights",
-                        str(ckpt),
-                        "--out-dir",
-                        str(eng),
-                        "--max-classes",
-                        "8",
-                        "--class-chunk",
-                        "3",
-                        "--engines",
-                        "skip",
-                        "--no-validate",  # torch and ONNX Runtime are compared below
-                        "--quiet",
-                    ]
-                )
-                == 0
-            )
-        path = tmp_path / f"{backend}.json"
-        args = [
-            "eval",
-            *common,
-            "--weights",
-            str(ckpt),
-            "--dataset",
-            "coco_stuff_val",
-            "--backend",
-            backend,
-            *extra,
-            "--no-cache",
-            "--quiet",
-            "--out-json",
-            str(path),
-        ]
+    def evaluate(backend: str, pooling: int) -> dict:
+        path = out.parent / f"{backend}-{pooling}.json"
+        args = ["eval", *run.common, "--weights", str(ckpt), "--dataset", "coco_stuff_val", "--backend", backend]
+        args += ["--engine-dir", str(run.engines)] if backend == "onnxruntime" else []
+        args += ["--pooling", str(pooling), "--no-cache", "--quiet", "--out-json", str(path)]
         assert main(args) == 0
         table = capsys.readouterr().out
         assert "| person |" in table and "mIoU" in table
-        evals[backend] = json.loads(path.read_text())
-    torch_m, ort_m = evals["torch"], evals["onnxruntime"]
+        return json.loads(path.read_text())
+
+    torch_m, ort_m = evaluate("torch", run.pooling), evaluate("onnxruntime", run.pooling)
     assert torch_m["images"] == 12 and torch_m["per_class"]["person"]["pixels"] > 0
     if exact:
         assert ort_m["mIoU"] == torch_m["mIoU"] and ort_m["per_class"] == torch_m["per_class"]
@@ -298,8 +222,9 @@ def _train_then_eval(
         assert ort_m["mIoU"] == pytest.approx(torch_m["mIoU"], abs=0.05)
         for name, row in torch_m["per_class"].items():
             assert ort_m["per_class"][name]["pixels"] == row["pixels"]
-    # the evaluation at the end of training scored the same model the same way
-    assert in_training[-1]["eval"]["mIoU"] == pytest.approx(torch_m["mIoU"], abs=1e-9)
+    # the evaluation at the end of training (pooling 1, as the official evaluation) scored the same model the same way
+    official = torch_m if run.pooling == 1 else evaluate("torch", 1)
+    assert in_training[-1]["eval"]["mIoU"] == pytest.approx(official["mIoU"], abs=1e-9)
     return torch_m, log
 
 
@@ -361,7 +286,7 @@ def _ddp_body(tmp_path: Path) -> None:
 
     import torch.multiprocessing as mp
 
-    _synthetic_coco(tmp_path / "data", 8, 5)
+    synthetic_coco(tmp_path / "data", 8, 5)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

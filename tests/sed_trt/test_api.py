@@ -111,7 +111,7 @@ def test_a_segmenter_shared_by_threads_answers_each_as_alone(parity_engine_dir, 
             np.testing.assert_array_equal(got.kept, alone[i].kept)
 
 
-def test_one_deployment_opens_through_every_front_door(wide_engine_dir, tmp_path):
+def test_one_deployment_opens_through_every_front_door(trained_run, tmp_path):
     """An engine directory exported with --pooling 2 opens from the Python API (engine dir and
     deployment), the CLI and the Triton model's settings, with the export's pooling."""
     from sed_trt.cli import main
@@ -119,7 +119,7 @@ def test_one_deployment_opens_through_every_front_door(wide_engine_dir, tmp_path
     from sed_trt.runtime.manifest import Manifest
     from sed_trt.serve.triton_model import open_service
 
-    engines = wide_engine_dir
+    engines = trained_run.engines
     assert Manifest.load(engines).pooling == 2
     image = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
     with sed_trt.Segmenter.from_engine_dir(engines) as seg:
