@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import threading
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -138,18 +139,22 @@ def test_backend_reproduces_the_official_outputs(trt, trt_dir, parity, parity_im
 def test_chunks_and_threads_agree(trt, trt_dir, parity, parity_image):
     _once(trt)  # the backend's runtime path does not differ between TensorRT versions
     backend = _backend(trt_dir, trt).activate()
-    results = {}
+    results, errors = {}, {}
 
     def run(chunk):
-        pred = Predictor(backend, topk=2, class_chunk=chunk)
-        pred.set_classes(parity["classes"])
-        results[chunk] = pred.predict(parity_image)
+        try:
+            pred = Predictor(backend, topk=2, class_chunk=chunk)
+            pred.set_classes(parity["classes"])
+            results[chunk] = pred.predict(parity_image)
+        except Exception:  # a thread's exception is otherwise lost: the failure must name it
+            errors[chunk] = traceback.format_exc()
 
     threads = [threading.Thread(target=run, args=(c,)) for c in (1, 3, 4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert not errors, "\n".join(f"chunk {c}:\n{tb}" for c, tb in errors.items())
     for chunk in (1, 3):
         np.testing.assert_allclose(results[chunk].probs, results[4].probs, atol=1e-5)
         np.testing.assert_array_equal(results[chunk].kept, results[4].kept)
