@@ -8,10 +8,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from tests.training_run import TrainedRun
 
 ROOT = Path(__file__).resolve().parents[1]
 # The official outputs of the tiny model: the trimmed copy in the repository (tests/parity.py),
@@ -153,7 +157,7 @@ def small_engine_dir(tmp_path_factory: pytest.TempPathFactory, small_model) -> P
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory: pytest.TempPathFactory):
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     """`sed-trt train` for 20 steps on synthetic COCO-Stuff, exported with class-attention pooling 2
     (the training tests check the chain; the front-door tests open an export whose pooling is not
     the default)."""

@@ -60,6 +60,14 @@ def _once(trt):
         pytest.skip("version-independent: runs once, against the TensorRT 11 fake")
 
 
+def _engines_at(trt_dir, trt, precision, tmp_path):
+    """A copy of the fp32 engine directory rebuilt with ``build-engines --precision``, and its manifest."""
+    work = tmp_path / precision
+    shutil.copytree(trt_dir, work)
+    build_engines(work, precision=precision, trt=trt, gpu=GPU, progress=False)
+    return work, Manifest.load(work)
+
+
 def _backend(trt_dir, trt, memory=None, **kwargs):
     memory = memory or HostMemory()
     fake_tensorrt.use_memory(trt, memory)
@@ -272,10 +280,7 @@ print(int(pred.predict(load_image({str(parity_dir / "image.png")!r})).kept.sum()
 
 
 def test_fp16_engines_are_built_from_the_mixed_precision_graphs(trt, trt_dir, parity, parity_image, tmp_path):
-    work = tmp_path / "fp16"
-    shutil.copytree(trt_dir, work)
-    build_engines(work, precision="fp16", trt=trt, gpu=GPU, progress=False)
-    manifest = Manifest.load(work)
+    work, manifest = _engines_at(trt_dir, trt, "fp16", tmp_path)
     stage0, text = manifest.engines["decoder_stage0"], manifest.engines["text_encoder"]
     assert (stage0.precision, stage0.onnx_file) == ("fp16", "decoder_stage0.fp16.onnx")
     assert (text.precision, text.onnx_file) == ("fp32", "text_encoder.onnx")  # run once per vocabulary
@@ -297,10 +302,7 @@ def test_int8_engines_take_the_qdq_image_encoder_and_parser_rules(trt, trt_dir, 
     from tests.export.test_int8 import INT8_MAX_DPROB
 
     _once(trt)  # the build and runtime path of int8 engines do not differ between TensorRT versions
-    work = tmp_path / "int8"
-    shutil.copytree(trt_dir, work)
-    build_engines(work, precision="int8", trt=trt, gpu=GPU, progress=False)
-    manifest = Manifest.load(work)
+    work, manifest = _engines_at(trt_dir, trt, "int8", tmp_path)
     encoder, stage0 = manifest.engines["image_encoder"], manifest.engines["decoder_stage0"]
     assert (encoder.precision, encoder.onnx_file) == ("int8", "image_encoder.int8.onnx")
     assert (stage0.precision, stage0.onnx_file) == ("fp32", "decoder_stage0.onnx")
