@@ -215,8 +215,8 @@ def efficiency(
 
 
 def _engine_dir(cfg: BenchConfig, image_size: int, model: Any) -> Path:
-    from sed_trt.export.int8 import Int8Request
     from sed_trt.export.onnx_export import run_export
+    from sed_trt.export.qdq import QuantRequest
     from sed_trt.runtime.errors import EngineError
     from sed_trt.runtime.fsutil import file_sha256
     from sed_trt.runtime.io_spec import ExportLimits
@@ -246,7 +246,7 @@ def _engine_dir(cfg: BenchConfig, image_size: int, model: Any) -> Path:
         weights=cfg.weights,
         limits=ExportLimits(max_classes=max(1000, max(cfg.vocab_sizes))),
         validate=False,
-        int8=Int8Request(Path(cfg.int8_calibration)) if cfg.int8_calibration else None,
+        quant=QuantRequest(Path(cfg.int8_calibration)) if cfg.int8_calibration else None,
     )
     return out
 

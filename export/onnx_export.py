@@ -21,7 +21,7 @@ import onnxscript.optimizer
 import torch
 
 from sed_trt.export.check import check_trt_compatible
-from sed_trt.export.int8 import Int8Request
+from sed_trt.export.qdq import QuantRequest
 from sed_trt.export.trt_build import TIMING_CACHE_GLOB
 from sed_trt.export.wrappers import wrapper_for
 from sed_trt.runtime.errors import ConfigError, EngineError, ExportError
@@ -241,6 +241,7 @@ def _own_names(manifest: dict) -> set[str]:
         *manifest.get("graphs", {}).values(),
         *manifest.get("fp16_graphs", {}).values(),
         *manifest.get("int8_graphs", {}).values(),
+        *manifest.get("fp8_graphs", {}).values(),
     ]
     files += [e.get("file", "") for e in manifest.get("engines", {}).values() if isinstance(e, dict)]
     files += [manifest.get("tokenizer_file", BPE_FILENAME), MANIFEST_NAME]
@@ -337,13 +338,13 @@ def run_export(
     opset: int = DEFAULT_OPSET,
     validate: bool = True,
     fp16: bool = False,
-    int8: Int8Request | None = None,
+    quant: QuantRequest | None = None,
     progress: bool = True,
 ) -> Manifest:
     """Export every graph of ``model`` into ``out_dir``, check and validate each, write the manifest.
 
     ``fp16`` also writes mixed-precision graphs (:mod:`export.fp16`) for fp16 TensorRT engines;
-    ``int8`` Q/DQ graphs calibrated on a folder of photos (:mod:`export.int8`).
+    ``quant`` int8 and/or fp8 Q/DQ graphs calibrated on a folder of photos (:mod:`export.qdq`).
     """
     limits = limits or ExportLimits()
     model.io_dims().check_pooling(pooling)
@@ -366,7 +367,7 @@ def run_export(
             opset=opset,
             validate=validate,
             fp16=fp16,
-            int8=int8,
+            quant=quant,
             progress=progress,
         )
         for cache in final.glob(TIMING_CACHE_GLOB) if final.is_dir() else ():  # independent of the graphs: kept
@@ -396,7 +397,7 @@ def _export_into(
     opset: int,
     validate: bool,
     fp16: bool,
-    int8: Int8Request | None,
+    quant: QuantRequest | None,
     progress: bool,
 ) -> Manifest:
     dims = model.io_dims()
@@ -453,18 +454,18 @@ def _export_into(
         versions=_versions(),
     )
     manifest.save(out)
-    if int8 is not None:
-        from sed_trt.export.int8 import write_int8_graphs
+    if quant is not None:
+        from sed_trt.export.qdq import write_qdq_graphs
 
-        int8_files, record = write_int8_graphs(out, int8.calibration, limit=int8.limit, shown=shown, progress=progress)
-        for rel in int8_files.values():
-            problems = check_trt_compatible(out / rel)
-            if problems:
-                raise ExportError(
-                    f"{rel}: {len(problems)} TensorRT-parser problems: " + "; ".join(map(str, problems[:5]))
-                )
-        manifest.int8_graphs = int8_files
-        manifest.int8_sha256 = {n: file_sha256(out / f) for n, f in int8_files.items()}
-        manifest.int8_calibration = record.to_dict()
+        for fmt, (qdq_files, record) in write_qdq_graphs(out, quant, shown=shown, progress=progress).items():
+            for rel in qdq_files.values():
+                problems = check_trt_compatible(out / rel)
+                if problems:
+                    raise ExportError(
+                        f"{rel}: {len(problems)} TensorRT-parser problems: " + "; ".join(map(str, problems[:5]))
+                    )
+            setattr(manifest, f"{fmt}_graphs", qdq_files)
+            setattr(manifest, f"{fmt}_sha256", {n: file_sha256(out / f) for n, f in qdq_files.items()})
+            setattr(manifest, f"{fmt}_calibration", record.to_dict())
         manifest.save(out)
     return manifest

@@ -10,7 +10,9 @@ is an error, and a build that leaves no timing cache keeps the old file. The tim
 file is keyed by TensorRT version and compute capability (``timing-<version>-sm<cc>.cache``).
 Precision lives in the ONNX (strong typing, the only kind on TensorRT 11, which has no fp16
 builder flag): fp32 engines come from the exported graphs, fp16 engines from the
-mixed-precision graphs of ``sed-trt export --fp16`` (:mod:`export.fp16`). Every Polygraphy
+mixed-precision graphs of ``sed-trt export --fp16`` (:mod:`export.fp16`), int8 and fp8 engines
+from the Q/DQ graphs of ``--int8`` / ``--fp8`` (:mod:`export.qdq`; fp8 needs compute capability
+8.9 or later, which is checked before TensorRT is asked). Every Polygraphy
 failure becomes one :class:`~runtime.errors.ExportError` line. Tested in CI against a fake
 of the TensorRT API; it has not run on a real GPU yet.
 """
@@ -35,12 +37,21 @@ from sed_trt.runtime.progress import step
 log = logging.getLogger("sed_trt")
 
 
+FP8_MIN_CAPABILITY = (8, 9)  # fp8 tensor cores: Ada (8.9), Hopper (9.0) and later
 TIMING_CACHE_GLOB = "timing-*.cache"  # the timing caches of an engine directory, one per TensorRT version and GPU
 
 
 def timing_cache_name(trt_version: str, capability: str) -> str:
     """Timing-cache file of an engine directory: valid for one TensorRT version and GPU architecture."""
     return f"timing-{trt_version}-sm{capability.replace('.', '')}.cache"
+
+
+def _capability(text: str) -> tuple[int, ...]:
+    """'8.9' -> (8, 9) (an unreadable one compares lowest)."""
+    try:
+        return tuple(int(p) for p in str(text).split("."))
+    except ValueError:
+        return (0,)
 
 
 def gpu_info(device: str | int = 0) -> tuple[str, str]:
@@ -164,14 +175,21 @@ def build_engines(
 ) -> Manifest:
     """Build an engine for every graph of an engine directory and record them in its manifest.
 
-    ``precision`` picks the graphs: fp32, or fp16 (the mixed-precision graphs, the text
-    encoder's fp32 one where it has none); strongly typed, the engines compute in their types.
+    ``precision`` picks the graphs: fp32, or fp16 / int8 / fp8 (those graphs, the fp32 one where
+    a graph has none); strongly typed, the engines compute in their types.
     """
     trt = trt or import_tensorrt()
     gpu_name, capability = gpu or gpu_info(device)
     directory = Path(engine_dir)
     manifest = Manifest.load(directory)
     graphs = manifest.graphs_for(precision)
+    if precision == "fp8" and _capability(capability) < FP8_MIN_CAPABILITY:
+        # TensorRT refuses at build time: "Networks with FP8 Q/DQ layers require hardware with FP8
+        # support" (Ada 8.9 and Hopper 9.0 on; NVIDIA Model-Optimizer issue 70, TensorRT 10.3).
+        raise ExportError(
+            f"fp8 engines need an Ada or Hopper GPU (compute capability 8.9 or later); {gpu_name} is {capability}: "
+            "build int8 or fp16 engines instead"
+        )
     manifest.verify_files(directory, which=("graph",))  # never build an engine from a corrupt graph
     limits = manifest.limits  # decoder profiles span 1..class_chunk classes, optimised for a full chunk
     cache_path = directory / timing_cache_name(str(trt.__version__), capability)

@@ -64,6 +64,9 @@ class Manifest:
     int8_calibration: dict[str, Any] = field(
         default_factory=dict
     )  # what calibrated them (export.int8.CalibrationRecord)
+    fp8_graphs: dict[str, str] = field(default_factory=dict)  # FP8 (E4M3) Q/DQ graphs (export --fp8 --calibration)
+    fp8_sha256: dict[str, str] = field(default_factory=dict)
+    fp8_calibration: dict[str, Any] = field(default_factory=dict)
     format: int = MANIFEST_FORMAT
 
     @property
@@ -89,27 +92,22 @@ class Manifest:
         out = {f"graph {name}": (rel, self.graph_sha256.get(name, "")) for name, rel in self.graphs.items()}
         out.update({f"graph fp16 {n}": (rel, self.fp16_sha256.get(n, "")) for n, rel in self.fp16_graphs.items()})
         out.update({f"graph int8 {n}": (rel, self.int8_sha256.get(n, "")) for n, rel in self.int8_graphs.items()})
+        out.update({f"graph fp8 {n}": (rel, self.fp8_sha256.get(n, "")) for n, rel in self.fp8_graphs.items()})
         out["tokenizer"] = (self.tokenizer_file, self.tokenizer_sha256)
         out.update({f"engine {name}": (e.file, e.sha256) for name, e in self.engines.items()})
         return out
 
     def graphs_for(self, precision: str) -> dict[str, str]:
-        """Graph file of every graph name for fp32, fp16 (mixed-precision where exported) or int8 (Q/DQ where exported)."""
+        """Graph file of every graph name for fp32, or for a reduced precision where its graphs were
+        exported (fp16: mixed-precision; int8 / fp8: Q/DQ), the fp32 graph elsewhere."""
         if precision == "fp32":
             return dict(self.graphs)
-        if precision == "fp16":
-            if not self.fp16_graphs:
-                raise ConfigError(
-                    "this engine directory has no fp16 graphs: export it with 'sed-trt export --fp16' (TensorRT 11 takes precision from the ONNX)"
-                )
-            return {name: self.fp16_graphs.get(name, rel) for name, rel in self.graphs.items()}
-        if precision == "int8":
-            if not self.int8_graphs:
-                raise ConfigError(
-                    "this engine directory has no int8 graphs: export it with 'sed-trt export --int8 --calibration DIR' (a folder of your photos)"
-                )
-            return {name: self.int8_graphs.get(name, rel) for name, rel in self.graphs.items()}
-        raise ConfigError(f"precision {precision!r}: use fp32, fp16 or int8")
+        if precision not in _REDUCED:
+            raise ConfigError(f"precision {precision!r}: use fp32, {', '.join(_REDUCED)}")
+        reduced: dict[str, str] = getattr(self, f"{precision}_graphs")
+        if not reduced:
+            raise ConfigError(f"this engine directory has no {precision} graphs: export it with {_REDUCED[precision]}")
+        return {name: reduced.get(name, rel) for name, rel in self.graphs.items()}
 
     def verify_files(self, directory: str | Path, *, which: tuple[str, ...] = ("graph", "tokenizer")) -> float:
         """Check each listed file's sha256 against the manifest; returns the seconds it took.
@@ -212,6 +210,9 @@ class Manifest:
                 int8_graphs=dict(d.get("int8_graphs", {})),
                 int8_sha256=dict(d.get("int8_sha256", {})),
                 int8_calibration=dict(d.get("int8_calibration", {})),
+                fp8_graphs=dict(d.get("fp8_graphs", {})),
+                fp8_sha256=dict(d.get("fp8_sha256", {})),
+                fp8_calibration=dict(d.get("fp8_calibration", {})),
             )
             m.dims.check_pooling(m.pooling)
         except (KeyError, TypeError, ValueError) as exc:
@@ -236,7 +237,7 @@ class Manifest:
                 or not is_within(directory / rel, directory)
             ):
                 raise EngineError(f"{str(path)!r}: {label} file {rel!r} is outside the engine directory; refusing it")
-        for name, rel in [*m.graphs.items(), *m.fp16_graphs.items(), *m.int8_graphs.items()]:
+        for name, rel in [*m.graphs.items(), *m.fp16_graphs.items(), *m.int8_graphs.items(), *m.fp8_graphs.items()]:
             if not (directory / rel).is_file():
                 raise EngineError(f"engine directory {str(directory)!r} is incomplete: {rel!r} ({name}) is missing")
         return m
@@ -249,6 +250,12 @@ class Manifest:
             )
 
 
+# precision -> how to export its graphs (fp32 is every export's)
+_REDUCED = {
+    "fp16": "'sed-trt export --fp16' (TensorRT 11 takes precision from the ONNX)",
+    "int8": "'sed-trt export --int8 --calibration DIR' (a folder of your photos)",
+    "fp8": "'sed-trt export --fp8 --calibration DIR' (a folder of your photos; fp8 engines need an Ada or Hopper GPU)",
+}
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # key -> (type, required) of a manifest's top level; nested tables are checked below
 _FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
@@ -271,6 +278,9 @@ _FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "int8_graphs": (dict, False),
     "int8_sha256": (dict, False),
     "int8_calibration": (dict, False),
+    "fp8_graphs": (dict, False),
+    "fp8_sha256": (dict, False),
+    "fp8_calibration": (dict, False),
     "io": (dict, True),
 }
 
@@ -289,7 +299,7 @@ def _schema_problem(d: dict[str, Any]) -> str:
             values = value if isinstance(value, list) else [value]
             if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
                 return f"{table}.{key} is {value!r}, not a positive whole number"
-    for table in ("graphs", "fp16_graphs", "int8_graphs"):
+    for table in ("graphs", "fp16_graphs", "int8_graphs", "fp8_graphs"):
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in d.get(table, {}).items()):
             return f"{table!r} maps names to something other than file names"
     digests = [
@@ -298,6 +308,7 @@ def _schema_problem(d: dict[str, Any]) -> str:
         *d["graph_sha256"].values(),
         *d.get("fp16_sha256", {}).values(),
         *d.get("int8_sha256", {}).values(),
+        *d.get("fp8_sha256", {}).values(),
     ]
     if not all(v is None or (isinstance(v, str) and (v == "" or _HEX64.fullmatch(v))) for v in digests):
         return "a sha256 that is not 64 hexadecimal digits"

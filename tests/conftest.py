@@ -110,8 +110,8 @@ def parity_engine_dir(
     tmp_path_factory: pytest.TempPathFactory, parity_dir: Path, parity_model, parity_calibration_dir: Path
 ) -> Path:
     """The parity model exported to ONNX (768 input, like the real models), with fp16 and int8 graphs."""
-    from sed_trt.export.int8 import Int8Request
     from sed_trt.export.onnx_export import run_export
+    from sed_trt.export.qdq import QuantRequest
     from sed_trt.runtime.io_spec import ExportLimits
 
     out = tmp_path_factory.mktemp("engine_parity")
@@ -122,7 +122,7 @@ def parity_engine_dir(
         weights=parity_dir / "checkpoint.pth",
         limits=ExportLimits(max_classes=64, class_chunk=4),
         fp16=True,  # the mixed-precision graphs too (fp16 TensorRT engines; their accuracy is tested)
-        int8=Int8Request(parity_calibration_dir),
+        quant=QuantRequest(parity_calibration_dir, formats=("int8", "fp8")),
         progress=False,
     )
     return out

@@ -10,7 +10,10 @@ of an unordered profile, ``set_input_shape`` outside the profile, ``set_tensor_a
 of an unaligned pointer, ``deserialize_cuda_engine`` of another version's plan, a build
 whose TopK may take K above 3840 (``ITopKLayer``, NvInfer.h: "Values larger than 3840 will
 result in a runtime error"; K bounded by the graph, else by the profile's largest sorted
-axis; the errors are kept in ``ERRORS``). It is
+axis; the errors are kept in ``ERRORS``), a build of fp8 Q/DQ layers on a GPU below compute
+capability 8.9 (``GPU["capability"]``; TensorRT 10.3 on an RTX A6000: "Error Code 9: API Usage
+Error (Networks with FP8 Q/DQ layers require hardware with FP8 support.)", NVIDIA
+Model-Optimizer issue 70). It is
 stricter where sed-trt promised more: execution on the default stream, without device
 memory for a user-managed context or with a tensor unbound fails.
 
@@ -109,6 +112,17 @@ def _nonzero_zero_points(model: Any) -> list[str]:
         and n.input[2] in inits
         and np.any(inits[n.input[2]] != 0)
     ]
+
+
+def _has_fp8(model: Any) -> bool:
+    """Whether a Q/DQ node's zero point is FLOAT8E4M3FN (ONNX QuantizeLinear 19: the output's type)."""
+    inits = {i.name: i.data_type for i in model.graph.initializer}
+    return any(
+        n.op_type in ("QuantizeLinear", "DequantizeLinear")
+        and len(n.input) > 2
+        and inits.get(n.input[2]) == onnx.TensorProto.FLOAT8E4M3FN
+        for n in model.graph.node
+    )
 
 
 def make(version: str = "11.4.0.106") -> types.ModuleType:
@@ -223,6 +237,7 @@ def make(version: str = "11.4.0.106") -> types.ModuleType:
                 return False
             self.network.onnx_path = path
             self.network.topk = _topk_bounds(model)
+            self.network.fp8 = _has_fp8(model)
             return True
 
         @property
@@ -307,7 +322,7 @@ def make(version: str = "11.4.0.106") -> types.ModuleType:
         def get_timing_cache(self) -> TimingCache | None:
             return self.cache  # None when no cache was accepted
 
-    GPU = {"name": "Fake GPU"}
+    GPU = {"name": "Fake GPU", "capability": (9, 0)}  # an H100's
     trt.GPU = GPU
 
     class Builder:
@@ -344,6 +359,12 @@ def make(version: str = "11.4.0.106") -> types.ModuleType:
                 if bound is None or bound > 3840:
                     logger_errors.append(f"{node_name}: TopK K up to {bound}, above TensorRT's 3840")
                     return None
+            if getattr(network, "fp8", False) and tuple(GPU["capability"]) < (8, 9):
+                logger_errors.append(
+                    "IBuilder::buildSerializedNetwork: Error Code 9: API Usage Error "
+                    "(Networks with FP8 Q/DQ layers require hardware with FP8 support.)"
+                )
+                return None
             if config.cache is not None:
                 config.cache.d["gpu"], config.cache.d["entries"] = GPU["name"], config.cache.d["entries"] + 1
             strongly_typed = major >= 11 or network.get_flag(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
@@ -365,7 +386,10 @@ def make(version: str = "11.4.0.106") -> types.ModuleType:
             self.plan = plan
             self.device = fake_cuda.current_device()  # where TensorRT put the engine
             model = onnx.load(plan["onnx"])
-            self.session = ort.InferenceSession(plan["onnx"], providers=["CPUExecutionProvider"])
+            options = ort.SessionOptions()
+            if _has_fp8(model):  # ONNX Runtime's optimisations retype float8 tensors opset 20 cannot hold
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            self.session = ort.InferenceSession(plan["onnx"], options, providers=["CPUExecutionProvider"])
             self.inputs = list(model.graph.input)
             self.outputs = list(model.graph.output)
             self.io = [*self.inputs, *self.outputs]

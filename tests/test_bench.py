@@ -195,3 +195,7 @@ def test_bench_int8_rows_run_the_int8_graphs_and_need_their_photos(
     assert main([*base, "--int8-calibration", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err
     assert "holds no photos" in err and len(err.strip().splitlines()) == 1
+    base[-1] = "onnxruntime,onnxruntime-fp8"  # an emulation: its error is measured by compare, not timed
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "fp8 rows are not timed here" in err and len(err.strip().splitlines()) == 1

@@ -21,7 +21,7 @@ from typing import Any
 from sed_trt.runtime.errors import ConfigError, SedTrtError
 
 ENTRY_POINT_GROUP = "sed_trt.backends"
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # --precision's values; each backend runs a subset
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "fp8")  # --precision's values; each backend runs a subset
 
 # name -> module holding SPEC; modules are imported only when specs are listed or a backend is opened.
 _MODULES: dict[str, str] = {

@@ -49,7 +49,7 @@ SPEC = BackendSpec(
     summary="TensorRT engines built from the exported graphs, on an NVIDIA GPU (tensorrt + cuda-python, no torch)",
     loads="engine_dir",
     placement="gpu",
-    precisions=("fp32", "fp16", "int8"),  # the engines' own: sed-trt build-engines --precision
+    precisions=("fp32", "fp16", "int8", "fp8"),  # the engines' own: sed-trt build-engines --precision
     options=(CUDA_GRAPHS_OPTION,),
     probe="probe",
 )
@@ -152,9 +152,9 @@ class TensorRTBackend(EngineDirBackend):
 
     @property
     def engine_precision(self) -> str:
-        """fp32, fp16 or int8: what the engines were built from (``build-engines --precision``). Graphs
-        without such a version keep their fp32 engine: the text encoder in every set, and all but the
-        image encoder in an int8 set."""
+        """fp32, fp16, int8 or fp8: what the engines were built from (``build-engines --precision``).
+        Graphs without such a version keep their fp32 engine: the text encoder in every set, and all
+        but the image encoder in an int8 or fp8 set."""
         reduced = {e.precision.split("+")[0] for e in self.manifest.engines.values()} - {"fp32"}
         if len(reduced) > 1:
             raise EngineError(f"the engines in {str(self.engine_dir)!r} mix precisions {sorted(reduced)}: rebuild them")

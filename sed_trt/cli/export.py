@@ -18,18 +18,23 @@ def run_export(args: argparse.Namespace) -> int:
     if args.backbone is None:
         raise ConfigError("export needs --backbone")
     check_export_target(Path(args.out_dir))  # before the model loads: fail in a second, not a minute
-    if args.precision == "int8" and not args.int8:
-        raise ConfigError("--precision int8 builds engines from the int8 graphs: add --int8 --calibration DIR")
-    int8 = None
-    if args.int8 or args.calibration is not None:
-        from sed_trt.export.int8 import Int8Request
+    formats = tuple(f for f in ("int8", "fp8") if getattr(args, f))
+    if args.precision in ("int8", "fp8") and args.precision not in formats:
+        raise ConfigError(
+            f"--precision {args.precision} builds engines from the {args.precision} graphs: add --{args.precision} --calibration DIR"
+        )
+    quant = None
+    if formats or args.calibration is not None:
+        from sed_trt.export.qdq import QuantRequest
 
         if args.calibration is None:
-            raise ConfigError("--int8 needs --calibration DIR (a folder of your photos; a few hundred are recommended)")
-        if not args.int8:
-            raise ConfigError("--calibration applies to --int8 only")
-        int8 = Int8Request(Path(args.calibration), limit=args.calibration_limit)
-        int8.check()
+            raise ConfigError(
+                f"--{formats[0]} needs --calibration DIR (a folder of your photos; a few hundred are recommended)"
+            )
+        if not formats:
+            raise ConfigError("--calibration applies to --int8 and --fp8 only")
+        quant = QuantRequest(Path(args.calibration), limit=args.calibration_limit, formats=formats)
+        quant.check()
     model = load_sed(model_spec(args), args.weights)
     limits = ExportLimits(max_batch=args.max_batch, max_classes=args.max_classes, class_chunk=args.class_chunk)
     run_export(
@@ -42,7 +47,7 @@ def run_export(args: argparse.Namespace) -> int:
         opset=args.opset,
         validate=not args.no_validate,
         fp16=args.fp16 or args.precision == "fp16",
-        int8=int8,
+        quant=quant,
         progress=not args.quiet,
     )
     if args.engines == "skip":
@@ -76,10 +81,10 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     """The TensorRT build options export and build-engines share."""
     p.add_argument(
         "--precision",
-        choices=["fp32", "fp16", "int8"],
+        choices=["fp32", "fp16", "int8", "fp8"],
         default="fp32",
         help="TensorRT engines from the fp32 graphs, the mixed-precision ones (fp16 needs 'export --fp16') "
-        "or the Q/DQ ones (int8 needs 'export --int8'); all strongly typed",
+        "or the Q/DQ ones (int8 / fp8 need 'export --int8' / '--fp8'; fp8 needs an Ada or Hopper GPU); all strongly typed",
     )
     p.add_argument(
         "--tf32", action="store_true", help="let fp32 engines use TF32 (TensorRT's own default; faster, less exact)"
@@ -89,7 +94,7 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from sed_trt.export.int8 import DEFAULT_CALIBRATION_LIMIT
+    from sed_trt.export.qdq import DEFAULT_CALIBRATION_LIMIT
     from sed_trt.runtime.io_spec import ExportLimits
 
     p = add_subcommand(sub, "export", run_export)
@@ -133,13 +138,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also write an int8 Q/DQ image encoder (ONNX Runtime, OpenVINO, TensorRT), calibrated on --calibration",
     )
     p.add_argument(
-        "--calibration", metavar="DIR", help="--int8: a folder of your photos (sorted; the first --calibration-limit)"
+        "--fp8",
+        action="store_true",
+        help="also write an fp8 (E4M3) Q/DQ image encoder for TensorRT on Ada/Hopper GPUs, calibrated on "
+        "--calibration (onnxruntime-fp8 emulates its numerics on the CPU, to measure its error; not a speed path)",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="DIR",
+        help="--int8 / --fp8: a folder of your photos (sorted; the first --calibration-limit)",
     )
     p.add_argument(
         "--calibration-limit",
         type=positive_int,
         default=DEFAULT_CALIBRATION_LIMIT,
-        help="--int8: the most calibration photos taken",
+        help="--int8 / --fp8: the most calibration photos taken",
     )
     p.add_argument(
         "--engines",

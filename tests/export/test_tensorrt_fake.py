@@ -299,7 +299,7 @@ def test_int8_engines_take_the_qdq_image_encoder_and_parser_rules(trt, trt_dir, 
     import onnx
     from onnx import numpy_helper
 
-    from tests.export.test_int8 import INT8_MAX_DPROB
+    from tests.export.test_qdq import INT8_MAX_DPROB
 
     _once(trt)  # the build and runtime path of int8 engines do not differ between TensorRT versions
     work, manifest = _engines_at(trt_dir, trt, "int8", tmp_path)
@@ -327,6 +327,41 @@ def test_int8_engines_take_the_qdq_image_encoder_and_parser_rules(trt, trt_dir, 
     with pytest.raises(ExportError, match="could not build asymmetric.onnx: Could not parse ONNX"):
         build_engine(work / "asymmetric.onnx", manifest.specs["image_encoder"], manifest.limits, trt=trt)
     assert "zero point must be 0" in capfd.readouterr().out  # Polygraphy logs the parser's errors
+
+
+def test_fp8_engines_need_an_ada_or_hopper_gpu_and_match_their_emulation(trt, trt_dir, parity, parity_image, tmp_path):
+    """build-engines --precision fp8: the image encoder's engine from its E4M3 Q/DQ graph on a
+    compute-capability 9.0 GPU, its answer the ONNX Runtime emulation's (the fake runs the graph);
+    on an 8.6 GPU sed-trt refuses in one line before TensorRT, and TensorRT itself (the fake, as
+    the real one does) refuses to build fp8 Q/DQ layers there."""
+    _once(trt)
+    work, manifest = _engines_at(trt_dir, trt, "fp8", tmp_path)
+    encoder, stage0 = manifest.engines["image_encoder"], manifest.engines["decoder_stage0"]
+    assert (encoder.precision, encoder.onnx_file) == ("fp8", "image_encoder.fp8.onnx")
+    assert (stage0.precision, stage0.onnx_file) == ("fp32", "decoder_stage0.onnx")
+    outs = {}
+    backend = _backend(work, trt).activate()
+    assert backend.label == "tensorrt-fp8"
+    with create_backend("onnxruntime", engine_dir=work, precision="fp8") as emulated:
+        for b in (backend, emulated):
+            pred = Predictor(b, topk=2)
+            pred.set_classes(parity["classes"])
+            out = pred.predict(parity_image)
+            outs[b.label] = (out.kept, out.probs)
+    backend.deactivate()
+    (trt_kept, trt_probs), (ort_kept, ort_probs) = outs["tensorrt-fp8"], outs["onnxruntime-fp8"]
+    np.testing.assert_array_equal(trt_kept, ort_kept)
+    np.testing.assert_allclose(trt_probs, ort_probs, atol=1e-5)
+    ampere = ("Fake A100", "8.0")
+    with pytest.raises(ExportError, match=r"fp8 engines need an Ada or Hopper GPU .*Fake A100 is 8.0"):
+        build_engines(work, precision="fp8", trt=trt, gpu=ampere, progress=False)
+    trt.GPU["capability"] = (8, 0)
+    try:
+        with pytest.raises(ExportError, match="could not build image_encoder.fp8.onnx"):
+            build_engine(work / "image_encoder.fp8.onnx", manifest.specs["image_encoder"], manifest.limits, trt=trt)
+        assert "Networks with FP8 Q/DQ layers require hardware with FP8 support" in trt.ERRORS[-1]
+    finally:
+        trt.GPU["capability"] = (9, 0)
 
 
 def test_cer_graphs_for_5000_classes_bound_topk_and_build(trt, small_engine_dir, tmp_path):
