@@ -311,7 +311,9 @@ def write_qdq_graphs(
     formats = " and ".join(request.formats)
     step(f"{formats}: calibrating on {len(images)} photos of {request.calibration}", enabled=progress)
     tmp = Path(tempfile.mkdtemp(prefix="sed-trt-calib-"))
-    written: dict[str, tuple[dict[str, str], CalibrationRecord]] = {}
+    files: dict[str, dict[str, str]] = {fmt: {} for fmt in request.formats}
+    kept: dict[str, dict[str, int]] = {fmt: {} for fmt in request.formats}
+    ran: list[Path] = []
     try:
         for name in QDQ_GRAPHS:
             names = manifest.specs[name].input_names
@@ -319,15 +321,12 @@ def write_qdq_graphs(
             for fmt in request.formats:
                 rel = f"{name}.{fmt}.onnx"
                 step(f"      {name}: {fmt} graph calibrated on {len(feeds)} photos -> {shown / rel}", enabled=progress)
-                kept = quantize_graph(out / manifest.graphs[name], out / rel, feeds, names, fmt)
-                files, record = written.get(fmt, ({}, None))
-                files[name] = rel
-                record = CalibrationRecord(
-                    images=[p.name for p in ran],
-                    images_sha256=images_digest(ran),
-                    fp32_nodes={**(record.fp32_nodes if record else {}), name: kept},
-                )
-                written[fmt] = (files, record)
+                kept[fmt][name] = quantize_graph(out / manifest.graphs[name], out / rel, feeds, names, fmt)
+                files[fmt][name] = rel
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return written
+    digest = images_digest(ran)
+    return {
+        fmt: (files[fmt], CalibrationRecord([p.name for p in ran], digest, fp32_nodes=kept[fmt]))
+        for fmt in request.formats
+    }

@@ -71,7 +71,7 @@ def test_int8_graphs_are_symmetric_qdq_that_tensorrt_parses(parity_engine_dir):
 
 def test_calibration_is_recorded_and_reproducible(parity_engine_dir, parity_calibration_dir, tmp_path):
     """The manifest names the photos in the order they ran and a digest of their bytes; calibrating
-    again on them writes the same graph, byte for byte."""
+    again on them writes the same int8 and fp8 graphs, byte for byte."""
     manifest = Manifest.load(parity_engine_dir)
     record = manifest.int8_calibration
     assert record["images"] == sorted(record["images"]) and len(record["images"]) == PARITY_CALIBRATION_PHOTOS
@@ -83,9 +83,11 @@ def test_calibration_is_recorded_and_reproducible(parity_engine_dir, parity_cali
     assert images_digest(images) == record["images_sha256"]
     spec = manifest.specs[QDQ_GRAPHS[0]]
     feeds, ran = record_feeds(manifest.dims.image_size, images, spec.input_names, tmp_path, progress=False)
-    again = tmp_path / "again.onnx"
-    quantize_graph(parity_engine_dir / manifest.graphs[QDQ_GRAPHS[0]], again, feeds, spec.input_names)
-    assert again.read_bytes() == (parity_engine_dir / manifest.int8_graphs[QDQ_GRAPHS[0]]).read_bytes()
+    assert manifest.fp8_calibration["images_sha256"] == record["images_sha256"]
+    for fmt, written in (("int8", manifest.int8_graphs), ("fp8", manifest.fp8_graphs)):
+        again = tmp_path / f"again.{fmt}.onnx"
+        quantize_graph(parity_engine_dir / manifest.graphs[QDQ_GRAPHS[0]], again, feeds, spec.input_names, fmt)
+        assert again.read_bytes() == (parity_engine_dir / written[QDQ_GRAPHS[0]]).read_bytes(), fmt
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
