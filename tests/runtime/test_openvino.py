@@ -97,7 +97,8 @@ def test_cli_precision_and_compare(parity_dir, parity_engine_dir, tmp_path, caps
     ]
     assert main([*onnxruntime_engine(parity_engine_dir), "--precision", "bf16", *base]) == 2
     assert (
-        "--precision bf16 does not apply to --backend onnxruntime (it runs fp32, fp16, int8, fp8)" in capsys.readouterr().err
+        "--precision bf16 does not apply to --backend onnxruntime (it runs fp32, fp16, int8, fp8)"
+        in capsys.readouterr().err
     )
     assert (
         main(
