@@ -91,6 +91,7 @@ class OnnxRuntimeBackend(EngineDirBackend):
         self.providers = providers or ["CPUExecutionProvider"]
         self.threads = threads
         self._options: Any = None
+        self._fp8_options: Any = None
 
     def _prepare(self) -> None:
         try:
@@ -104,44 +105,42 @@ class OnnxRuntimeBackend(EngineDirBackend):
             raise BackendUnavailableError(
                 f"ONNX Runtime providers {unknown} are not available here (available: {ort.get_available_providers()})"
             )
-        self._options = ort.SessionOptions()
-        self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._options.enable_cpu_mem_arena = self.mem_arena
+        self._options = self._session_options(ort, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        # fp8: ONNX Runtime's graph optimisations move Transposes onto the float8 tensors between a
+        # Q/DQ pair, which the graph's opset (20) does not type for float8 (Transpose takes it from
+        # opset 21): loading fails. Unoptimised, each node runs as written (emulation).
+        self._fp8_options = (
+            self._session_options(ort, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+            if self.graph_precision == "fp8"
+            else None
+        )
+
+    def _session_options(self, ort: Any, level: Any) -> Any:
+        """The options every graph's session shares, at graph optimisation ``level``."""
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        options.enable_cpu_mem_arena = self.mem_arena
         if self.threads:
-            self._options.intra_op_num_threads = self.threads
+            options.intra_op_num_threads = self.threads
         # Spin-waiting off (ONNX Runtime's session config keys, onnxruntime_session_options_config_keys.h):
         # every graph is its own session with its own threads, run one after another; threads left
         # spinning after a run took the cores from the next session (measured: decoder stages 2x
         # slower than torch on 2 cores; with spinning off, about equal).
         if self.mem_arena:  # one arena for all the graphs' sessions (see _register_shared_arena)
             _register_shared_arena(ort)
-            self._options.add_session_config_entry("session.use_env_allocators", "1")
-        if not self.spin:
-            self._options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self._options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-
-    def _load(self, graph: str, path: Path, data: bytes) -> Any:
-        import onnxruntime as ort
-
-        options = self._options
-        if self.graph_precision == "fp8" and graph in self.manifest.fp8_graphs:
-            # ONNX Runtime's graph optimisations move Transposes onto the float8 tensors between a
-            # Q/DQ pair, which the graph's opset (20) does not type for float8 (Transpose takes it
-            # from opset 21): loading fails. Unoptimised, each node runs as written (emulation).
-            options = self._fp8_options(ort)
-        session = ort.InferenceSession(data, options, providers=self.providers)
-        self.check_graph_inputs(graph, {i.name: list(i.shape) for i in session.get_inputs()})
-        return session
-
-    def _fp8_options(self, ort: Any) -> Any:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        if self.threads:
-            options.intra_op_num_threads = self.threads
+            options.add_session_config_entry("session.use_env_allocators", "1")
         if not self.spin:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         return options
+
+    def _load(self, graph: str, path: Path, data: bytes) -> Any:
+        import onnxruntime as ort
+
+        fp8 = self._fp8_options is not None and graph in self.manifest.fp8_graphs
+        session = ort.InferenceSession(data, self._fp8_options if fp8 else self._options, providers=self.providers)
+        self.check_graph_inputs(graph, {i.name: list(i.shape) for i in session.get_inputs()})
+        return session
 
     def placement(self) -> dict[str, object]:
         return {"device": self.providers[0], "threads": self.threads}
