@@ -12,21 +12,20 @@ from sed_trt.runtime.errors import ConfigError
 def run_export(args: argparse.Namespace) -> int:
     """Export ONNX graphs + manifest (and TensorRT engines where TensorRT and a GPU exist)."""
     from sed_trt.export.onnx_export import check_export_target, run_export
+    from sed_trt.export.qdq import QDQ_FORMATS, QuantRequest
     from sed_trt.runtime.io_spec import ExportLimits
     from sed_trt.sed.build import load_sed
 
     if args.backbone is None:
         raise ConfigError("export needs --backbone")
     check_export_target(Path(args.out_dir))  # before the model loads: fail in a second, not a minute
-    formats = tuple(f for f in ("int8", "fp8") if getattr(args, f))
-    if args.precision in ("int8", "fp8") and args.precision not in formats:
+    formats = tuple(f for f in QDQ_FORMATS if getattr(args, f))
+    if args.precision in QDQ_FORMATS and args.precision not in formats:
         raise ConfigError(
             f"--precision {args.precision} builds engines from the {args.precision} graphs: add --{args.precision} --calibration DIR"
         )
     quant = None
     if formats or args.calibration is not None:
-        from sed_trt.export.qdq import QuantRequest
-
         if args.calibration is None:
             raise ConfigError(
                 f"--{formats[0]} needs --calibration DIR (a folder of your photos; a few hundred are recommended)"
